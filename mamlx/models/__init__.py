@@ -1,0 +1,1 @@
+"""mamlx.models."""
