@@ -1,14 +1,47 @@
-"""mamlx: a functional JAX library for meta-learning ("learning to learn")."""
+"""mamlx: a functional JAX library for meta-learning ("learning to learn").
 
+An episode is a pytree, a meta-learner is a tuple of pure functions, and one
+meta-training step is a single compiled function.
+"""
+
+from mamlx import checkpoint
+from mamlx.algorithms import MetaLearner, fomaml, maml, pretrain
 from mamlx.episodes import Episode, check_episode, num_query, num_support, num_tasks
+from mamlx.evaluate import evaluate, mean_ci
+from mamlx.experiments import SinusoidConfig, build
+from mamlx.inner import adapt
+from mamlx.models import MLP, functional, model
+from mamlx.tasks import Sinusoid, sinusoid
+from mamlx.train import NonFiniteLossError, TrainState, fit, init_state, make_step, restore
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MLP",
     "Episode",
+    "MetaLearner",
+    "NonFiniteLossError",
+    "Sinusoid",
+    "SinusoidConfig",
+    "TrainState",
+    "__version__",
+    "adapt",
+    "build",
     "check_episode",
+    "checkpoint",
+    "evaluate",
+    "fit",
+    "fomaml",
+    "functional",
+    "init_state",
+    "maml",
+    "make_step",
+    "mean_ci",
+    "model",
     "num_query",
     "num_support",
     "num_tasks",
-    "__version__",
+    "pretrain",
+    "restore",
+    "sinusoid",
 ]

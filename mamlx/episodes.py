@@ -78,7 +78,9 @@ def check_episode(episode: Episode, batched: bool = False) -> None:
     if batched:
         tasks = {a.shape[0] for a in episode}
         if len(tasks) != 1:
-            raise ValueError(f"Episode fields disagree on the task axis: {[a.shape for a in episode]}")
+            raise ValueError(
+                f"Episode fields disagree on the task axis: {[a.shape for a in episode]}"
+            )
     i = lead - 1
     if sx.shape[i] != sy.shape[i]:
         raise ValueError(f"support_x has {sx.shape[i]} examples but support_y has {sy.shape[i]}")
@@ -86,11 +88,11 @@ def check_episode(episode: Episode, batched: bool = False) -> None:
         raise ValueError(f"query_x has {qx.shape[i]} examples but query_y has {qy.shape[i]}")
     if sx.shape[i + 1 :] != qx.shape[i + 1 :]:
         raise ValueError(
-            f"support_x and query_x have different input shapes: {sx.shape[i + 1:]} vs {qx.shape[i + 1:]}"
+            f"support_x and query_x have different input shapes: {sx.shape[i + 1 :]} vs {qx.shape[i + 1 :]}"
         )
     if sy.shape[i + 1 :] != qy.shape[i + 1 :]:
         raise ValueError(
-            f"support_y and query_y have different target shapes: {sy.shape[i + 1:]} vs {qy.shape[i + 1:]}"
+            f"support_y and query_y have different target shapes: {sy.shape[i + 1 :]} vs {qy.shape[i + 1 :]}"
         )
 
 

@@ -1,0 +1,88 @@
+"""The one shape every meta-learner has.
+
+A meta-learner is a ``NamedTuple`` of pure functions, in the style of
+``optax.GradientTransformation``. One training loop, one evaluator and one CLI
+serve all of them:
+
+* ``init(key) -> meta_params``
+* ``adapt(meta_params, support_x, support_y, steps=None) -> task_state``: the
+  task-specific predictor (adapted weights, class prototypes, ...).
+  ``steps=None`` means the learner's training setting.
+* ``predict(task_state, x) -> outputs`` (logits or regression values).
+* ``outer_loss(meta_params, episode) -> (loss, metrics)`` for one task.
+* ``meta_grad(meta_params, episodes) -> (grads, metrics)`` for a batch of tasks
+  (leading task axis). For most learners this is ``jax.grad`` of the mean outer
+  loss; Reptile returns its pseudo-gradient φ − θ̃ instead, so every learner's
+  outer update is an optax transformation applied to ``grads``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mamlx.episodes import Episode
+from mamlx.types import Array, Metrics, Params, PRNGKey
+
+TASK_MAPS = ("vmap", "map")
+
+
+class MetaLearner(NamedTuple):
+    """A meta-learner as pure functions; see the module docstring."""
+
+    init: Callable[[PRNGKey], Params]
+    adapt: Callable[..., Any]
+    predict: Callable[[Any, Array], Array]
+    outer_loss: Callable[[Params, Episode], tuple[Array, Metrics]]
+    meta_grad: Callable[[Params, Episode], tuple[Params, Metrics]]
+
+
+def check_task_map(task_map: str) -> str:
+    if task_map not in TASK_MAPS:
+        raise ValueError(f"task_map must be one of {TASK_MAPS}, got {task_map!r}")
+    return task_map
+
+
+def map_tasks(fn: Callable, meta_params: Params, episodes: Episode, task_map: str = "vmap"):
+    """Apply ``fn(meta_params, episode)`` to every task of a batch.
+
+    ``"vmap"`` vectorizes over tasks (best on accelerators); ``"map"`` runs tasks
+    one after another inside the compiled program with ``lax.map`` (often faster
+    on CPU, where per-task convolution kernels vectorize poorly).
+    """
+    check_task_map(task_map)
+    if task_map == "vmap":
+        return jax.vmap(fn, in_axes=(None, 0))(meta_params, episodes)
+    return jax.lax.map(lambda ep: fn(meta_params, ep), episodes)
+
+
+def mean_metrics(metrics: Metrics) -> Metrics:
+    """Average per-task metrics over the task axis."""
+    return jax.tree.map(jnp.mean, metrics)
+
+
+def gradient_meta_grad(outer_loss: Callable, task_map: str = "vmap") -> Callable:
+    """``meta_grad`` as the gradient of the task-averaged outer loss.
+
+    Args:
+      outer_loss: ``outer_loss(meta_params, episode) -> (loss, metrics)``.
+      task_map: how tasks are mapped, see :func:`map_tasks`.
+
+    Returns:
+      ``meta_grad(meta_params, episodes) -> (grads, metrics)``, metrics averaged
+      over tasks.
+    """
+    check_task_map(task_map)
+
+    def batch_loss(meta_params, episodes):
+        losses, metrics = map_tasks(outer_loss, meta_params, episodes, task_map)
+        return jnp.mean(losses), mean_metrics(metrics)
+
+    def meta_grad(meta_params, episodes):
+        grads, metrics = jax.grad(batch_loss, has_aux=True)(meta_params, episodes)
+        return grads, metrics
+
+    return meta_grad

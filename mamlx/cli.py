@@ -1,0 +1,289 @@
+"""The ``mamlx`` command: ``mamlx train TASK ...`` and ``mamlx eval RUN_DIR ...``.
+
+Flags of ``train`` are generated from the fields of the task's configuration
+dataclass (see :mod:`mamlx.experiments`), so every setting of a run can be
+given on the command line and is saved in ``RUN_DIR/config.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mamlx import checkpoint
+from mamlx.experiments import CONFIGS, SINUSOID_ALGOS, SinusoidConfig, build, config_from_dict
+
+RUN_FLAGS = ("out", "resume", "chunk", "checkpoint_every", "progress", "compile_cache")
+
+
+def enable_compilation_cache(path: str | None = None) -> None:
+    """Turn on JAX's persistent compilation cache (second runs skip most compiling)."""
+    import jax
+
+    path = (
+        path
+        or os.environ.get("MAMLX_JAX_CACHE")
+        or str(Path(os.environ.get("MAMLX_CACHE", Path.home() / ".cache" / "mamlx")) / "jax")
+    )
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        kw: dict[str, Any] = {"default": None, "help": f"(default: {default})"}
+        if f.name == "algo" and cls is SinusoidConfig:
+            kw["choices"] = sorted(SINUSOID_ALGOS)
+        if isinstance(default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, tuple):
+            kw.update(nargs="+", type=int)
+        elif isinstance(default, (int, float, str)):
+            kw["type"] = type(default)
+        parser.add_argument(flag, **kw)
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, with_resume: bool = True) -> None:
+    parser.add_argument("--out", help="run directory (default: runs/<task>-<algo>-<seed>)")
+    if with_resume:
+        parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.add_argument("--chunk", type=int, default=200, help="meta-steps per compiled call")
+    parser.add_argument("--checkpoint-every", type=int, default=5000)
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--compile-cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="use JAX's persistent compilation cache",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mamlx", description="Meta-learning in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="meta-train a learner on a task distribution")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    tasks = train.add_subparsers(dest="task")
+    for name, cls in CONFIGS.items():
+        p = tasks.add_parser(name, help=(cls.__doc__ or "").splitlines()[0])
+        _add_config_flags(p, cls)
+        _add_run_flags(p)
+    ev = sub.add_parser("eval", help="evaluate trained runs on held-out tasks")
+    ev.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    ev.add_argument("--tasks", type=int, default=1000, help="held-out tasks (>= 1000 for sine)")
+    ev.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20])
+    ev.add_argument("--max-steps", type=int, default=10, help="report 0..N inner steps")
+    ev.add_argument("--queries", type=int, default=100, help="query points per sine task")
+    ev.add_argument("--seed", type=int, default=12345, help="seed of the held-out tasks")
+    ev.add_argument("--figure", help="PNG path (default: RUN_DIR/sinusoid_fits.png)")
+    return parser
+
+
+def _config_from_args(task: str, args: argparse.Namespace):
+    cls = CONFIGS[task]
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if f.init and getattr(args, f.name, None) is not None
+    }
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}), given
+
+
+def _load_run_config(run_dir: Path):
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} is not a mamlx run directory (no config.json)")
+    return config_from_dict(json.loads(path.read_text()))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import jax
+
+    from mamlx import train as training
+
+    if args.task is None and not args.resume:
+        raise ValueError("name a task (e.g. `mamlx train sinusoid`) or give --resume RUN_DIR")
+    if args.task is None:  # `mamlx train --resume RUN_DIR`
+        run_dir = Path(args.resume)
+        config = _load_run_config(run_dir)
+        run = argparse.Namespace(
+            chunk=200, checkpoint_every=5000, progress=True, compile_cache=True
+        )
+    else:
+        config, given = _config_from_args(args.task, args)
+        run = args
+        if args.resume and args.out and Path(args.resume) != Path(args.out):
+            raise ValueError("--resume RUN_DIR and --out disagree; give one of them")
+        run_dir = Path(args.resume or args.out or f"runs/{args.task}-{config.algo}-{config.seed}")
+        if args.resume:
+            saved = _load_run_config(run_dir)
+            diff = {
+                k: (getattr(saved, k), v)
+                for k, v in config.to_dict().items()
+                if k in given and getattr(saved, k) != v
+            }
+            if diff:
+                raise ValueError(
+                    f"--resume {run_dir}: configuration differs from the saved run "
+                    + ", ".join(f"{k}: saved {a!r} vs given {b!r}" for k, (a, b) in diff.items())
+                )
+            config = saved
+    if run.compile_cache:
+        enable_compilation_cache()
+    exists = (run_dir / "config.json").exists() or checkpoint.latest_checkpoint(run_dir)
+    resume = bool(getattr(args, "resume", None))
+    if exists and not resume:
+        raise ValueError(
+            f"run directory {run_dir} already holds a run; use --resume {run_dir} or another --out"
+        )
+    exp = build(config)
+    state = training.init_state(exp.learner, exp.optimizer, jax.random.PRNGKey(config.seed))
+    if resume:
+        restored = training.restore(run_dir, state)
+        if restored is not None:
+            state = restored
+        print(f"resuming {run_dir} at step {int(state.step)} of {config.steps}")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_text(
+            run_dir / "config.json", json.dumps(config.to_dict(), indent=2)
+        )
+    print(f"training {config.task} with {config.algo} -> {run_dir}")
+    t0 = time.perf_counter()
+    last: dict = {}
+    state = training.fit(
+        exp.learner,
+        exp.sampler,
+        exp.optimizer,
+        steps=config.steps,
+        meta_batch=config.meta_batch,
+        state=state,
+        data=exp.data,
+        chunk=run.chunk,
+        run_dir=run_dir,
+        checkpoint_every=run.checkpoint_every,
+        progress=run.progress,
+        on_chunk=lambda s, rec: last.update(rec),
+    )
+    wall = time.perf_counter() - t0
+    summary = {k: v for k, v in last.items() if k not in ("seconds",)}
+    summary.update(wall_seconds=round(wall, 1), run_dir=str(run_dir))
+    print(
+        "done: "
+        + ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()
+        )
+    )
+    print(f"next: mamlx eval {run_dir}")
+    return 0
+
+
+def _load_trained(run_dir: Path):
+    import jax
+
+    from mamlx import train as training
+
+    config = _load_run_config(run_dir)
+    exp = build(config)
+    template = training.init_state(exp.learner, exp.optimizer, jax.random.PRNGKey(config.seed))
+    state = training.restore(run_dir, template)
+    if state is None:
+        raise ValueError(f"{run_dir} has no checkpoint yet; train it first")
+    return config, exp, state
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import jax
+
+    from mamlx.evaluate import evaluate
+    from mamlx.plots import plot_sinusoid_fits
+    from mamlx.tasks import sinusoid
+
+    if args.tasks < 1 or args.max_steps < 0:
+        raise ValueError("--tasks must be >= 1 and --max-steps >= 0")
+    enable_compilation_cache()
+    runs, curves = [], {}
+    key = jax.random.PRNGKey(args.seed)
+    for rd in map(Path, args.run_dirs):
+        config, exp, state = _load_trained(rd)
+        if not isinstance(config, SinusoidConfig):
+            raise ValueError(f"{rd}: eval of task {config.task!r} is not supported here")
+        name = f"{config.algo} ({rd.name})"
+        results: dict = {}
+        print(
+            f"\n{name}: query MSE ± 95% CI over {args.tasks} held-out tasks, step {int(state.step)}"
+        )
+        print(
+            "  K  " + "".join(f"{f'{s} steps':>17}" for s in (0, 1, 5, 10) if s <= args.max_steps)
+        )
+        for k in args.shots:
+            sampler = sinusoid(k, queries=args.queries)
+            res = evaluate(
+                exp.learner,
+                state.params,
+                sampler,
+                key=jax.random.fold_in(key, k),
+                num_tasks=args.tasks,
+                steps=range(args.max_steps + 1),
+            )
+            results[k] = {s: res[s]["loss"] for s in res}
+            row = "".join(
+                f"{results[k][s][0]:>10.3f} ±{results[k][s][1]:5.3f}"
+                for s in (0, 1, 5, 10)
+                if s <= args.max_steps
+            )
+            print(f"{k:>3}  {row}")
+        checkpoint.atomic_write_text(
+            rd / "eval.json",
+            json.dumps(
+                {
+                    "tasks": args.tasks,
+                    "seed": args.seed,
+                    "step": int(state.step),
+                    "mse": {
+                        str(k): {str(s): list(v) for s, v in r.items()} for k, r in results.items()
+                    },
+                },
+                indent=1,
+            ),
+        )
+        runs.append((name, exp.learner, state.params))
+        curves[name] = results[10] if 10 in results else results[args.shots[0]]
+    fig = Path(args.figure) if args.figure else Path(args.run_dirs[0]) / "sinusoid_fits.png"
+    k_fig = 10 if 10 in args.shots else args.shots[0]
+    plot_sinusoid_fits(
+        runs,
+        sinusoid(k_fig),
+        jax.random.fold_in(key, 999),
+        fig,
+        steps=tuple(s for s in (1, 10) if s <= args.max_steps),
+        curves=curves,
+    )
+    print(f"\nfigure: {fig}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        return cmd_eval(args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"mamlx: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

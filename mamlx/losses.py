@@ -1,0 +1,56 @@
+"""Task losses and metrics shared by every meta-learner."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mamlx.types import Array, Metrics
+
+
+def mse(pred: Array, y: Array) -> Array:
+    """Mean squared error, the sine-wave regression loss of Finn et al. (2017)."""
+    return jnp.mean(jnp.square(pred - y))
+
+
+def cross_entropy(logits: Array, labels: Array) -> Array:
+    """Mean softmax cross-entropy with integer class labels."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def accuracy(logits: Array, labels: Array) -> Array:
+    """Fraction of arg-max predictions equal to the integer labels."""
+    return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
+def default_loss(y: Array):
+    """Cross-entropy for integer targets (classification), MSE otherwise (regression)."""
+    return cross_entropy if jnp.issubdtype(y.dtype, jnp.integer) else mse
+
+
+def task_metrics(pred: Array, y: Array, loss_fn=None) -> tuple[Array, Metrics]:
+    """Loss and metrics of one task's predictions.
+
+    Args:
+      pred: model outputs (regression values or class logits).
+      y: targets; integer targets are treated as class labels and add ``accuracy``.
+      loss_fn: ``loss_fn(pred, y) -> scalar``; defaults to :func:`default_loss`.
+
+    Returns:
+      ``(loss, {"loss": loss[, "accuracy": acc]})``.
+    """
+    loss_fn = loss_fn or default_loss(y)
+    loss = loss_fn(pred, y)
+    metrics = {"loss": loss}
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        metrics["accuracy"] = accuracy(pred, y)
+    return loss, metrics
+
+
+def is_finite(x: Array) -> Array:
+    """True where every element of ``x`` is finite."""
+    return jnp.all(jnp.isfinite(x))
+
+
+del jax

@@ -1,0 +1,222 @@
+"""The compiled meta-training loop.
+
+One meta-training step — sample a task batch, map the learner over tasks, take
+the meta-gradient, apply the optax update — is a single pure function. Many
+steps run per host call inside ``lax.scan``, so Python is not in the hot loop;
+the host only checks for non-finite losses, logs and writes checkpoints between
+chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mamlx import checkpoint
+from mamlx.algorithms.base import MetaLearner
+from mamlx.types import Metrics, Params, PRNGKey
+
+
+class TrainState(NamedTuple):
+    """Everything that determines the rest of a run: resuming from it is exact."""
+
+    step: jax.Array
+    params: Params
+    opt_state: optax.OptState
+    key: PRNGKey
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the meta-loss (or the parameters) become NaN or infinite."""
+
+    def __init__(self, step: int, checkpoint_path: Path | None = None):
+        self.step = step
+        self.checkpoint_path = checkpoint_path
+        where = f"; last good state saved at {checkpoint_path}" if checkpoint_path else ""
+        super().__init__(f"meta-loss became non-finite at step {step}{where}")
+
+
+def init_state(learner: MetaLearner, optimizer: optax.GradientTransformation, key) -> TrainState:
+    """Initial training state: fresh meta-parameters and optimizer state.
+
+    Args:
+      learner: any :class:`~mamlx.algorithms.MetaLearner`.
+      optimizer: the outer (meta) optimizer.
+      key: a ``jax.random.PRNGKey`` (uint32 array).
+
+    Returns:
+      A :class:`TrainState` at step 0.
+    """
+    k_init, k_train = jax.random.split(key)
+    params = learner.init(k_init)
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), k_train)
+
+
+def make_step(
+    learner: MetaLearner,
+    sampler: Any,
+    optimizer: optax.GradientTransformation,
+    meta_batch: int,
+) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
+    """One pure meta-training step ``step(state, data) -> (state, metrics)``.
+
+    The step samples ``meta_batch`` tasks with ``sampler.sample_batch(key, data,
+    meta_batch)``, computes ``learner.meta_grad`` and applies the optimizer:
+    φ ← φ + optimizer(∇_φ Σ_i L_i(φ)).
+    """
+    if isinstance(meta_batch, bool) or not isinstance(meta_batch, int) or meta_batch <= 0:
+        raise ValueError(f"meta_batch must be a positive int, got {meta_batch!r}")
+
+    def step(state: TrainState, data: Any) -> tuple[TrainState, Metrics]:
+        key, k_tasks = jax.random.split(state.key)
+        episodes = sampler.sample_batch(k_tasks, data, meta_batch)
+        grads, metrics = learner.meta_grad(state.params, episodes)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(state.step + 1, params, opt_state, key), metrics
+
+    return step
+
+
+def make_chunk(step: Callable, length: int) -> Callable:
+    """``length`` steps fused into one compiled call with ``lax.scan``.
+
+    Returns:
+      ``chunk(state, data) -> (state, metrics)`` with metrics stacked over steps.
+    """
+
+    @jax.jit
+    def chunk(state, data):
+        return jax.lax.scan(lambda s, _: step(s, data), state, None, length=length)
+
+    return chunk
+
+
+def _finite(tree) -> bool:
+    return all(bool(np.all(np.isfinite(np.asarray(a)))) for a in jax.tree.leaves(tree))
+
+
+def fit(
+    learner: MetaLearner,
+    sampler: Any,
+    optimizer: optax.GradientTransformation,
+    *,
+    steps: int,
+    meta_batch: int,
+    state: TrainState,
+    data: Any = None,
+    chunk: int = 200,
+    run_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1000,
+    keep: int = 3,
+    progress: bool = True,
+    on_chunk: Callable[[TrainState, dict], None] | None = None,
+) -> TrainState:
+    """Meta-train until ``state.step == steps``.
+
+    Args:
+      learner: the meta-learner.
+      sampler: task sampler with ``sample_batch(key, data, num_tasks)``.
+      optimizer: outer optimizer.
+      steps: total number of meta-steps (the run stops when ``state.step`` reaches it).
+      meta_batch: tasks per meta-step.
+      state: starting state (fresh from :func:`init_state` or a loaded checkpoint).
+      data: the dataset array passed to the sampler (``None`` for analytic tasks).
+      chunk: meta-steps per compiled host call.
+      run_dir: if given, checkpoints go to ``run_dir/checkpoints`` and metrics to
+        ``run_dir/metrics.jsonl``.
+      checkpoint_every: steps between checkpoints (the final step is always saved).
+      keep: number of checkpoints kept.
+      progress: show a progress bar with the live loss.
+      on_chunk: optional ``on_chunk(state, record)`` called after each chunk.
+
+    Returns:
+      The final :class:`TrainState`.
+
+    Raises:
+      NonFiniteLossError: naming the step where the loss became NaN/inf; the last
+        good state is checkpointed first when ``run_dir`` is set.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if chunk <= 0 or checkpoint_every <= 0:
+        raise ValueError("chunk and checkpoint_every must be positive")
+    step_fn = make_step(learner, sampler, optimizer, meta_batch)
+    chunks: dict[int, Callable] = {}
+    start = int(state.step)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True)
+    metrics_file = Path(run_dir) / "metrics.jsonl" if run_dir else None
+    try:
+        while int(state.step) < steps:
+            done = int(state.step)
+            next_ckpt = (done // checkpoint_every + 1) * checkpoint_every
+            n = min(chunk, steps - done, next_ckpt - done)
+            if n not in chunks:
+                chunks[n] = make_chunk(step_fn, n)
+            t0 = time.perf_counter()
+            new_state, metrics = chunks[n](state, data)
+            losses = np.asarray(metrics["loss"])
+            seconds = time.perf_counter() - t0
+            if not np.all(np.isfinite(losses)) or not _finite(new_state.params):
+                bad = np.flatnonzero(~np.isfinite(losses))
+                bad_step = done + (int(bad[0]) + 1 if bad.size else n)
+                path = None
+                if run_dir is not None:
+                    path = checkpoint.save_step(run_dir, done, state, keep=keep + 1)
+                raise NonFiniteLossError(bad_step, path)
+            state = new_state
+            record = {"step": int(state.step), "seconds": round(seconds, 4)}
+            record.update({k: float(np.mean(v)) for k, v in metrics.items()})
+            record["tasks_per_s"] = round(n * meta_batch / max(seconds, 1e-9), 2)
+            if metrics_file is not None:
+                metrics_file.parent.mkdir(parents=True, exist_ok=True)
+                with open(metrics_file, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if run_dir is not None and (
+                int(state.step) % checkpoint_every == 0 or int(state.step) == steps
+            ):
+                checkpoint.save_step(run_dir, int(state.step), state, keep=keep)
+            if bar is not None:
+                bar.update(n)
+                shown = {k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "seconds")}
+                bar.set_postfix(shown, refresh=False)
+            if on_chunk is not None:
+                on_chunk(state, record)
+    finally:
+        if bar is not None:
+            bar.close()
+    return state
+
+
+def restore(run_dir: str | os.PathLike, template: TrainState) -> TrainState | None:
+    """Load the newest checkpoint of ``run_dir`` into ``template``'s structure, or ``None``.
+
+    Metrics logged after that checkpoint are dropped from ``metrics.jsonl`` so a
+    resumed run's log reads as one run.
+    """
+    path = checkpoint.latest_checkpoint(run_dir)
+    if path is None:
+        return None
+    state, meta = checkpoint.load(path, template)
+    metrics_file = Path(run_dir) / "metrics.jsonl"
+    if metrics_file.is_file():
+        kept = [
+            line
+            for line in metrics_file.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= meta["step"]
+        ]
+        checkpoint.atomic_write_text(metrics_file, "".join(x + "\n" for x in kept))
+    return state

@@ -1,0 +1,159 @@
+"""MAML / first-order MAML / pre-training: closed forms, finite differences, conformance."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from mamlx import Episode
+from mamlx.algorithms import fomaml, maml, pretrain
+from mamlx.experiments import sinusoid_model
+from mamlx.models import tree_cast
+from mamlx.tasks import sinusoid
+from mamlx.testing import check_meta_learner
+
+
+def linear_apply(theta, x):
+    return x @ theta
+
+
+def linear_problem(seed=0, n=6, d=3):
+    """Linear regression tasks: MSE loss is quadratic in θ with Hessian H = 2/n XᵀX."""
+    k = jax.random.split(jax.random.PRNGKey(seed), 5)
+    xs, xq = jax.random.normal(k[0], (n, d)), jax.random.normal(k[1], (n, d))
+    ys, yq = jax.random.normal(k[2], (n,)), jax.random.normal(k[3], (n,))
+    theta = jax.random.normal(k[4], (d,))
+    return theta, Episode(xs, ys, xq, yq)
+
+
+def quad_grad(theta, x, y):
+    n = x.shape[0]
+    return 2.0 / n * x.T @ (x @ theta - y)
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.2])
+def test_second_order_meta_gradient_equals_closed_form(eps):
+    theta, ep = linear_problem()
+    learner = maml(linear_apply, lambda k: theta, inner_lr=eps, inner_steps=1)
+    grad = jax.grad(lambda t: learner.outer_loss(t, ep)[0])(theta)
+    hess = 2.0 / ep.support_x.shape[0] * ep.support_x.T @ ep.support_x
+    adapted = theta - eps * quad_grad(theta, ep.support_x, ep.support_y)
+    expected = (jnp.eye(3) - eps * hess) @ quad_grad(adapted, ep.query_x, ep.query_y)
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_second_order_two_steps_closed_form():
+    theta, ep = linear_problem(seed=3)
+    eps = 0.1
+    learner = maml(linear_apply, lambda k: theta, inner_lr=eps, inner_steps=2)
+    grad = jax.grad(lambda t: learner.outer_loss(t, ep)[0])(theta)
+    hess = 2.0 / ep.support_x.shape[0] * ep.support_x.T @ ep.support_x
+    t1 = theta - eps * quad_grad(theta, ep.support_x, ep.support_y)
+    t2 = t1 - eps * quad_grad(t1, ep.support_x, ep.support_y)
+    jac = (jnp.eye(3) - eps * hess) @ (jnp.eye(3) - eps * hess)
+    np.testing.assert_allclose(grad, jac @ quad_grad(t2, ep.query_x, ep.query_y), rtol=1e-5)
+
+
+def test_first_order_drops_hessian_term_and_differs_from_second_order():
+    theta, ep = linear_problem(seed=1)
+    eps = 0.2
+    fo = fomaml(linear_apply, lambda k: theta, inner_lr=eps)
+    so = maml(linear_apply, lambda k: theta, inner_lr=eps)
+    g_fo = jax.grad(lambda t: fo.outer_loss(t, ep)[0])(theta)
+    g_so = jax.grad(lambda t: so.outer_loss(t, ep)[0])(theta)
+    adapted = theta - eps * quad_grad(theta, ep.support_x, ep.support_y)
+    np.testing.assert_allclose(g_fo, quad_grad(adapted, ep.query_x, ep.query_y), rtol=1e-5)
+    assert np.max(np.abs(g_fo - g_so)) > 1e-2  # εH ≠ 0 here
+
+
+def tiny_mlp_learner(algo, **kw):
+    apply_fn, init_fn = sinusoid_model((8,))
+    init64 = lambda k: tree_cast(init_fn(k), jnp.float64)
+    return algo(apply_fn, init64, inner_lr=0.05, **kw)
+
+
+def sine_batch64(n=3, shots=5):
+    return tree_cast(sinusoid(shots).sample_batch(jax.random.PRNGKey(7), None, n), jnp.float64)
+
+
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_maml_meta_gradient_passes_check_grads_float64(inner_steps):
+    with jax.enable_x64(True):
+        learner = tiny_mlp_learner(maml, inner_steps=inner_steps)
+        params = learner.init(jax.random.PRNGKey(0))
+        ep = jax.tree.map(lambda a: a[0], sine_batch64())
+        f = lambda p: learner.outer_loss(p, ep)[0]
+        check_grads(f, (params,), order=2, modes=["rev"], atol=1e-5, rtol=1e-5)
+
+
+def test_batched_meta_gradient_is_mean_of_per_task_gradients():
+    apply_fn, init_fn = sinusoid_model()
+    for task_map in ("vmap", "map"):
+        learner = maml(apply_fn, init_fn, inner_lr=0.01, inner_steps=2, task_map=task_map)
+        params = learner.init(jax.random.PRNGKey(0))
+        eps = sinusoid(10).sample_batch(jax.random.PRNGKey(1), None, 4)
+        g_batch, metrics = jax.jit(learner.meta_grad)(params, eps)
+        task_grad = jax.jit(jax.grad(lambda p, ep: learner.outer_loss(p, ep)[0]))
+        per_task = [task_grad(params, jax.tree.map(lambda a, i=i: a[i], eps)) for i in range(4)]
+        mean = jax.tree.map(lambda *g: sum(g) / 4, *per_task)
+        for a, b in zip(jax.tree.leaves(g_batch), jax.tree.leaves(mean), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        assert np.isfinite(metrics["loss"])
+
+
+def test_remat_gives_the_same_meta_gradient():
+    apply_fn, init_fn = sinusoid_model()
+    eps = sinusoid(10).sample_batch(jax.random.PRNGKey(1), None, 2)
+    grads = []
+    for remat in (False, True):
+        learner = maml(apply_fn, init_fn, inner_lr=0.01, inner_steps=3, remat=remat)
+        grads.append(jax.jit(learner.meta_grad)(learner.init(jax.random.PRNGKey(0)), eps)[0])
+    for a, b in zip(*map(jax.tree.leaves, grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_pretrain_outer_loss_is_loss_at_shared_params():
+    apply_fn, init_fn = sinusoid_model()
+    learner = pretrain(apply_fn, init_fn, inner_lr=0.01)
+    params = learner.init(jax.random.PRNGKey(0))
+    ep = sinusoid(5).sample(jax.random.PRNGKey(3))
+    pred = jnp.concatenate([apply_fn(params, ep.support_x), apply_fn(params, ep.query_x)])
+    y = jnp.concatenate([ep.support_y, ep.query_y])
+    np.testing.assert_allclose(learner.outer_loss(params, ep)[0], jnp.mean((pred - y) ** 2), 1e-6)
+    # test-time fine-tuning is plain SGD on the support loss
+    adapted = learner.adapt(params, ep.support_x, ep.support_y, steps=1)
+    g = jax.grad(lambda p: jnp.mean((apply_fn(p, ep.support_x) - ep.support_y) ** 2))(params)
+    for a, p, gi in zip(*map(jax.tree.leaves, (adapted, params, g)), strict=True):
+        np.testing.assert_allclose(a, p - 0.01 * gi, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("algo", [maml, fomaml, pretrain])
+def test_conformance(algo):
+    apply_fn, init_fn = sinusoid_model()
+    check_meta_learner(algo(apply_fn, init_fn, inner_lr=0.01), sinusoid(5))
+
+
+@pytest.mark.parametrize("algo", [maml, pretrain])  # first-order MAML is not a gradient
+def test_conformance_finite_differences_float64(algo):
+    with jax.enable_x64(True):
+        check_meta_learner(tiny_mlp_learner(algo), sinusoid(5), check_fd=True, fd_eps=1e-5)
+
+
+def test_bad_arguments_raise_clear_errors():
+    apply_fn, init_fn = sinusoid_model()
+    with pytest.raises(ValueError, match="inner steps must be >= 0"):
+        maml(apply_fn, init_fn, inner_lr=0.01, inner_steps=-1)
+    with pytest.raises(ValueError, match="learning rate must be positive"):
+        maml(apply_fn, init_fn, inner_lr=-0.1)
+    with pytest.raises(ValueError, match="task_map"):
+        maml(apply_fn, init_fn, inner_lr=0.1, task_map="pmap")
+    learner = maml(apply_fn, init_fn, inner_lr=0.01)
+    with pytest.raises(ValueError, match="inner steps must be >= 0"):
+        learner.adapt(learner.init(jax.random.PRNGKey(0)), jnp.zeros((5, 1)), jnp.zeros((5, 1)), -2)
+
+
+def test_first_order_meta_grad_is_not_the_true_gradient():
+    """The finite-difference check must catch an approximate meta-gradient."""
+    with jax.enable_x64(True), pytest.raises(AssertionError, match="finite differences"):
+        check_meta_learner(tiny_mlp_learner(fomaml), sinusoid(5), check_fd=True, fd_eps=1e-5)

@@ -1,0 +1,31 @@
+"""Lint (ruff) and the runnable examples in docstrings."""
+
+import doctest
+import importlib
+import pkgutil
+import shutil
+import subprocess
+
+import pytest
+from conftest import REPO
+
+import mamlx
+
+
+def test_ruff_lint_and_format_clean():
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.fail("ruff is part of the test extra: pip install -e '.[test]'")
+    for args in (["check"], ["format", "--check"]):
+        proc = subprocess.run([ruff, *args, str(REPO)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+MODULES = sorted(m.name for m in pkgutil.walk_packages(mamlx.__path__, "mamlx."))
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
