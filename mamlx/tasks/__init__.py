@@ -1,1 +1,40 @@
-"""mamlx.tasks."""
+"""mamlx.tasks: few-shot data loaders and on-device episode samplers."""
+
+from mamlx.tasks.download import cache_dir, download, sha256_file
+from mamlx.tasks.fewshot import FewShotSampler, fewshot_sampler
+from mamlx.tasks.miniimagenet import MiniImageNetSplit, load_miniimagenet, read_split_csv
+from mamlx.tasks.omniglot import (
+    OMNIGLOT_ALPHABETS,
+    OMNIGLOT_ARCHIVES,
+    OmniglotChars,
+    OmniglotSplit,
+    fetch_omniglot_archive,
+    load_omniglot,
+    load_omniglot_npz,
+    load_omniglot_tfds,
+    load_omniglot_zip,
+    omniglot_split,
+    preprocess_omniglot,
+)
+
+__all__ = [
+    "OMNIGLOT_ALPHABETS",
+    "OMNIGLOT_ARCHIVES",
+    "FewShotSampler",
+    "MiniImageNetSplit",
+    "OmniglotChars",
+    "OmniglotSplit",
+    "cache_dir",
+    "download",
+    "fetch_omniglot_archive",
+    "fewshot_sampler",
+    "load_miniimagenet",
+    "load_omniglot",
+    "load_omniglot_npz",
+    "load_omniglot_tfds",
+    "load_omniglot_zip",
+    "omniglot_split",
+    "preprocess_omniglot",
+    "read_split_csv",
+    "sha256_file",
+]
