@@ -1,6 +1,6 @@
 """mamlx.tasks: few-shot data loaders and on-device episode samplers."""
 
-from mamlx.tasks.download import cache_dir, download, sha256_file
+from mamlx.tasks.download import cache_dir, download_url, sha256_file
 from mamlx.tasks.fewshot import FewShotSampler, fewshot_sampler
 from mamlx.tasks.miniimagenet import MiniImageNetSplit, load_miniimagenet, read_split_csv
 from mamlx.tasks.omniglot import (
@@ -25,7 +25,7 @@ __all__ = [
     "OmniglotChars",
     "OmniglotSplit",
     "cache_dir",
-    "download",
+    "download_url",
     "fetch_omniglot_archive",
     "fewshot_sampler",
     "load_miniimagenet",

@@ -2,7 +2,7 @@
 
 * :func:`cache_dir` is where downloads and processed arrays live:
   ``$MAMLX_CACHE`` if set, else ``~/.cache/mamlx``.
-* :func:`download` fetches a URL (``https://``, ``http://`` or ``file://``) into a
+* :func:`download_url` fetches a URL (``https://``, ``http://`` or ``file://``) into a
   ``.part`` file, resumes an interrupted ``.part`` where it can, checks size and
   SHA-256, and only then renames it into place, so a path that exists is always a
   complete, verified file.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_write", "cache_dir", "download", "load_npz", "save_npz", "sha256_file"]
+__all__ = ["atomic_write", "cache_dir", "download_url", "load_npz", "save_npz", "sha256_file"]
 
 _CHUNK = 1 << 20
 
@@ -88,7 +88,7 @@ def _open_url(url: str, offset: int, timeout: float):
     return resp, resumed, total
 
 
-def download(
+def download_url(
     url: str,
     dest: str | os.PathLike,
     *,
@@ -122,7 +122,7 @@ def download(
 
     Example:
       >>> url = "https://example.org/data.zip"
-      >>> download(url, "/tmp/data.zip", sha256="ab12...")  # doctest: +SKIP
+      >>> download_url(url, "/tmp/data.zip", sha256="ab12...")  # doctest: +SKIP
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mamlx.tasks.download import cache_dir as _cache_dir
-from mamlx.tasks.download import download, load_npz, save_npz, sha256_file
+from mamlx.tasks.download import download_url, load_npz, save_npz, sha256_file
 
 __all__ = [
     "OMNIGLOT_ALPHABETS",
@@ -384,7 +384,7 @@ def fetch_omniglot_archive(
         raise ValueError(f"unknown Omniglot archive {name!r}; known: {sorted(OMNIGLOT_ARCHIVES)}")
     table_url, table_sha, table_size = OMNIGLOT_ARCHIVES[name]
     dest = Path(dest_dir) if dest_dir is not None else _cache_dir("omniglot", root=cache_dir)
-    return download(
+    return download_url(
         url or table_url,
         dest / name,
         sha256=sha256 or table_sha,
