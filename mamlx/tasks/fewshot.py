@@ -126,14 +126,18 @@ def fewshot_sampler(
         data = jnp.asarray(data)
         _check(data, ways, shots, queries, rotate)
         classes, examples = data.shape[:2]
-        k_cls, k_ex, k_lab = jax.random.split(key, 3)
         total = classes * (4 if rotate else 1)
-        # Without replacement: indices of the largest of i.i.d. uniform scores
-        # (a uniformly random subset in random order; much cheaper on CPU than
+        # One draw of uniform scores for everything (a single RNG kernel compiles
+        # and runs faster than three): class scores, example scores, label scores.
+        u = jax.random.uniform(key, (total + ways * examples + ways,))
+        # Without replacement: indices of the largest i.i.d. scores are a uniformly
+        # random subset in random order (much cheaper on CPU than
         # jax.random.choice(replace=False), which permutes all classes).
-        _, picked = jax.lax.top_k(jax.random.uniform(k_cls, (total,)), ways)
+        _, picked = jax.lax.top_k(u[:total], ways)
         base, turns = picked % classes, picked // classes
-        _, idx = jax.lax.top_k(jax.random.uniform(k_ex, (ways, examples)), per_class)
+        ex_scores = u[total : total + ways * examples].reshape(ways, examples)
+        _, idx = jax.lax.top_k(ex_scores, per_class)
+        labels = jnp.argsort(u[total + ways * examples :]).astype(jnp.int32)
         x = data[base[:, None], idx]  # (ways, K + Q, H, W, C)
         if jnp.issubdtype(x.dtype, jnp.integer):
             x = x.astype(jnp.float32) / jnp.float32(jnp.iinfo(x.dtype).max)
@@ -141,7 +145,6 @@ def fewshot_sampler(
             x = x.astype(jnp.float32)
         if rotate:
             x = jax.vmap(_rotate)(x, turns)
-        labels = jax.random.permutation(k_lab, ways).astype(jnp.int32)
         rest = x.shape[2:]
         return Episode(
             support_x=x[:, :shots].reshape((ways * shots, *rest)),
