@@ -93,14 +93,13 @@ def read_split_csv(path: str | os.PathLike) -> dict[str, list[str]]:
     return classes
 
 
-def _image_folder(image_dir: Path, first: str) -> Path:
-    for folder in (image_dir, image_dir / "images"):
-        if (folder / first).is_file():
+def _image_folder(image_dir: Path, files: list[str]) -> Path:
+    """``image_dir`` or ``image_dir/images``: whichever holds the listed images."""
+    candidates = (image_dir, image_dir / "images")
+    for folder in candidates:
+        if any((folder / f).is_file() for f in files[:50]):
             return folder
-    raise FileNotFoundError(
-        f"mini-ImageNet image {first} not found in {image_dir} or {image_dir / 'images'}. "
-        + _HOW_TO_GET
-    )
+    return candidates[1] if candidates[1].is_dir() else candidates[0]
 
 
 def _load_image(path: Path, size: int) -> np.ndarray:
@@ -160,10 +159,9 @@ def load_miniimagenet(
     per_class = len(files) // len(names)
     if not image_dir.is_dir():
         raise FileNotFoundError(f"mini-ImageNet image folder {image_dir} not found. {_HOW_TO_GET}")
-    folder = _image_folder(image_dir, files[0])
 
     key = (
-        f"miniimagenet:{split}:{sha256_file(csv_path)}:{folder.resolve()}"
+        f"miniimagenet:{split}:{sha256_file(csv_path)}:{image_dir.resolve()}"
         f";size={size};v={CACHE_VERSION}"
     )
     path = None
@@ -174,6 +172,7 @@ def load_miniimagenet(
         if hit is not None:
             return MiniImageNetSplit(split, hit["images"], names)
 
+    folder = _image_folder(image_dir, files)
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         raise FileNotFoundError(
