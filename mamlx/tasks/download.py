@@ -55,7 +55,14 @@ def cache_dir(sub: str = "", root: str | os.PathLike | None = None) -> Path:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 digest of a file, read in chunks."""
+    """Hex SHA-256 digest of a file, read in chunks.
+
+    Args:
+      path: the file.
+
+    Returns:
+      The lowercase hex digest, as in published checksum tables.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
@@ -186,7 +193,17 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
 
 
 def save_npz(path: str | os.PathLike, key: str, **arrays: np.ndarray) -> Path:
-    """Atomically write an uncompressed ``.npz`` cache file tagged with ``key``."""
+    """Atomically write an uncompressed ``.npz`` cache file tagged with ``key``.
+
+    Args:
+      path: cache file path.
+      key: a string naming what the arrays were built from (source, size,
+        version); :func:`load_npz` trusts the file only for the same key.
+      **arrays: the arrays to store.
+
+    Returns:
+      ``path`` as a ``Path``.
+    """
     with atomic_write(path) as f:
         np.savez(f, __cache_key__=np.array(key), **arrays)
     return Path(path)

@@ -146,7 +146,7 @@ def load_miniimagenet(
 
     Example:
       >>> train = load_miniimagenet("~/data/miniimagenet", "train")  # doctest: +SKIP
-      >>> train.images.shape
+      >>> train.images.shape  # doctest: +SKIP
       (64, 600, 84, 84, 3)
     """
     if split not in SPLITS:

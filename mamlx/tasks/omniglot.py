@@ -313,7 +313,7 @@ def load_omniglot_npz(
 
     Example:
       >>> chars = load_omniglot_npz("data/omniglot")  # doctest: +SKIP
-      >>> chars.images.shape
+      >>> chars.images.shape  # doctest: +SKIP
       (1623, 20, 28, 28, 1)
     """
     root = Path(root)
