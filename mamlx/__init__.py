@@ -11,12 +11,31 @@ from mamlx.evaluate import evaluate, mean_ci
 from mamlx.experiments import SinusoidConfig, build
 from mamlx.inner import adapt
 from mamlx.models import MLP, functional, model
-from mamlx.tasks import Sinusoid, sinusoid
+from mamlx.tasks import (
+    FewShotSampler,
+    MiniImageNetSplit,
+    OmniglotChars,
+    OmniglotSplit,
+    Sinusoid,
+    fewshot_sampler,
+    load_miniimagenet,
+    load_omniglot,
+    omniglot_split,
+    sinusoid,
+)
 from mamlx.train import NonFiniteLossError, TrainState, fit, init_state, make_step, restore
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FewShotSampler",
+    "MiniImageNetSplit",
+    "OmniglotChars",
+    "OmniglotSplit",
+    "fewshot_sampler",
+    "load_miniimagenet",
+    "load_omniglot",
+    "omniglot_split",
     "MLP",
     "Episode",
     "MetaLearner",

@@ -1,0 +1,225 @@
+"""Downloads, checksums and the on-disk cache: the only network code in mamlx.
+
+* :func:`cache_dir` is where downloads and processed arrays live:
+  ``$MAMLX_CACHE`` if set, else ``~/.cache/mamlx``.
+* :func:`download_url` fetches a URL (``https://``, ``http://`` or ``file://``) into a
+  ``.part`` file, resumes an interrupted ``.part`` where it can, checks size and
+  SHA-256, and only then renames it into place, so a path that exists is always a
+  complete, verified file.
+* :func:`atomic_write` and :func:`save_npz` / :func:`load_npz` write cache files
+  through a temporary file and ``os.replace``: an interrupted run leaves no file a
+  later run would trust, and a cache that fails to load is treated as missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["atomic_write", "cache_dir", "download_url", "load_npz", "save_npz", "sha256_file"]
+
+_CHUNK = 1 << 20
+
+
+def cache_dir(sub: str = "", root: str | os.PathLike | None = None) -> Path:
+    """The mamlx cache folder (created if needed).
+
+    Args:
+      sub: optional sub-folder, e.g. ``"omniglot"``.
+      root: explicit cache root; default ``$MAMLX_CACHE`` or ``~/.cache/mamlx``.
+
+    Returns:
+      The folder path; it exists on return.
+
+    Example:
+      >>> cache_dir("omniglot")  # doctest: +SKIP
+      PosixPath('/home/me/.cache/mamlx/omniglot')
+    """
+    if root is None:
+        root = os.environ.get("MAMLX_CACHE") or Path.home() / ".cache" / "mamlx"
+    path = Path(root).expanduser()
+    if sub:
+        path = path / sub
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 digest of a file, read in chunks.
+
+    Args:
+      path: the file.
+
+    Returns:
+      The lowercase hex digest, as in published checksum tables.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _open_url(url: str, offset: int, timeout: float):
+    """Open ``url`` at byte ``offset``; return (stream, resumed, total_size or None)."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        path = Path(urllib.request.url2pathname(parsed.path))
+        if not path.is_file():
+            raise FileNotFoundError(f"download source {url} does not exist")
+        f = open(path, "rb")
+        total = path.stat().st_size
+        if 0 < offset <= total:
+            f.seek(offset)
+            return f, True, total
+        return f, False, total
+    if parsed.scheme not in ("http", "https"):
+        raise ValueError(f"unsupported URL scheme in {url!r}; use https://, http:// or file://")
+    req = urllib.request.Request(url, headers={"User-Agent": "mamlx"})
+    if offset:
+        req.add_header("Range", f"bytes={offset}-")
+    resp = urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 (scheme checked above)
+    resumed = offset > 0 and resp.status == 206
+    length = resp.headers.get("Content-Length")
+    total = int(length) + (offset if resumed else 0) if length is not None else None
+    return resp, resumed, total
+
+
+def download_url(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    timeout: float = 60.0,
+) -> Path:
+    """Download ``url`` to ``dest`` atomically, resuming and verifying.
+
+    If ``dest`` already exists and matches ``sha256`` it is returned untouched.
+    Otherwise bytes go to ``dest + ".part"``; an existing ``.part`` (from an
+    interrupted run) is resumed with an HTTP ``Range`` request (or a seek, for
+    ``file://``). The finished file is checked against ``size`` and ``sha256``
+    and only then renamed to ``dest``. A resumed file that fails the check is
+    downloaded once more from scratch before giving up.
+
+    Args:
+      url: ``https://``, ``http://`` or ``file://`` URL.
+      dest: final path of the file.
+      sha256: expected hex SHA-256 digest (strongly recommended).
+      size: expected size in bytes, if known; a shorter file is reported as truncated.
+      timeout: socket timeout in seconds.
+
+    Returns:
+      ``dest`` as a ``Path``.
+
+    Raises:
+      ValueError: checksum mismatch or truncated download (the partial file is deleted).
+      FileNotFoundError: a ``file://`` source that does not exist.
+      OSError: network errors (the ``.part`` file is kept so a later call resumes).
+
+    Example:
+      >>> url = "https://example.org/data.zip"
+      >>> download_url(url, "/tmp/data.zip", sha256="ab12...")  # doctest: +SKIP
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_file():
+        if sha256 is None or sha256_file(dest) == sha256.lower():
+            return dest
+        dest.unlink()  # stale or corrupt: fetch again
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(2):
+        offset = part.stat().st_size if part.is_file() else 0
+        stream, resumed, total = _open_url(url, offset, timeout)
+        with stream, open(part, "ab" if resumed else "wb") as out:
+            shutil.copyfileobj(stream, out, _CHUNK)
+        got = part.stat().st_size
+        problem = None
+        if size is not None and got != size:
+            kind = "truncated" if got < size else "too long"
+            problem = f"download of {url} is {kind}: {got} bytes, expected {size}"
+        elif total is not None and got != total:
+            problem = f"download of {url} is truncated: {got} bytes, server announced {total}"
+        elif sha256 is not None:
+            digest = sha256_file(part)
+            if digest != sha256.lower():
+                problem = f"checksum mismatch for {url}: sha256 {digest}, expected {sha256.lower()}"
+        if problem is None:
+            os.replace(part, dest)
+            return dest
+        part.unlink()
+        if not (resumed and attempt == 0):
+            raise ValueError(problem + "; the partial file was deleted, try again")
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
+    """Open a temporary file beside ``path``; rename it onto ``path`` only on success.
+
+    Args:
+      path: final file path.
+      mode: ``open`` mode for the temporary file (``"wb"`` or ``"w"``).
+
+    Yields:
+      The open temporary file. If the body raises, the temporary file is removed
+      and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_npz(path: str | os.PathLike, key: str, **arrays: np.ndarray) -> Path:
+    """Atomically write an uncompressed ``.npz`` cache file tagged with ``key``.
+
+    Args:
+      path: cache file path.
+      key: a string naming what the arrays were built from (source, size,
+        version); :func:`load_npz` trusts the file only for the same key.
+      **arrays: the arrays to store.
+
+    Returns:
+      ``path`` as a ``Path``.
+    """
+    with atomic_write(path) as f:
+        np.savez(f, __cache_key__=np.array(key), **arrays)
+    return Path(path)
+
+
+def load_npz(path: str | os.PathLike, key: str) -> dict[str, np.ndarray] | None:
+    """Load a cache file written by :func:`save_npz`, or ``None`` if missing or untrusted.
+
+    A file that is truncated, corrupt or tagged with a different ``key`` is not
+    trusted: the function returns ``None`` and the caller rebuilds it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["__cache_key__"]) != key:
+                return None
+            return {k: z[k] for k in z.files if k != "__cache_key__"}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None

@@ -1,0 +1,192 @@
+"""mini-ImageNet from a user-supplied image folder and the Ravi & Larochelle split CSVs.
+
+Data: Vinyals et al. (2016), "Matching Networks for One Shot Learning"; class
+split of Ravi & Larochelle (2017), "Optimization as a Model for Few-Shot
+Learning": 64 train / 16 val / 20 test classes of 600 images each, listed in
+``train.csv`` / ``val.csv`` / ``test.csv`` (header ``filename,label``, rows like
+``n0153282900000005.jpg,n01532829``). The images are not redistributable here:
+the user supplies a folder holding them, flat or in an ``images/`` sub-folder.
+
+Each split becomes one uint8 array ``(classes, images_per_class, 84, 84, 3)``
+(RGB, resized with a Lanczos filter as in Ravi & Larochelle's script), classes
+in order of first appearance in the CSV, images in CSV order. Arrays are cached
+in ``cache_dir("miniimagenet")``, keyed by the CSV content, the image folder, the
+size and :data:`CACHE_VERSION`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from mamlx.tasks.download import cache_dir as _cache_dir
+from mamlx.tasks.download import load_npz, save_npz, sha256_file
+
+__all__ = ["MiniImageNetSplit", "load_miniimagenet", "read_split_csv"]
+
+CACHE_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+_HOW_TO_GET = (
+    "mini-ImageNet images are not shipped with mamlx: obtain the images of the Ravi & "
+    "Larochelle (2017) release (e.g. via https://github.com/twitter/meta-learning-lstm) "
+    "and pass the folder holding them"
+)
+
+
+class MiniImageNetSplit(NamedTuple):
+    """One mini-ImageNet split as an array.
+
+    Attributes:
+      name: ``"train"``, ``"val"`` or ``"test"``.
+      images: uint8 ``(classes, images_per_class, size, size, 3)``.
+      class_names: WordNet ids (``"n01532829"``), one per class, in array order.
+    """
+
+    name: str
+    images: np.ndarray
+    class_names: tuple[str, ...]
+
+
+def read_split_csv(path: str | os.PathLike) -> dict[str, list[str]]:
+    """Read a split CSV (``filename,label``) into ``{label: [filenames]}``.
+
+    Args:
+      path: the CSV file.
+
+    Returns:
+      Ordered mapping from class (in order of first appearance) to file names.
+
+    Raises:
+      FileNotFoundError: the CSV is missing.
+      ValueError: wrong header, no rows (empty split) or classes of unequal size.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"mini-ImageNet split file {path} not found; it is one of the Ravi & Larochelle "
+            "(2017) CSVs train.csv / val.csv / test.csv"
+        )
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or [c.strip() for c in rows[0]] != ["filename", "label"]:
+        raise ValueError(f"{path}: expected a header 'filename,label'")
+    classes: dict[str, list[str]] = {}
+    for n, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != 2:
+            raise ValueError(f"{path}:{n}: expected 'filename,label', got {row!r}")
+        classes.setdefault(row[1].strip(), []).append(row[0].strip())
+    if not classes:
+        raise ValueError(f"{path}: the split is empty (no rows)")
+    sizes = {len(v) for v in classes.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"{path}: classes have different numbers of images: {sorted(sizes)}")
+    return classes
+
+
+def _image_folder(image_dir: Path, files: list[str]) -> Path:
+    """``image_dir`` or ``image_dir/images``: whichever holds the listed images."""
+    candidates = (image_dir, image_dir / "images")
+    for folder in candidates:
+        if any((folder / f).is_file() for f in files[:50]):
+            return folder
+    return candidates[1] if candidates[1].is_dir() else candidates[0]
+
+
+def _load_image(path: Path, size: int) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.LANCZOS)
+            return np.asarray(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"mini-ImageNet image {path} not found. {_HOW_TO_GET}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot decode mini-ImageNet image {path}: {e}") from e
+
+
+def load_miniimagenet(
+    image_dir: str | os.PathLike,
+    split: str = "train",
+    *,
+    csv_dir: str | os.PathLike | None = None,
+    size: int = 84,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> MiniImageNetSplit:
+    """Load one mini-ImageNet split as a uint8 array.
+
+    Args:
+      image_dir: folder with the images named as in the CSV rows
+        (``n0153282900000005.jpg``), directly or in ``image_dir/images``.
+      split: ``"train"``, ``"val"`` or ``"test"`` (reads ``<csv_dir>/<split>.csv``).
+      csv_dir: folder holding the split CSVs (default ``image_dir``).
+      size: output side length (84 in the standard benchmark).
+      cache: read / write the array in the cache.
+      cache_dir: cache root (default ``$MAMLX_CACHE`` or ``~/.cache/mamlx``).
+
+    Returns:
+      :class:`MiniImageNetSplit`; ``images`` is ``(64, 600, 84, 84, 3)`` uint8 for
+      the full train split. Feed it to :func:`~mamlx.tasks.fewshot_sampler`,
+      which scales it to float32 in [0, 1].
+
+    Raises:
+      FileNotFoundError: a CSV or an image is missing (names the path).
+      ValueError: unknown split, empty split, unreadable image.
+
+    Example:
+      >>> train = load_miniimagenet("~/data/miniimagenet", "train")  # doctest: +SKIP
+      >>> train.images.shape  # doctest: +SKIP
+      (64, 600, 84, 84, 3)
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown mini-ImageNet split {split!r}; use one of {SPLITS}")
+    image_dir = Path(image_dir).expanduser()
+    csv_path = Path(csv_dir if csv_dir is not None else image_dir).expanduser() / f"{split}.csv"
+    classes = read_split_csv(csv_path)
+    names = tuple(classes)
+    files = [f for fs in classes.values() for f in fs]
+    per_class = len(files) // len(names)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"mini-ImageNet image folder {image_dir} not found. {_HOW_TO_GET}")
+
+    key = (
+        f"miniimagenet:{split}:{sha256_file(csv_path)}:{image_dir.resolve()}"
+        f";size={size};v={CACHE_VERSION}"
+    )
+    path = None
+    if cache:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+        path = _cache_dir("miniimagenet", root=cache_dir) / f"{split}-{digest}.npz"
+        hit = load_npz(path, key)
+        if hit is not None:
+            return MiniImageNetSplit(split, hit["images"], names)
+
+    folder = _image_folder(image_dir, files)
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(files)} mini-ImageNet images listed in {csv_path} are "
+            f"missing from {folder} (first: {missing[0]}). {_HOW_TO_GET}"
+        )
+    images = np.empty((len(files), size, size, 3), np.uint8)
+
+    def fill(i: int) -> None:
+        images[i] = _load_image(folder / files[i], size)
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL
+        list(pool.map(fill, range(len(files))))
+    images = images.reshape(len(names), per_class, size, size, 3)
+    if path is not None:
+        save_npz(path, key, images=images)
+    return MiniImageNetSplit(split, images, names)

@@ -1,0 +1,131 @@
+"""Tests for mamlx.tasks.download: cache dir, atomic/resumable download, npz cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+import mamlx.tasks.download as dl
+
+
+def _src(tmp_path, n=300_000, seed=0):
+    data = np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+    path = tmp_path / "src.bin"
+    path.write_bytes(data)
+    return path, data, hashlib.sha256(data).hexdigest()
+
+
+def test_cache_dir_env_and_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAMLX_CACHE", str(tmp_path / "env"))
+    assert dl.cache_dir("omniglot") == tmp_path / "env" / "omniglot"
+    assert (tmp_path / "env" / "omniglot").is_dir()
+    assert dl.cache_dir(root=tmp_path / "explicit") == tmp_path / "explicit"
+    monkeypatch.delenv("MAMLX_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert dl.cache_dir() == tmp_path / "home" / ".cache" / "mamlx"
+
+
+def test_download_file_url_good_checksum(tmp_path):
+    src, data, sha = _src(tmp_path)
+    dest = tmp_path / "out" / "file.bin"
+    got = dl.download_url(src.as_uri(), dest, sha256=sha, size=len(data))
+    assert got == dest and dest.read_bytes() == data
+    assert not list(dest.parent.glob("*.part"))
+    # An existing verified file is reused without touching the source.
+    src.unlink()
+    assert dl.download_url(src.as_uri(), dest, sha256=sha) == dest
+
+
+def test_download_bad_checksum_leaves_nothing(tmp_path):
+    src, _, _ = _src(tmp_path)
+    dest = tmp_path / "file.bin"
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        dl.download_url(src.as_uri(), dest, sha256="0" * 64)
+    assert not dest.exists() and not dest.with_name("file.bin.part").exists()
+
+
+def test_download_truncated_file(tmp_path):
+    src, data, sha = _src(tmp_path)
+    short = tmp_path / "short.bin"
+    short.write_bytes(data[: len(data) // 2])
+    dest = tmp_path / "file.bin"
+    with pytest.raises(ValueError, match="truncated"):
+        dl.download_url(short.as_uri(), dest, sha256=sha, size=len(data))
+    assert not dest.exists() and not dest.with_name("file.bin.part").exists()
+    # Without a known size, the checksum still catches it.
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        dl.download_url(short.as_uri(), dest, sha256=sha)
+
+
+def test_download_resumes_partial_file(tmp_path, monkeypatch):
+    src, data, sha = _src(tmp_path)
+    dest = tmp_path / "file.bin"
+    part = tmp_path / "file.bin.part"
+    part.write_bytes(data[:100_000])  # an interrupted earlier run
+    opened = []
+    real_open = dl._open_url
+    monkeypatch.setattr(dl, "_open_url", lambda *a: opened.append(a[1]) or real_open(*a))
+    dl.download_url(src.as_uri(), dest, sha256=sha, size=len(data))
+    assert dest.read_bytes() == data and not part.exists()
+    assert opened == [100_000]  # resumed at the offset, one request
+
+
+def test_download_bad_partial_restarts_from_scratch(tmp_path):
+    src, data, sha = _src(tmp_path)
+    dest = tmp_path / "file.bin"
+    (tmp_path / "file.bin.part").write_bytes(b"garbage" * 100)
+    dl.download_url(src.as_uri(), dest, sha256=sha)
+    assert dest.read_bytes() == data
+
+
+def test_download_replaces_stale_destination(tmp_path):
+    src, data, sha = _src(tmp_path)
+    dest = tmp_path / "file.bin"
+    dest.write_bytes(b"stale")
+    dl.download_url(src.as_uri(), dest, sha256=sha)
+    assert dest.read_bytes() == data
+
+
+def test_download_bad_sources(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        dl.download_url((tmp_path / "nope.zip").as_uri(), tmp_path / "x")
+    with pytest.raises(ValueError, match="unsupported URL scheme"):
+        dl.download_url("ftp://example.org/x.zip", tmp_path / "x")
+
+
+def test_atomic_write_failure_leaves_no_file(tmp_path):
+    target = tmp_path / "a.bin"
+    with pytest.raises(RuntimeError):
+        with dl.atomic_write(target) as f:
+            f.write(b"half")
+            raise RuntimeError("interrupted")
+    assert os.listdir(tmp_path) == []
+    with dl.atomic_write(target) as f:
+        f.write(b"whole")
+    assert target.read_bytes() == b"whole" and os.listdir(tmp_path) == ["a.bin"]
+
+
+def test_npz_cache_roundtrip_and_untrusted_files(tmp_path, monkeypatch):
+    path = tmp_path / "c.npz"
+    x = np.arange(12.0, dtype=np.float32).reshape(3, 4)
+    dl.save_npz(path, "key-1", x=x)
+    got = dl.load_npz(path, "key-1")
+    np.testing.assert_array_equal(got["x"], x)
+    assert dl.load_npz(path, "key-2") is None  # other source / size / version
+    assert dl.load_npz(tmp_path / "missing.npz", "key-1") is None
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    assert dl.load_npz(path, "key-1") is None
+
+    # An interrupted save leaves neither a cache file nor a temporary file.
+    def boom(f, **arrays):
+        f.write(b"PK partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dl.np, "savez", boom)
+    other = tmp_path / "sub" / "d.npz"
+    with pytest.raises(KeyboardInterrupt):
+        dl.save_npz(other, "k", x=x)
+    assert os.listdir(tmp_path / "sub") == []

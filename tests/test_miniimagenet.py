@@ -1,0 +1,151 @@
+"""Tests for the mini-ImageNet loader on generated JPEGs named after real CSV rows."""
+
+from __future__ import annotations
+
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from mamlx.tasks import fewshot_sampler, load_miniimagenet, miniimagenet, read_split_csv
+
+PER_CLASS = 4
+
+
+def _colour(cls: int, i: int) -> tuple[int, int, int]:
+    return (40 + 60 * cls) % 256, (200 - 30 * i) % 256, (90 + 50 * cls) % 256
+
+
+def _build(root, real_csv, split, num_classes, layout):
+    """Write a CSV subset of ``real_csv`` and solid-colour JPEGs for its rows."""
+    classes = read_split_csv(real_csv)
+    names = list(classes)[:num_classes]
+    rows = [(f, n) for n in names for f in classes[n][:PER_CLASS]]
+    (root / "csv").mkdir(exist_ok=True)
+    with open(root / "csv" / f"{split}.csv", "w") as f:
+        f.write("filename,label\n" + "".join(f"{a},{b}\n" for a, b in rows))
+    folder = root / "imgs" / "images" if layout == "sub" else root / "imgs"
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, (fname, _) in enumerate(rows):
+        c, i = divmod(k, PER_CLASS)
+        size = (84, 84) if k % 3 == 0 else (100 + 7 * k, 90 + 3 * k)  # some need resizing
+        img = Image.new("RGB", size, _colour(c, i))
+        if k == 1:
+            img = img.convert("L")  # ImageNet has a few grayscale images
+        img.save(folder / fname, quality=95)
+    return names, [f for f, _ in rows]
+
+
+@pytest.fixture
+def folder(tmp_path, miniimagenet_dir):
+    train = _build(tmp_path, miniimagenet_dir / "train.csv", "train", 3, "flat")
+    val = _build(tmp_path, miniimagenet_dir / "val.csv", "val", 2, "flat")
+    return tmp_path, {"train": train, "val": val}
+
+
+def test_real_split_csvs(miniimagenet_dir):
+    splits = {s: read_split_csv(miniimagenet_dir / f"{s}.csv") for s in ("train", "val", "test")}
+    assert {s: len(c) for s, c in splits.items()} == {"train": 64, "val": 16, "test": 20}
+    assert all(len(v) == 600 for c in splits.values() for v in c.values())
+    assert not set(splits["train"]) & (set(splits["val"]) | set(splits["test"]))
+    assert not set(splits["val"]) & set(splits["test"])
+    first = next(iter(splits["train"].items()))
+    assert first[0] == "n01532829" and first[1][0] == "n0153282900000005.jpg"
+
+
+def test_load_generated_images(folder):
+    root, made = folder
+    for split, n in (("train", 3), ("val", 2)):
+        got = load_miniimagenet(root / "imgs", split, csv_dir=root / "csv", cache_dir=root / "c")
+        assert got.name == split and got.class_names == tuple(made[split][0])
+        assert got.images.shape == (n, PER_CLASS, 84, 84, 3) and got.images.dtype == np.uint8
+        for c in range(n):
+            for i in range(PER_CLASS):
+                mean = got.images[c, i].reshape(-1, 3).mean(0)
+                want = np.array(_colour(c, i), float)
+                if (c, i) == (0, 1):  # saved as grayscale, loaded as RGB
+                    gray = Image.new("RGB", (1, 1), _colour(0, 1)).convert("L").getpixel((0, 0))
+                    want = np.full(3, gray, float)
+                np.testing.assert_allclose(mean, want, atol=4)
+
+
+def test_images_subfolder_and_cache_reuse(folder):
+    root, _ = folder
+    sub = root / "imgs" / "images"
+    sub.mkdir()
+    for f in (root / "imgs").glob("*.jpg"):
+        f.rename(sub / f.name)
+    first = load_miniimagenet(root / "imgs", "train", csv_dir=root / "csv", cache_dir=root / "c")
+    assert len(list((root / "c" / "miniimagenet").glob("train-*.npz"))) == 1
+    # The second load reads the cache: the images themselves are not needed any more.
+    for f in list(sub.glob("*.jpg"))[1:]:
+        f.unlink()
+    again = load_miniimagenet(root / "imgs", "train", csv_dir=root / "csv", cache_dir=root / "c")
+    np.testing.assert_array_equal(again.images, first.images)
+    with pytest.raises(FileNotFoundError, match=r"11 of 12 mini-ImageNet images .* missing"):
+        load_miniimagenet(root / "imgs", "train", csv_dir=root / "csv", cache=False)
+    # Other size: another cache entry, built from the images (which are gone now).
+    with pytest.raises(FileNotFoundError, match="missing"):
+        load_miniimagenet(
+            root / "imgs", "train", csv_dir=root / "csv", size=32, cache_dir=root / "c"
+        )
+
+
+def test_bad_inputs(folder, tmp_path):
+    root, made = folder
+    csv_dir, imgs = root / "csv", root / "imgs"
+    with pytest.raises(ValueError, match="unknown mini-ImageNet split"):
+        load_miniimagenet(imgs, "training", csv_dir=csv_dir)
+    with pytest.raises(FileNotFoundError, match="test.csv not found"):
+        load_miniimagenet(imgs, "test", csv_dir=csv_dir)
+    with pytest.raises(FileNotFoundError, match="image folder .* not found"):
+        load_miniimagenet(tmp_path / "nowhere", "train", csv_dir=csv_dir)
+    first = made["train"][1][0]
+    (imgs / first).unlink()
+    with pytest.raises(FileNotFoundError, match=first):
+        load_miniimagenet(imgs, "train", csv_dir=csv_dir, cache=False)
+    (imgs / first).write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=f"cannot decode mini-ImageNet image .*{first}"):
+        load_miniimagenet(imgs, "train", csv_dir=csv_dir, cache=False)
+    assert not (root / "c").exists() or not list((root / "c").rglob("*.npz"))
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train.csv").write_text("filename,label\n")
+    with pytest.raises(ValueError, match="empty"):
+        load_miniimagenet(imgs, "train", csv_dir=bad)
+    lines = (csv_dir / "train.csv").read_text().splitlines()
+    (bad / "train.csv").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(ValueError, match="different numbers of images"):
+        load_miniimagenet(imgs, "train", csv_dir=bad)
+    (bad / "train.csv").write_text("file,class\na.jpg,n1\n")
+    with pytest.raises(ValueError, match="header"):
+        load_miniimagenet(imgs, "train", csv_dir=bad)
+
+
+def test_interrupted_build_leaves_no_cache(folder, monkeypatch):
+    root, _ = folder
+    calls = []
+
+    def flaky(path, size):
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(path, size)
+
+    real = miniimagenet._load_image
+    monkeypatch.setattr(miniimagenet, "_load_image", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        load_miniimagenet(root / "imgs", "train", csv_dir=root / "csv", cache_dir=root / "c")
+    assert not list((root / "c").rglob("*.npz")) and not list((root / "c").rglob("*.tmp"))
+
+
+def test_sampler_on_miniimagenet_arrays(folder):
+    root, _ = folder
+    data = load_miniimagenet(root / "imgs", "train", csv_dir=root / "csv", cache=False).images
+    ep = jax.jit(fewshot_sampler(3, 1, 2).sample)(jax.random.key(0), data)
+    assert ep.support_x.shape == (3, 84, 84, 3) and ep.support_x.dtype == np.float32
+    assert float(ep.query_x.max()) <= 1.0
+    shutil.rmtree(root / "imgs")
