@@ -12,13 +12,46 @@ MAML drops the Hessian term and uses ∇L_query(θ') directly.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
 
 from mamlx import inner
 from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_meta_grad
 from mamlx.episodes import Episode
 from mamlx.losses import task_metrics
 from mamlx.models.adapter import ApplyFn
-from mamlx.types import Params, PRNGKey
+from mamlx.types import Array, Params, PRNGKey
+
+
+class SupportContext(NamedTuple):
+    """Adapted params plus the support inputs, for non-transductive prediction."""
+
+    params: Params
+    support_x: Array
+
+
+def make_predict(apply_fn: ApplyFn, adapt_params: Callable, transductive: bool = True):
+    """``(adapt, predict)`` for a learner whose task state is adapted parameters.
+
+    Transductive (the original MAML and Reptile setting): the query batch is
+    predicted at once, so batch norm uses the query batch's statistics.
+    Non-transductive: each query example is predicted together with the support set
+    (batch statistics of support ∪ {x}), so predictions do not depend on the other
+    queries (Nichol et al. 2018, Sec. 6).
+    """
+    if transductive:
+        return adapt_params, apply_fn
+
+    def adapt(meta_params, support_x, support_y, steps=None):
+        return SupportContext(adapt_params(meta_params, support_x, support_y, steps), support_x)
+
+    def predict(state: SupportContext, x):
+        one = lambda xi: apply_fn(state.params, jnp.concatenate([state.support_x, xi[None]]))[-1]
+        return jax.vmap(one)(x)
+
+    return adapt, predict
 
 
 def maml(
@@ -31,6 +64,7 @@ def maml(
     remat: bool = False,
     loss_fn: Callable | None = None,
     task_map: str = "vmap",
+    transductive: bool = True,
 ) -> MetaLearner:
     """Model-Agnostic Meta-Learning.
 
@@ -46,6 +80,9 @@ def maml(
       loss_fn: ``loss_fn(pred, y)``; default cross-entropy for integer labels,
         MSE otherwise.
       task_map: ``"vmap"`` or ``"map"`` over the task batch.
+      transductive: batch-norm statistics from the whole query batch (True, as
+        the original MAML) or from support ∪ {one query} (False); see
+        :func:`make_predict`.
 
     Returns:
       A :class:`MetaLearner`.
@@ -64,7 +101,7 @@ def maml(
     def support_loss(params, x, y):
         return task_metrics(apply_fn(params, x), y, loss_fn)[0]
 
-    def adapt(meta_params, support_x, support_y, steps=None):
+    def adapt_params(meta_params, support_x, support_y, steps=None):
         steps = inner_steps if steps is None else steps
         params, _ = inner.adapt(
             support_loss,
@@ -78,14 +115,16 @@ def maml(
         )
         return params
 
+    adapt, predict = make_predict(apply_fn, adapt_params, transductive)
+
     def outer_loss(meta_params, episode: Episode):
-        params = adapt(meta_params, episode.support_x, episode.support_y)
-        return task_metrics(apply_fn(params, episode.query_x), episode.query_y, loss_fn)
+        state = adapt(meta_params, episode.support_x, episode.support_y)
+        return task_metrics(predict(state, episode.query_x), episode.query_y, loss_fn)
 
     return MetaLearner(
         init=init_fn,
         adapt=adapt,
-        predict=apply_fn,
+        predict=predict,
         outer_loss=outer_loss,
         meta_grad=gradient_meta_grad(outer_loss, task_map),
     )

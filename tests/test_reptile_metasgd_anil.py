@@ -1,0 +1,152 @@
+"""Reptile, Meta-SGD and ANIL against hand-computed updates and MAML."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mamlx import Episode
+from mamlx.algorithms import anil, head_by_path, maml, metasgd, reptile
+from mamlx.experiments import sinusoid_model
+from mamlx.models import tree_cast
+from mamlx.tasks import sinusoid
+from mamlx.testing import check_meta_learner
+
+
+def linear_apply(theta, x):
+    return x @ theta
+
+
+def test_reptile_update_equals_hand_computed_rule():
+    rng = np.random.default_rng(0)
+    d, n, tasks, inner_steps, alpha, eps = 3, 5, 4, 3, 0.05, 0.5
+    xs = rng.normal(size=(tasks, n, d)).astype(np.float32)
+    ys = rng.normal(size=(tasks, n)).astype(np.float32)
+    eps_batch = Episode(jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(xs), jnp.asarray(ys))
+    phi0 = rng.normal(size=d).astype(np.float32)
+    learner = reptile(
+        linear_apply, lambda k: jnp.asarray(phi0), inner_opt=alpha, inner_steps=inner_steps
+    )
+    opt = optax.sgd(eps)
+    phi, opt_state = jnp.asarray(phi0), opt.init(jnp.asarray(phi0))
+    ref = phi0.astype(np.float64)
+    for _ in range(3):  # three outer steps
+        g, _ = jax.jit(learner.meta_grad)(phi, eps_batch)
+        upd, opt_state = opt.update(g, opt_state, phi)
+        phi = optax.apply_updates(phi, upd)
+        adapted = []
+        for t in range(tasks):  # plain SGD on the MSE, by hand
+            th = ref.copy()
+            for _ in range(inner_steps):
+                th = th - alpha * 2.0 / n * xs[t].T @ (xs[t] @ th - ys[t])
+            adapted.append(th)
+        ref = ref + eps * (np.mean(adapted, 0) - ref)
+        np.testing.assert_allclose(phi, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_reptile_outer_update_composes_with_optax_chain():
+    learner = reptile(*sinusoid_model((8,)), inner_opt=0.02, inner_steps=2)
+    params = learner.init(jax.random.PRNGKey(0))
+    eps = sinusoid(5).sample_batch(jax.random.PRNGKey(1), None, 3)
+    g, _ = learner.meta_grad(params, eps)
+    opt = optax.chain(optax.clip_by_global_norm(1e-3), optax.sgd(1.0))
+    upd, _ = opt.update(g, opt.init(params), params)
+    norm = optax.tree.norm(upd)
+    assert 0 < float(norm) <= 1e-3 + 1e-7
+
+
+def test_metasgd_with_equal_frozen_rates_equals_maml():
+    apply_fn, init_fn = sinusoid_model((16,))
+    eps = sinusoid(5).sample_batch(jax.random.PRNGKey(1), None, 3)
+    m = maml(apply_fn, init_fn, inner_lr=0.03, inner_steps=2)
+    s = metasgd(apply_fn, init_fn, inner_lr=0.03, inner_steps=2, learn_lr=False)
+    meta = s.init(jax.random.PRNGKey(0))
+    g_maml, met_m = m.meta_grad(meta["params"], eps)
+    g_sgd, met_s = s.meta_grad(meta, eps)
+    np.testing.assert_allclose(met_m["loss"], met_s["loss"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_maml), jax.tree.leaves(g_sgd["params"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves(g_sgd["lr"]))
+    # learned rates do receive a meta-gradient
+    g_learn, _ = metasgd(apply_fn, init_fn, inner_lr=0.03, inner_steps=2).meta_grad(meta, eps)
+    assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_learn["lr"])) > 0
+
+
+def test_anil_inner_loop_leaves_the_body_untouched():
+    apply_fn, init_fn = sinusoid_model((16, 16))
+    learner = anil(
+        apply_fn, init_fn, inner_lr=0.1, inner_steps=3, is_head=head_by_path("layers", 2)
+    )
+    params = learner.init(jax.random.PRNGKey(0))
+    ep = sinusoid(5).sample(jax.random.PRNGKey(2))
+    adapted = learner.adapt(params, ep.support_x, ep.support_y)
+    for i in (0, 1):
+        for k in ("kernel", "bias"):
+            np.testing.assert_array_equal(adapted["layers"][i][k], params["layers"][i][k])
+    assert not np.allclose(adapted["layers"][2]["kernel"], params["layers"][2]["kernel"])
+    # the inner-loop gradient is zero for body parameters, yet the meta-gradient is not
+    inner_grad = jax.grad(
+        lambda p: learner.adapt(p, ep.support_x, ep.support_y)["layers"][2]["bias"].sum()
+    )(params)
+    assert float(jnp.abs(inner_grad["layers"][0]["kernel"]).max()) > 0  # head depends on body
+    g, _ = learner.meta_grad(params, jax.tree.map(lambda a: a[None], ep))
+    assert float(jnp.abs(g["layers"][0]["kernel"]).max()) > 0
+
+
+def test_anil_selector_must_match():
+    learner = anil(*sinusoid_model((4,)), inner_lr=0.1, is_head=head_by_path("nope"))
+    ep = sinusoid(5).sample(jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="matched no parameters"):
+        learner.adapt(learner.init(jax.random.PRNGKey(0)), ep.support_x, ep.support_y)
+
+
+@pytest.mark.parametrize("name", ["reptile", "metasgd", "anil"])
+def test_conformance(name):
+    apply_fn, init_fn = sinusoid_model((16,))
+    make = {
+        "reptile": lambda: reptile(apply_fn, init_fn, inner_opt=0.02, inner_steps=3),
+        "metasgd": lambda: metasgd(apply_fn, init_fn, inner_lr=0.02),
+        "anil": lambda: anil(apply_fn, init_fn, inner_lr=0.02, is_head=head_by_path("layers", 1)),
+    }
+    check_meta_learner(make[name](), sinusoid(5))
+
+
+@pytest.mark.parametrize("name", ["metasgd", "anil"])
+def test_finite_differences_float64(name):
+    with jax.enable_x64(True):
+        apply_fn, init_fn = sinusoid_model((8,))
+        init64 = lambda k: tree_cast(init_fn(k), jnp.float64)
+        learner = {
+            "metasgd": lambda: metasgd(apply_fn, init64, inner_lr=0.05, inner_steps=2),
+            "anil": lambda: anil(
+                apply_fn, init64, inner_lr=0.05, inner_steps=2, is_head=head_by_path("layers", 1)
+            ),
+        }[name]()
+        check_meta_learner(learner, sinusoid(5), check_fd=True, fd_eps=1e-5)
+
+
+def test_non_transductive_prediction_ignores_other_queries():
+    from flax import nnx
+
+    from mamlx.models import model
+
+    class BNNet(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(1, 8, rngs=rngs)
+            self.bn = nnx.BatchNorm(8, use_running_average=False, rngs=rngs)
+            self.l2 = nnx.Linear(8, 1, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(jax.nn.relu(self.bn(self.l1(x))))
+
+    apply_fn, init_fn = model(BNNet)
+    ep = sinusoid(5, queries=6).sample(jax.random.PRNGKey(0))
+    for transductive in (True, False):
+        learner = maml(apply_fn, init_fn, inner_lr=0.01, transductive=transductive)
+        params = learner.init(jax.random.PRNGKey(1))
+        state = learner.adapt(params, ep.support_x, ep.support_y)
+        full = learner.predict(state, ep.query_x)
+        first = learner.predict(state, ep.query_x[:2])
+        same = np.allclose(full[:2], first, atol=1e-5)
+        assert same == (not transductive)
