@@ -17,7 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from mamlx import checkpoint
-from mamlx.experiments import CONFIGS, SINUSOID_ALGOS, SinusoidConfig, build, config_from_dict
+from mamlx.experiments import (
+    CONFIGS,
+    FEWSHOT_ALGOS,
+    PRESETS,
+    SINUSOID_ALGOS,
+    FewShotConfig,
+    SinusoidConfig,
+    build,
+    config_from_dict,
+    preset_config,
+)
 
 RUN_FLAGS = ("out", "resume", "chunk", "checkpoint_every", "progress", "compile_cache")
 
@@ -42,8 +52,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default
         kw: dict[str, Any] = {"default": None, "help": f"(default: {default})"}
-        if f.name == "algo" and cls is SinusoidConfig:
-            kw["choices"] = sorted(SINUSOID_ALGOS)
+        if f.name == "algo":
+            kw["choices"] = sorted(SINUSOID_ALGOS if cls is SinusoidConfig else FEWSHOT_ALGOS)
+        if f.name == "preset":
+            kw["help"] = "published setting to start from: " + ", ".join(sorted(PRESETS))
         if isinstance(default, bool):
             kw["action"] = argparse.BooleanOptionalAction
         elif isinstance(default, tuple):
@@ -80,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run_flags(p)
     ev = sub.add_parser("eval", help="evaluate trained runs on held-out tasks")
     ev.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    ev.add_argument("--tasks", type=int, default=1000, help="held-out tasks (>= 1000 for sine)")
+    ev.add_argument(
+        "--tasks",
+        type=int,
+        help="held-out tasks (default: 1000 sine, the run's eval_tasks few-shot)",
+    )
     ev.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20])
     ev.add_argument("--max-steps", type=int, default=10, help="report 0..N inner steps")
     ev.add_argument("--queries", type=int, default=100, help="query points per sine task")
@@ -92,11 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_from_args(task: str, args: argparse.Namespace):
     cls = CONFIGS[task]
     given = {
-        f.name: getattr(args, f.name)
+        f.name: tuple(v) if isinstance(v, list) else v
         for f in dataclasses.fields(cls)
-        if f.init and getattr(args, f.name, None) is not None
+        if f.init and (v := getattr(args, f.name, None)) is not None
     }
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}), given
+    if given.get("preset"):
+        if PRESETS.get(given["preset"], (task,))[0] != task:
+            raise ValueError(
+                f"preset {given['preset']!r} is for task {PRESETS[given['preset']][0]}"
+            )
+        return preset_config(**given), given
+    return cls(**given), given
 
 
 def _load_run_config(run_dir: Path):
@@ -159,6 +181,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             run_dir / "config.json", json.dumps(config.to_dict(), indent=2)
         )
     print(f"training {config.task} with {config.algo} -> {run_dir}")
+    validate = None
+    if isinstance(config, FewShotConfig):
+        from mamlx.evaluate import make_evaluator
+
+        val_eval = make_evaluator(exp.learner, exp.eval_sampler, steps=[config.eval_inner_steps])
+        val_key = jax.random.PRNGKey(config.seed + 7919)
+
+        def validate(params):
+            res = val_eval(params, exp.splits["val"], key=val_key, num_tasks=config.val_tasks)
+            return {k: v[0] for k, v in res[config.eval_inner_steps].items()}
+
     t0 = time.perf_counter()
     last: dict = {}
     state = training.fit(
@@ -188,7 +221,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_trained(run_dir: Path):
+def _load_trained(run_dir: Path, best: bool = True):
+    """Config, built experiment and trained state of a run (its best checkpoint if any)."""
     import jax
 
     from mamlx import train as training
@@ -196,10 +230,51 @@ def _load_trained(run_dir: Path):
     config = _load_run_config(run_dir)
     exp = build(config)
     template = training.init_state(exp.learner, exp.optimizer, jax.random.PRNGKey(config.seed))
+    if best and (run_dir / "best.npz").is_file():
+        return config, exp, checkpoint.load(run_dir / "best.npz", template)[0]
     state = training.restore(run_dir, template)
     if state is None:
         raise ValueError(f"{run_dir} has no checkpoint yet; train it first")
     return config, exp, state
+
+
+def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
+    """Accuracy ± 95% CI on held-out test classes, as the papers report it."""
+    import jax
+
+    from mamlx.evaluate import evaluate
+
+    config, exp, state = _load_trained(run_dir)
+    tasks = args.tasks or config.eval_tasks
+    steps = config.eval_inner_steps
+    res = evaluate(
+        exp.learner,
+        state.params,
+        exp.eval_sampler,
+        exp.splits["test"],
+        key=jax.random.PRNGKey(args.seed),
+        num_tasks=tasks,
+        steps=[steps],
+    )[steps]
+    bn = "transductive" if config.transductive else "non-transductive"
+    acc, ci = res["accuracy"]
+    ways, shots = config.ways, config.eval_shots or config.shots
+    print(
+        f"{run_dir}: {config.algo} {config.task} {ways}-way {shots}-shot, step {int(state.step)}"
+        f": accuracy {100 * acc:.2f} ± {100 * ci:.2f}% over {tasks} test tasks "
+        f"({steps} inner steps, {bn} batch norm)"
+    )
+    out = {
+        "tasks": tasks,
+        "seed": args.seed,
+        "step": int(state.step),
+        "inner_steps": steps,
+        "batch_norm": bn,
+        "accuracy": [acc, ci],
+        "loss": list(res["loss"]),
+    }
+    checkpoint.atomic_write_text(run_dir / "eval.json", json.dumps(out, indent=1))
+    return out
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -209,15 +284,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mamlx.plots import plot_sinusoid_fits
     from mamlx.tasks import sinusoid
 
-    if args.tasks < 1 or args.max_steps < 0:
+    if (args.tasks is not None and args.tasks < 1) or args.max_steps < 0:
         raise ValueError("--tasks must be >= 1 and --max-steps >= 0")
     enable_compilation_cache()
     runs, curves = [], {}
     key = jax.random.PRNGKey(args.seed)
     for rd in map(Path, args.run_dirs):
+        if isinstance(_load_run_config(rd), FewShotConfig):
+            eval_fewshot(rd, args)
+            continue
         config, exp, state = _load_trained(rd)
-        if not isinstance(config, SinusoidConfig):
-            raise ValueError(f"{rd}: eval of task {config.task!r} is not supported here")
+        args.tasks = args.tasks or 1000
         name = f"{config.algo} ({rd.name})"
         results: dict = {}
         print(
@@ -259,6 +336,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
         runs.append((name, exp.learner, state.params))
         curves[name] = results[10] if 10 in results else results[args.shots[0]]
+    if not runs:
+        return 0
     fig = Path(args.figure) if args.figure else Path(args.run_dirs[0]) / "sinusoid_fits.png"
     k_fig = 10 if 10 in args.shots else args.shots[0]
     plot_sinusoid_fits(

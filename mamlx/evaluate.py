@@ -44,6 +44,55 @@ def task_metrics_after(learner: MetaLearner, steps: int | None, loss_fn=None):
     return f
 
 
+def make_evaluator(
+    learner: MetaLearner,
+    sampler: Any,
+    *,
+    steps: Sequence[int | None] = (None,),
+    batch_size: int = 100,
+    loss_fn=None,
+):
+    """A reusable, compiled evaluator (compiles once; call it at every validation).
+
+    Args:
+      learner: the meta-learner.
+      sampler: sampler of held-out tasks (``sample_batch(key, data, n)``).
+      steps: test-time adaptation steps to report (``None``: the learner's default).
+      batch_size: tasks sampled and evaluated per compiled call.
+      loss_fn: optional loss override.
+
+    Returns:
+      ``run(meta_params, data, *, key, num_tasks) -> {steps: {metric: (mean, ci95)}}``.
+      Every setting in ``steps`` is evaluated on the same tasks (paired comparison).
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+
+    def one_batch(s):
+        metric = jax.vmap(task_metrics_after(learner, s, loss_fn), (None, 0))
+        return jax.jit(lambda p, d, k: metric(p, sampler.sample_batch(k, d, batch_size)))
+
+    fns = {s: one_batch(s) for s in steps}
+
+    def run(meta_params: Params, data: Any, *, key: PRNGKey, num_tasks: int):
+        if num_tasks <= 0:
+            raise ValueError(f"num_tasks must be positive, got {num_tasks}")
+        per_task: dict = {s: {} for s in steps}
+        done = 0
+        while done < num_tasks:
+            n = min(batch_size, num_tasks - done)
+            k = jax.random.fold_in(key, done)
+            for s, fn in fns.items():
+                for name, v in fn(meta_params, data, k).items():
+                    per_task[s].setdefault(name, []).append(np.asarray(v)[:n])
+            done += n
+        return {
+            s: {k: mean_ci(np.concatenate(v)) for k, v in m.items()} for s, m in per_task.items()
+        }
+
+    return run
+
+
 def evaluate(
     learner: MetaLearner,
     meta_params: Params,
@@ -56,10 +105,7 @@ def evaluate(
     batch_size: int = 100,
     loss_fn=None,
 ) -> dict[int | None, dict[str, tuple[float, float]]]:
-    """Query metrics (mean, 95% CI) over ``num_tasks`` tasks for each number of steps.
-
-    Every setting in ``steps`` is evaluated on the same tasks, so differences
-    between them are paired.
+    """Query metrics (mean, 95% CI) over ``num_tasks`` held-out tasks per number of steps.
 
     Args:
       learner: the meta-learner.
@@ -73,18 +119,7 @@ def evaluate(
       loss_fn: optional loss override.
 
     Returns:
-      ``{steps: {metric: (mean, ci95)}}``.
+      ``{steps: {metric: (mean, ci95)}}``; see :func:`make_evaluator`.
     """
-    if num_tasks <= 0:
-        raise ValueError(f"num_tasks must be positive, got {num_tasks}")
-    fns = {s: jax.jit(jax.vmap(task_metrics_after(learner, s, loss_fn), (None, 0))) for s in steps}
-    per_task: dict = {s: {} for s in steps}
-    done = 0
-    while done < num_tasks:
-        n = min(batch_size, num_tasks - done)
-        episodes = sampler.sample_batch(jax.random.fold_in(key, done), data, batch_size)
-        for s, fn in fns.items():
-            for name, v in fn(meta_params, episodes).items():
-                per_task[s].setdefault(name, []).append(np.asarray(v)[:n])
-        done += n
-    return {s: {k: mean_ci(np.concatenate(v)) for k, v in m.items()} for s, m in per_task.items()}
+    run = make_evaluator(learner, sampler, steps=steps, batch_size=batch_size, loss_fn=loss_fn)
+    return run(meta_params, data, key=key, num_tasks=num_tasks)

@@ -12,13 +12,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import jax
 import optax
 
-from mamlx.algorithms import MetaLearner, fomaml, maml, pretrain
+from mamlx.algorithms import MetaLearner, anil, fomaml, maml, metasgd, pretrain, reptile
 from mamlx.models import MLP, model
 from mamlx.tasks import sinusoid
 
 SINUSOID_ALGOS = {"maml": maml, "fomaml": fomaml, "pretrain": pretrain}
+FEWSHOT_ALGOS = ("maml", "fomaml", "reptile", "metasgd", "anil")
 
 
 class Experiment(NamedTuple):
@@ -28,6 +30,8 @@ class Experiment(NamedTuple):
     sampler: Any
     data: Any
     optimizer: optax.GradientTransformation
+    eval_sampler: Any = None
+    splits: dict | None = None  # held-out arrays by name ("val", "test")
 
 
 def _positive_int(name: str, v: Any) -> None:
@@ -78,7 +82,248 @@ class SinusoidConfig:
         return dataclasses.asdict(self)
 
 
-CONFIGS = {"sinusoid": SinusoidConfig}
+@dataclass(frozen=True)
+class FewShotConfig:
+    """N-way K-shot image classification with an optimization-based learner and Conv-4.
+
+    Defaults are MAML's Omniglot 5-way 1-shot setting (Finn et al. 2017, Sec. 5.2 and
+    the reference code): inner lr 0.4, 1 inner step (3 at test), meta-batch 32, Adam
+    1e-3, 60,000 meta-steps, K query examples per class, 64 filters with stride-2
+    convolutions, transductive batch norm; 1200 / 423 character split with 90-degree
+    rotations as new training classes. See :data:`PRESETS` for the other tables.
+    """
+
+    algo: str = "maml"
+    ways: int = 5
+    shots: int = 1
+    queries: int = 1
+    steps: int = 60_000
+    inner_steps: int = 1
+    eval_inner_steps: int = 3
+    inner_lr: float = 0.4
+    inner_opt: str = "sgd"
+    meta_batch: int = 32
+    meta_lr: float = 1e-3
+    meta_lr_schedule: str = "constant"
+    seed: int = 0
+    filters: int = 64
+    pool: str = "stride"
+    transductive: bool = True
+    task_map: str = "vmap"
+    conv_impl: str = ""
+    data_dir: str = ""
+    split: str = "vinyals"
+    rotate: bool = True
+    image_size: int = 28
+    val_every: int = 2000
+    val_tasks: int = 200
+    eval_tasks: int = 600
+    eval_shots: int = 0
+    preset: str = ""
+    task: str = field(default="omniglot", init=False)
+
+    def __post_init__(self):
+        if self.algo not in FEWSHOT_ALGOS:
+            raise ValueError(f"unknown algorithm {self.algo!r}; choose from {list(FEWSHOT_ALGOS)}")
+        for name in ("ways", "shots", "queries", "meta_batch", "filters", "image_size"):
+            _positive_int(name, getattr(self, name))
+        for name in ("val_every", "val_tasks", "eval_tasks"):
+            _positive_int(name, getattr(self, name))
+        for name in ("steps", "inner_steps", "eval_inner_steps", "eval_shots"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        for name in ("inner_lr", "meta_lr"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+        choices = {
+            "pool": ("stride", "max"),
+            "inner_opt": ("sgd", "adam"),
+            "meta_lr_schedule": ("constant", "linear"),
+            "task_map": ("vmap", "map"),
+            "split": ("vinyals", "background", "ravi"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class MiniImageNetConfig(FewShotConfig):
+    """mini-ImageNet 5-way, MAML's setting (Finn et al. 2017, Sec. 5.2): 32 filters,
+    2x2 max-pooling, inner lr 0.01, 5 inner steps (10 at test), 15 queries per class,
+    meta-batch 4, Ravi & Larochelle's 64 / 16 / 20 class split, 84x84 images. Needs
+    ``data_dir`` with the images and the split CSVs."""
+
+    shots: int = 1
+    queries: int = 15
+    inner_steps: int = 5
+    eval_inner_steps: int = 10
+    inner_lr: float = 0.01
+    meta_batch: int = 4
+    filters: int = 32
+    pool: str = "max"
+    split: str = "ravi"
+    rotate: bool = False
+    image_size: int = 84
+    task: str = field(default="miniimagenet", init=False)
+
+
+CONFIGS = {
+    "sinusoid": SinusoidConfig,
+    "omniglot": FewShotConfig,
+    "miniimagenet": MiniImageNetConfig,
+}
+
+# Published settings. Each entry: (task, overrides, source).
+PRESETS: dict[str, tuple[str, dict, str]] = {
+    "maml-5w1s": (
+        "omniglot",
+        dict(),
+        "Finn et al. 2017, Sec. 5.2 / Table 1: Omniglot 5-way 1-shot 98.7 ± 0.4",
+    ),
+    "maml-5w5s": (
+        "omniglot",
+        dict(shots=5, queries=5),
+        "Finn et al. 2017, Table 1: Omniglot 5-way 5-shot 99.9 ± 0.1",
+    ),
+    "maml-20w1s": (
+        "omniglot",
+        dict(ways=20, inner_lr=0.1, inner_steps=5, eval_inner_steps=5, meta_batch=16),
+        "Finn et al. 2017, Sec. 5.2 / Table 1: Omniglot 20-way 1-shot 95.8 ± 0.3",
+    ),
+    "maml-20w5s": (
+        "omniglot",
+        dict(
+            ways=20,
+            shots=5,
+            queries=5,
+            inner_lr=0.1,
+            inner_steps=5,
+            eval_inner_steps=5,
+            meta_batch=16,
+        ),
+        "Finn et al. 2017, Table 1: Omniglot 20-way 5-shot 98.9 ± 0.2",
+    ),
+    "fomaml-5w1s": (
+        "omniglot",
+        dict(algo="fomaml"),
+        "Finn et al. 2017, Sec. 5.2 (first-order approximation)",
+    ),
+    "maml-mini-5w1s": (
+        "miniimagenet",
+        dict(),
+        "Finn et al. 2017, Table 1: mini-ImageNet 5-way 1-shot 48.70 ± 1.84",
+    ),
+    "maml-mini-5w5s": (
+        "miniimagenet",
+        dict(shots=5, meta_batch=2),
+        "Finn et al. 2017, Table 1: mini-ImageNet 5-way 5-shot 63.11 ± 0.92",
+    ),
+    "fomaml-mini-5w1s": (
+        "miniimagenet",
+        dict(algo="fomaml"),
+        "Finn et al. 2017, Table 1: first-order MAML mini-ImageNet 5-way 1-shot 48.07 ± 1.75",
+    ),
+    "fomaml-mini-5w5s": (
+        "miniimagenet",
+        dict(algo="fomaml", shots=5, meta_batch=2),
+        "Finn et al. 2017, Table 1: first-order MAML mini-ImageNet 5-way 5-shot 63.15 ± 0.91",
+    ),
+    # Reptile (Nichol, Achiam & Schulman 2018, Appendix A, Table 3): inner Adam (lr 1e-3,
+    # beta1 = 0), 10 training shots, 5 inner iterations (10 for 20-way), outer step size 1.0
+    # annealed linearly to 0, meta-batch 5, 50 inner iterations at test, non-transductive.
+    "reptile-5w1s": (
+        "omniglot",
+        dict(
+            algo="reptile",
+            inner_opt="adam",
+            inner_lr=1e-3,
+            queries=10,
+            inner_steps=5,
+            eval_inner_steps=50,
+            meta_lr=1.0,
+            meta_lr_schedule="linear",
+            meta_batch=5,
+            steps=100_000,
+            transductive=False,
+            eval_shots=1,
+            shots=10,
+        ),
+        "Nichol et al. 2018, Table 1: Omniglot 5-way 1-shot 95.39 ± 0.09 (non-transductive)",
+    ),
+    "reptile-5w5s": (
+        "omniglot",
+        dict(
+            algo="reptile",
+            inner_opt="adam",
+            inner_lr=1e-3,
+            queries=10,
+            inner_steps=5,
+            eval_inner_steps=50,
+            meta_lr=1.0,
+            meta_lr_schedule="linear",
+            meta_batch=5,
+            steps=100_000,
+            transductive=False,
+            eval_shots=5,
+            shots=10,
+        ),
+        "Nichol et al. 2018, Table 1: Omniglot 5-way 5-shot 98.90 ± 0.10 (non-transductive)",
+    ),
+    "reptile-20w1s": (
+        "omniglot",
+        dict(
+            algo="reptile",
+            ways=20,
+            inner_opt="adam",
+            inner_lr=5e-4,
+            queries=10,
+            inner_steps=10,
+            eval_inner_steps=50,
+            meta_lr=1.0,
+            meta_lr_schedule="linear",
+            meta_batch=5,
+            steps=200_000,
+            transductive=False,
+            eval_shots=1,
+            shots=10,
+        ),
+        "Nichol et al. 2018, Table 1: Omniglot 20-way 1-shot 88.14 ± 0.15 (non-transductive)",
+    ),
+    "reptile-20w5s": (
+        "omniglot",
+        dict(
+            algo="reptile",
+            ways=20,
+            inner_opt="adam",
+            inner_lr=5e-4,
+            queries=10,
+            inner_steps=10,
+            eval_inner_steps=50,
+            meta_lr=1.0,
+            meta_lr_schedule="linear",
+            meta_batch=5,
+            steps=200_000,
+            transductive=False,
+            eval_shots=5,
+            shots=10,
+        ),
+        "Nichol et al. 2018, Table 1: Omniglot 20-way 5-shot 96.65 ± 0.33 (non-transductive)",
+    ),
+}
+
+
+def preset_config(name: str, **overrides) -> Any:
+    """The configuration of a named preset, with explicit ``overrides`` on top."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+    task, values, _ = PRESETS[name]
+    return CONFIGS[task](**{**values, **overrides, "preset": name})
 
 
 def config_from_dict(d: dict) -> Any:
@@ -103,8 +348,111 @@ def sinusoid_model(hidden: tuple[int, ...] = (40, 40)):
     return model(lambda rngs: MLP((1, *hidden, 1), rngs=rngs))
 
 
+def resolve_data_dir(config: FewShotConfig) -> str | None:
+    """The data folder of a few-shot run: ``config.data_dir``, else ``$MAMLX_DATA_DIR/<task>``."""
+    import os
+
+    if config.data_dir:
+        return config.data_dir
+    env = os.environ.get("MAMLX_DATA_DIR")
+    return os.path.join(env, config.task) if env else None
+
+
+def load_fewshot_splits(config: FewShotConfig) -> dict[str, Any]:
+    """Arrays ``{"train", "val", "test"}`` of shape (classes, examples, H, W, C) on the device."""
+    import os
+
+    import jax.numpy as jnp
+
+    from mamlx.tasks import load_miniimagenet, load_omniglot, omniglot_split
+
+    root = resolve_data_dir(config)
+    if config.task == "omniglot":
+        npz = root and os.path.isfile(os.path.join(root, "images_background.npz"))
+        chars = (
+            load_omniglot("npz", root, size=config.image_size)
+            if npz
+            else load_omniglot("zip", root, download=True, size=config.image_size)
+        )
+        split = omniglot_split(chars, config.split, seed=config.seed)
+        arrays = {"train": split.train, "val": split.val, "test": split.test}
+    else:
+        if root is None:
+            raise FileNotFoundError(
+                "mini-ImageNet needs --data-dir (or $MAMLX_DATA_DIR/miniimagenet): a folder "
+                "with the images and the train/val/test CSVs of Ravi & Larochelle"
+            )
+        arrays = {
+            name: load_miniimagenet(root, name, size=config.image_size).images
+            for name in ("train", "val", "test")
+        }
+    return {k: jnp.asarray(v) for k, v in arrays.items()}
+
+
+def fewshot_learner(config: FewShotConfig, ways: int | None = None) -> MetaLearner:
+    """The learner of a few-shot configuration (Conv-4 with a head of ``ways`` logits)."""
+
+    from mamlx.models.conv4 import Conv4
+
+    ways = ways or config.ways
+    channels = 1 if config.task == "omniglot" else 3
+    shape = (config.image_size, config.image_size, channels)
+    impl = config.conv_impl or None
+    apply_fn, init_fn = model(
+        lambda rngs: Conv4(
+            ways,
+            in_shape=shape,
+            filters=config.filters,
+            pool=config.pool,
+            transductive=True,
+            conv_impl=impl,
+            rngs=rngs,
+        )
+    )
+    common = dict(task_map=config.task_map, transductive=config.transductive)
+    if config.algo == "reptile":
+        inner_opt = (
+            optax.adam(config.inner_lr, b1=0.0) if config.inner_opt == "adam" else config.inner_lr
+        )
+        return reptile(
+            apply_fn, init_fn, inner_opt=inner_opt, inner_steps=config.inner_steps, **common
+        )
+    make = {"maml": maml, "fomaml": fomaml, "metasgd": metasgd, "anil": anil}[config.algo]
+    return make(
+        apply_fn, init_fn, inner_lr=config.inner_lr, inner_steps=config.inner_steps, **common
+    )
+
+
+def outer_optimizer(config: FewShotConfig) -> optax.GradientTransformation:
+    """Adam (MAML) or SGD on the Reptile pseudo-gradient, with an optional linear decay to 0."""
+    lr = (
+        optax.linear_schedule(config.meta_lr, 0.0, max(config.steps, 1))
+        if config.meta_lr_schedule == "linear"
+        else config.meta_lr
+    )
+    return optax.sgd(lr) if config.algo == "reptile" else optax.adam(lr)
+
+
 def build(config: Any) -> Experiment:
     """Build learner, sampler, data and outer optimizer for a configuration."""
+    if isinstance(config, FewShotConfig):
+        from mamlx.tasks import fewshot_sampler
+
+        splits = load_fewshot_splits(config)
+        sampler = fewshot_sampler(config.ways, config.shots, config.queries, rotate=config.rotate)
+        eval_shots = config.eval_shots or config.shots
+        eval_sampler = fewshot_sampler(config.ways, eval_shots, config.queries, rotate=False)
+        for name, arr in splits.items():  # fail now (not inside jit) if a split is too small
+            smp = sampler if name == "train" else eval_sampler
+            jax.eval_shape(smp.sample, jax.random.PRNGKey(0), arr)
+        return Experiment(
+            fewshot_learner(config),
+            sampler,
+            splits["train"],
+            outer_optimizer(config),
+            eval_sampler=eval_sampler,
+            splits={"val": splits["val"], "test": splits["test"]},
+        )
     if isinstance(config, SinusoidConfig):
         apply_fn, init_fn = sinusoid_model(config.hidden)
         kwargs = dict(inner_lr=config.inner_lr, inner_steps=config.inner_steps)

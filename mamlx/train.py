@@ -120,6 +120,8 @@ def fit(
     keep: int = 3,
     progress: bool = True,
     on_chunk: Callable[[TrainState, dict], None] | None = None,
+    validate: Callable[[Params], dict] | None = None,
+    validate_every: int = 1000,
 ) -> TrainState:
     """Meta-train until ``state.step == steps``.
 
@@ -138,6 +140,10 @@ def fit(
       keep: number of checkpoints kept.
       progress: show a progress bar with the live loss.
       on_chunk: optional ``on_chunk(state, record)`` called after each chunk.
+      validate: optional ``validate(params) -> {metric: value}`` on held-out
+        classes, run every ``validate_every`` steps; the best state (highest
+        ``accuracy``, else lowest ``loss``) is saved to ``run_dir/best.npz``.
+      validate_every: steps between validations.
 
     Returns:
       The final :class:`TrainState`.
@@ -148,8 +154,8 @@ def fit(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-    if chunk <= 0 or checkpoint_every <= 0:
-        raise ValueError("chunk and checkpoint_every must be positive")
+    if chunk <= 0 or checkpoint_every <= 0 or validate_every <= 0:
+        raise ValueError("chunk, checkpoint_every and validate_every must be positive")
     step_fn = make_step(learner, sampler, optimizer, meta_batch)
     chunks: dict[int, Callable] = {}
     start = int(state.step)
@@ -162,8 +168,9 @@ def fit(
     try:
         while int(state.step) < steps:
             done = int(state.step)
-            next_ckpt = (done // checkpoint_every + 1) * checkpoint_every
-            n = min(chunk, steps - done, next_ckpt - done)
+            n = min(chunk, steps - done, checkpoint_every - done % checkpoint_every)
+            if validate is not None:
+                n = min(n, validate_every - done % validate_every)
             if n not in chunks:
                 chunks[n] = make_chunk(step_fn, n)
             t0 = time.perf_counter()
@@ -181,6 +188,13 @@ def fit(
             record = {"step": int(state.step), "seconds": round(seconds, 4)}
             record.update({k: float(np.mean(v)) for k, v in metrics.items()})
             record["tasks_per_s"] = round(n * meta_batch / max(seconds, 1e-9), 2)
+            if validate is not None and (
+                int(state.step) % validate_every == 0 or int(state.step) == steps
+            ):
+                val = {f"val_{k}": float(v) for k, v in validate(state.params).items()}
+                record.update(val)
+                if run_dir is not None:
+                    _keep_best(run_dir, state, val)
             if metrics_file is not None:
                 metrics_file.parent.mkdir(parents=True, exist_ok=True)
                 with open(metrics_file, "a") as f:
@@ -199,6 +213,20 @@ def fit(
         if bar is not None:
             bar.close()
     return state
+
+
+def _score(val: dict) -> float:
+    return val["val_accuracy"] if "val_accuracy" in val else -val["val_loss"]
+
+
+def _keep_best(run_dir, state: TrainState, val: dict) -> None:
+    path = Path(run_dir) / "best.npz"
+    best = None
+    if path.is_file():
+        with np.load(path) as z:
+            best = json.loads(str(z["__meta__"])).get("val")
+    if best is None or _score(val) > _score(best):
+        checkpoint.save(path, state, {"step": int(state.step), "val": val})
 
 
 def restore(run_dir: str | os.PathLike, template: TrainState) -> TrainState | None:
