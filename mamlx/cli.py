@@ -70,6 +70,17 @@ def _add_run_flags(parser: argparse.ArgumentParser, with_resume: bool = True) ->
     if with_resume:
         parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     parser.add_argument("--chunk", type=int, default=200, help="meta-steps per compiled call")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="shard the task batch over this many devices (0: all devices of all hosts)",
+    )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (multi-host launch)",
+    )
     parser.add_argument("--checkpoint-every", type=int, default=5000)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
@@ -139,7 +150,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         config = _load_run_config(run_dir)
         run = argparse.Namespace(
-            chunk=200, checkpoint_every=5000, progress=True, compile_cache=True
+            chunk=200,
+            checkpoint_every=5000,
+            progress=True,
+            compile_cache=True,
+            devices=1,
+            distributed=False,
         )
     else:
         config, given = _config_from_args(args.task, args)
@@ -168,6 +184,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(
             f"run directory {run_dir} already holds a run; use --resume {run_dir} or another --out"
         )
+    mesh = None
+    if run.distributed:
+        from mamlx.sharding import initialize_distributed
+
+        initialize_distributed()
+    if run.devices != 1:
+        from mamlx.sharding import check_divisible, task_mesh
+
+        mesh = task_mesh(run.devices or None)
+        check_divisible(config.meta_batch, mesh)
     exp = build(config)
     state = training.init_state(exp.learner, exp.optimizer, jax.random.PRNGKey(config.seed))
     if resume:

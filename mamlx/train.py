@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mamlx import checkpoint
+from mamlx import checkpoint, sharding
 from mamlx.algorithms.base import MetaLearner
 from mamlx.types import Metrics, Params, PRNGKey
 
@@ -66,19 +66,25 @@ def make_step(
     sampler: Any,
     optimizer: optax.GradientTransformation,
     meta_batch: int,
+    mesh: Any = None,
 ) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
     """One pure meta-training step ``step(state, data) -> (state, metrics)``.
 
     The step samples ``meta_batch`` tasks with ``sampler.sample_batch(key, data,
     meta_batch)``, computes ``learner.meta_grad`` and applies the optimizer:
-    φ ← φ + optimizer(∇_φ Σ_i L_i(φ)).
+    φ ← φ + optimizer(∇_φ Σ_i L_i(φ)). With a ``mesh`` (see
+    :func:`mamlx.sharding.task_mesh`) the task batch is split over its devices.
     """
     if isinstance(meta_batch, bool) or not isinstance(meta_batch, int) or meta_batch <= 0:
         raise ValueError(f"meta_batch must be a positive int, got {meta_batch!r}")
+    if mesh is not None:
+        sharding.check_divisible(meta_batch, mesh)
 
     def step(state: TrainState, data: Any) -> tuple[TrainState, Metrics]:
         key, k_tasks = jax.random.split(state.key)
         episodes = sampler.sample_batch(k_tasks, data, meta_batch)
+        if mesh is not None:
+            episodes = sharding.shard_tasks(episodes, mesh)
         grads, metrics = learner.meta_grad(state.params, episodes)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -122,6 +128,7 @@ def fit(
     on_chunk: Callable[[TrainState, dict], None] | None = None,
     validate: Callable[[Params], dict] | None = None,
     validate_every: int = 1000,
+    mesh: Any = None,
 ) -> TrainState:
     """Meta-train until ``state.step == steps``.
 
@@ -144,6 +151,8 @@ def fit(
         classes, run every ``validate_every`` steps; the best state (highest
         ``accuracy``, else lowest ``loss``) is saved to ``run_dir/best.npz``.
       validate_every: steps between validations.
+      mesh: optional device mesh (:func:`mamlx.sharding.task_mesh`): the task batch
+        is sharded over its devices, params and data are replicated.
 
     Returns:
       The final :class:`TrainState`.
@@ -156,7 +165,9 @@ def fit(
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
     if chunk <= 0 or checkpoint_every <= 0 or validate_every <= 0:
         raise ValueError("chunk, checkpoint_every and validate_every must be positive")
-    step_fn = make_step(learner, sampler, optimizer, meta_batch)
+    step_fn = make_step(learner, sampler, optimizer, meta_batch, mesh)
+    if mesh is not None:
+        state, data = sharding.replicate((state, data), mesh)
     chunks: dict[int, Callable] = {}
     start = int(state.step)
     bar = None
