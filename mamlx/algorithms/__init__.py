@@ -2,6 +2,7 @@
 
 from mamlx.algorithms.anil import anil, head_by_path
 from mamlx.algorithms.base import MetaLearner, gradient_meta_grad, map_tasks
+from mamlx.algorithms.imaml import imaml
 from mamlx.algorithms.maml import fomaml, maml
 from mamlx.algorithms.metasgd import metasgd, scale_by_learned_lr
 from mamlx.algorithms.pretrain import pretrain
@@ -13,6 +14,7 @@ __all__ = [
     "fomaml",
     "gradient_meta_grad",
     "head_by_path",
+    "imaml",
     "maml",
     "map_tasks",
     "metasgd",
