@@ -27,7 +27,11 @@ CASES = [  # (H, W, Cin, Cout, k, stride, padding)
 
 def _ref(x, w, stride, padding):
     return lax.conv_general_dilated(
-        x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        x,
+        w,
+        (stride, stride),
+        padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
         precision=lax.Precision.HIGHEST,
     )
 
@@ -35,7 +39,9 @@ def _ref(x, w, stride, padding):
 def _inputs(case, dtype=jnp.float32, n=2):
     h, w, cin, cout, k, _, _ = case
     kx, kw = jax.random.split(jax.random.key(CASES.index(case)))
-    return jax.random.normal(kx, (n, h, w, cin), dtype), jax.random.normal(kw, (k, k, cin, cout), dtype)
+    return jax.random.normal(kx, (n, h, w, cin), dtype), jax.random.normal(
+        kw, (k, k, cin, cout), dtype
+    )
 
 
 @pytest.mark.parametrize(
@@ -60,6 +66,7 @@ def test_matches_xla_forward_grad_hessian(case, impl):
         def h(x, w):
             gx, gw = jax.grad(loss(f), (0, 1))(x, w)
             return jnp.sum(gx**2) + jnp.sum(jnp.cos(gw))
+
         return h
 
     h_ours = jax.jit(jax.grad(grad_norm(ours), (0, 1)))(x, w)
@@ -90,13 +97,16 @@ def test_vmap_per_task_kernels(impl):
     ours = jax.vmap(lambda x, w: conv2d(x, w, stride=2, impl=impl))(xs, ws)
     ref = jnp.stack([_ref(x, w, 2, "SAME") for x, w in zip(xs, ws, strict=True)])
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+
     # per-task second-order: vmap of grad-of-grad
     def task(x, w):
         inner = jax.grad(lambda w: jnp.sum(jnp.tanh(conv2d(x, w, stride=2, impl=impl))))
         return jnp.sum(inner(w) ** 2)
+
     def task_ref(x, w):
         inner = jax.grad(lambda w: jnp.sum(jnp.tanh(_ref(x, w, 2, "SAME"))))
         return jnp.sum(inner(w) ** 2)
+
     del case
     g = jax.jit(jax.vmap(jax.grad(task, 1)))(xs, ws)
     g_ref = jax.jit(jax.vmap(jax.grad(task_ref, 1)))(xs, ws)
@@ -163,8 +173,9 @@ def test_conv4_impls_agree_second_order():
 
         return jax.jit(jax.grad(lambda p: jax.vmap(task, (None, 0, 0))(p, x, y).mean()))(params)
 
-    for a, b in zip(jax.tree.leaves(meta_grad("patches")), jax.tree.leaves(meta_grad("xla")),
-                    strict=True):
+    for a, b in zip(
+        jax.tree.leaves(meta_grad("patches")), jax.tree.leaves(meta_grad("xla")), strict=True
+    ):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
 
 
@@ -181,7 +192,9 @@ def test_conv4_running_stats_mode():
     t = Conv4(5, rngs=nnx.Rngs(0), **kw)
     t.eval()  # transductive: still batch statistics
     np.testing.assert_allclose(
-        nnx.jit(lambda m, x: m(x))(t, x), nnx.jit(lambda m, x: m(x))(Conv4(5, rngs=nnx.Rngs(0), **kw), x), rtol=1e-5
+        nnx.jit(lambda m, x: m(x))(t, x),
+        nnx.jit(lambda m, x: m(x))(Conv4(5, rngs=nnx.Rngs(0), **kw), x),
+        rtol=1e-5,
     )
     with pytest.raises(ValueError):
         Conv4(5, pool="avg", rngs=nnx.Rngs(0))

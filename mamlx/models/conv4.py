@@ -73,9 +73,7 @@ class ConvBlock(nnx.Module):
         init = jax.nn.initializers.glorot_uniform()
         self.kernel = nnx.Param(init(rngs.params(), (3, 3, in_features, out_features)))
         self.bias = nnx.Param(jnp.zeros((out_features,)))
-        self.norm = nnx.BatchNorm(
-            out_features, use_running_average=False, momentum=0.9, rngs=rngs
-        )
+        self.norm = nnx.BatchNorm(out_features, use_running_average=False, momentum=0.9, rngs=rngs)
         self.pool = pool
         self.transductive = transductive
         self.conv_impl = conv_impl
