@@ -1,0 +1,258 @@
+"""2-D convolution with a switchable implementation, fast for per-task kernels.
+
+MAML adapts every task's weights, so after ``jax.vmap`` over tasks each task
+convolves with its own kernel. XLA lowers that to a batched-kernel (grouped)
+convolution whose derivatives are slow on CPU. The ``'patches'`` implementation
+writes the convolution as image patches times a weight matrix::
+
+    y[n, i, j, :] = sum_{a, b, c} x_pad[n, s*i + a, s*j + b, c] * w[a, b, c, :]
+                  = im2col(x)[n, i, j, :] @ w.reshape(kh * kw * cin, cout)
+
+so the task axis becomes a batch dimension of a matrix product (batched GEMM,
+which XLA's CPU backend runs well). Patches are cut with ``kh * kw`` strided
+slices, and their adjoint (``col2im``) is a custom VJP that sums the taps
+phase by phase in one fused pass, instead of the ``kh * kw`` full-size padded
+copies that plain autodiff of the slices produces. ``im2col`` and ``col2im``
+are each other's VJP, so derivatives of any order stay slices, sums and matrix
+products.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> x = jnp.ones((2, 28, 28, 1)); w = jnp.ones((3, 3, 1, 64))
+    >>> conv2d(x, w, stride=2, padding="SAME").shape
+    (2, 14, 14, 64)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Padding = str | Sequence[tuple[int, int]]
+IMPLS = ("xla", "patches", "patches_autodiff")
+
+_default_impl: str | None = None
+
+
+def set_default_impl(impl: str | None) -> None:
+    """Set the implementation used when ``conv2d`` is called without ``impl``.
+
+    Args:
+        impl: One of :data:`IMPLS`, or ``None`` for the per-backend default
+            (``'patches'`` on CPU, ``'xla'`` on GPU and TPU). The environment
+            variable ``MAMLX_CONV_IMPL`` gives the same choice without code.
+    """
+    global _default_impl
+    if impl is not None and impl not in IMPLS:
+        raise ValueError(f"unknown conv impl {impl!r}; choose from {IMPLS}")
+    _default_impl = impl
+
+
+def default_impl(backend: str | None = None) -> str:
+    """Return the implementation ``conv2d`` uses by default on ``backend``.
+
+    Args:
+        backend: A JAX backend name; ``None`` means ``jax.default_backend()``.
+
+    Returns:
+        The value set by :func:`set_default_impl`, else ``$MAMLX_CONV_IMPL``,
+        else ``'patches'`` on CPU and ``'xla'`` elsewhere (cuDNN and the TPU
+        convolution units beat matrix products there).
+    """
+    if _default_impl is not None:
+        return _default_impl
+    env = os.environ.get("MAMLX_CONV_IMPL")
+    if env:
+        if env not in IMPLS:
+            raise ValueError(f"MAMLX_CONV_IMPL={env!r}; choose from {IMPLS}")
+        return env
+    return "patches" if (backend or jax.default_backend()) == "cpu" else "xla"
+
+
+def _pads(
+    spatial: tuple[int, int], ksize: tuple[int, int], stride: int, padding: Padding
+) -> tuple[tuple[int, int], ...]:
+    if isinstance(padding, str):
+        return tuple(lax.padtype_to_pads(spatial, ksize, (stride, stride), padding.upper()))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _out_size(size: int, k: int, stride: int, pad: tuple[int, int]) -> int:
+    return (size + pad[0] + pad[1] - k) // stride + 1
+
+
+def _im2col_impl(x: Array, ksize, stride, pads) -> Array:
+    n, h, w, c = x.shape
+    kh, kw = ksize
+    ho, wo = (_out_size(s, k, stride, p) for s, k, p in zip((h, w), ksize, pads, strict=True))
+    # lax.pad accepts negative padding (a crop) where SAME/explicit pads overhang.
+    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+    cols = [
+        lax.slice(
+            xp,
+            (0, a, b, 0),
+            (n, a + (ho - 1) * stride + 1, b + (wo - 1) * stride + 1, c),
+            (1, stride, stride, 1),
+        )
+        for a in range(kh)
+        for b in range(kw)
+    ]
+    return jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
+
+
+def _fold_taps(d: Array, axis: int, size: int, stride: int, pad: tuple[int, int]) -> Array:
+    """Adjoint of strided tap extraction along one spatial axis.
+
+    ``d`` has the output positions on ``axis`` and the taps on ``axis + 1``; tap
+    ``t`` of output ``o`` read padded input ``stride * o + t``. Returns the sum
+    of the taps on the input positions (``size`` of them) on ``axis``.
+    """
+    k, o = d.shape[axis + 1], d.shape[axis]
+    qmax = (k - 1) // stride
+    phases = []
+    for p in range(stride):
+        acc = None
+        for t in range(p, k, stride):
+            q = t // stride
+            piece = lax.index_in_dim(d, t, axis + 1, keepdims=False)
+            cfg = [(0, 0, 0)] * piece.ndim
+            cfg[axis] = (q, qmax - q, 0)
+            piece = lax.pad(piece, jnp.zeros((), d.dtype), cfg)
+            acc = piece if acc is None else acc + piece
+        if acc is None:  # stride > kernel: this phase is never read
+            shape = list(d.shape)
+            del shape[axis + 1]
+            shape[axis] = o + qmax
+            acc = jnp.zeros(shape, d.dtype)
+        phases.append(acc)
+    # Interleave phases: padded index m * stride + p.
+    y = jnp.stack(phases, axis=axis + 1) if stride > 1 else phases[0]
+    shape = list(y.shape)
+    if stride > 1:
+        shape[axis : axis + 2] = [shape[axis] * stride]
+        y = y.reshape(shape)
+    full = y.shape[axis]
+    cfg = [(0, 0, 0)] * y.ndim
+    cfg[axis] = (-pad[0], pad[0] + size - full, 0)  # crop the padding, extend if short
+    return lax.pad(y, jnp.zeros((), y.dtype), cfg)
+
+
+def _col2im_impl(cols: Array, xshape, ksize, stride, pads) -> Array:
+    n, h, w, c = xshape
+    kh, kw = ksize
+    _, ho, wo, _ = cols.shape
+    d = cols.reshape(n, ho, wo, kh, kw, c).transpose(0, 1, 3, 2, 4, 5)  # n, ho, kh, wo, kw, c
+    d = _fold_taps(d, 1, h, stride, pads[0])  # n, h, wo, kw, c
+    return _fold_taps(d, 2, w, stride, pads[1])  # n, h, w, c
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _im2col(x: Array, ksize, stride, pads) -> Array:
+    return _im2col_impl(x, ksize, stride, pads)
+
+
+def _im2col_fwd(x, ksize, stride, pads):
+    return _im2col_impl(x, ksize, stride, pads), x.shape
+
+
+def _im2col_bwd(ksize, stride, pads, xshape, g):
+    return (_col2im(g, xshape, ksize, stride, pads),)
+
+
+_im2col.defvjp(_im2col_fwd, _im2col_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _col2im(cols: Array, xshape, ksize, stride, pads) -> Array:
+    return _col2im_impl(cols, xshape, ksize, stride, pads)
+
+
+def _col2im_fwd(cols, xshape, ksize, stride, pads):
+    return _col2im_impl(cols, xshape, ksize, stride, pads), None
+
+
+def _col2im_bwd(xshape, ksize, stride, pads, _, g):
+    return (_im2col(g, ksize, stride, pads),)
+
+
+_col2im.defvjp(_col2im_fwd, _col2im_bwd)
+
+
+def im2col(x: Array, ksize: tuple[int, int], *, stride: int = 1, padding: Padding = "SAME"):
+    """Cut ``x`` (NHWC) into patches ``(N, Ho, Wo, kh * kw * C)``, tap-major.
+
+    The last axis is ordered ``(kh, kw, C)``, matching an HWIO kernel reshaped to
+    ``(kh * kw * C, O)``. Its VJP is the fused ``col2im`` and vice versa.
+
+    Args:
+        x: Images, shape ``(N, H, W, C)``.
+        ksize: Kernel height and width.
+        stride: Stride in both spatial dimensions.
+        padding: ``'SAME'``, ``'VALID'`` or two ``(low, high)`` pairs.
+
+    Returns:
+        The patches.
+    """
+    pads = _pads(x.shape[1:3], tuple(ksize), stride, padding)
+    return _im2col(x, tuple(ksize), int(stride), pads)
+
+
+def conv2d(
+    x: Array,
+    kernel: Array,
+    *,
+    stride: int = 1,
+    padding: Padding = "SAME",
+    impl: str | None = None,
+    precision: lax.PrecisionLike = None,
+) -> Array:
+    """2-D convolution, NHWC input and HWIO kernel, no bias.
+
+    Equal to ``lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))`` up to float rounding, with
+    derivatives of any order.
+
+    Args:
+        x: Images, shape ``(N, H, W, Cin)``.
+        kernel: Filters, shape ``(kh, kw, Cin, Cout)``.
+        stride: Stride in both spatial dimensions.
+        padding: ``'SAME'``, ``'VALID'`` or two ``(low, high)`` pairs.
+        impl: ``'xla'`` (``lax.conv_general_dilated``), ``'patches'`` (im2col
+            with a fused custom-VJP adjoint, then a matrix product) or
+            ``'patches_autodiff'`` (same, but plain autodiff through the
+            slices; kept for comparison). ``None`` picks :func:`default_impl`.
+        precision: Passed to the convolution or matrix product.
+
+    Returns:
+        Feature maps, shape ``(N, Ho, Wo, Cout)``.
+
+    Example:
+        >>> y = conv2d(jnp.ones((1, 5, 5, 3)), jnp.ones((3, 3, 3, 8)), stride=2)
+    """
+    impl = impl or default_impl()
+    kh, kw, cin, cout = kernel.shape
+    if x.shape[-1] != cin:
+        raise ValueError(f"input has {x.shape[-1]} channels, kernel expects {cin}")
+    if impl == "xla":
+        return lax.conv_general_dilated(
+            x,
+            kernel,
+            (stride, stride),
+            padding if isinstance(padding, str) else tuple(padding),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=precision,
+        )
+    pads = _pads(x.shape[1:3], (kh, kw), stride, padding)
+    if impl == "patches":
+        cols = _im2col(x, (kh, kw), int(stride), pads)
+    elif impl == "patches_autodiff":
+        cols = _im2col_impl(x, (kh, kw), int(stride), pads)
+    else:
+        raise ValueError(f"unknown conv impl {impl!r}; choose from {IMPLS}")
+    return jnp.dot(cols, kernel.reshape(kh * kw * cin, cout), precision=precision)

@@ -1,0 +1,180 @@
+"""Conv-4: the four-block convolutional backbone of MAML (Finn et al., 2017).
+
+Each block is a 3x3 convolution with ``filters`` channels, batch norm and ReLU,
+then either a stride-2 convolution (``pool='stride'``, MAML's Omniglot variant)
+or a 2x2 max-pool (``pool='max'``, MAML's mini-ImageNet variant); a linear head
+maps the flattened features to ``ways`` logits. Convolutions go through
+:func:`mamlx.models.conv.conv2d`, fast on CPU for per-task (vmapped) kernels.
+
+Batch norm is transductive by default, as in MAML: it always normalises with the
+statistics of the batch it is given (the support set while adapting, the query
+set when evaluating). With ``transductive=False`` it keeps running averages and,
+after ``model.eval()``, uses them instead.
+
+Reference: Finn, Abbeel, Levine. "Model-Agnostic Meta-Learning for Fast
+Adaptation of Deep Networks." ICML 2017.
+
+Example:
+    >>> from flax import nnx
+    >>> model = Conv4(ways=5, in_shape=(28, 28, 1), rngs=nnx.Rngs(0))
+    >>> model(jnp.zeros((10, 28, 28, 1))).shape
+    (10, 5)
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mamlx.models.conv import conv2d
+
+Array = jax.Array
+
+
+def max_pool_2x2(x: Array) -> Array:
+    """2x2 max-pool with stride 2 and VALID padding (a trailing odd row/column is dropped).
+
+    Written as a reshape and a max, whose derivatives of any order are cheap
+    elementwise selects (``reduce_window``'s are scatters).
+    """
+    n, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class ConvBlock(nnx.Module):
+    """3x3 convolution, batch norm, ReLU, then stride-2 downsampling or a 2x2 max-pool."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        pool: str = "stride",
+        transductive: bool = True,
+        conv_impl: str | None = None,
+        rngs: nnx.Rngs,
+    ):
+        """Build the block.
+
+        Args:
+            in_features: Input channels.
+            out_features: Output channels (filters).
+            pool: ``'stride'`` (stride-2 convolution) or ``'max'`` (2x2 max-pool).
+            transductive: Normalise with batch statistics even in eval mode.
+            conv_impl: Passed to :func:`~mamlx.models.conv.conv2d` (``None``: default).
+            rngs: Random number streams for initialisation.
+        """
+        if pool not in ("stride", "max"):
+            raise ValueError(f"pool must be 'stride' or 'max', got {pool!r}")
+        init = jax.nn.initializers.glorot_uniform()
+        self.kernel = nnx.Param(init(rngs.params(), (3, 3, in_features, out_features)))
+        self.bias = nnx.Param(jnp.zeros((out_features,)))
+        self.norm = nnx.BatchNorm(out_features, use_running_average=False, momentum=0.9, rngs=rngs)
+        self.pool = pool
+        self.transductive = transductive
+        self.conv_impl = conv_impl
+
+    def __call__(self, x: Array) -> Array:
+        """Apply the block to ``(N, H, W, C)`` images."""
+        stride = 2 if self.pool == "stride" else 1
+        y = conv2d(x, self.kernel[...], stride=stride, padding="SAME", impl=self.conv_impl)
+        y = y + self.bias[...]
+        y = self.norm(y, use_running_average=False if self.transductive else None)
+        y = jax.nn.relu(y)
+        return max_pool_2x2(y) if self.pool == "max" else y
+
+
+def _out_size(size: int, pool: str, blocks: int) -> int:
+    for _ in range(blocks):
+        size = math.ceil(size / 2) if pool == "stride" else size // 2
+    return size
+
+
+class Conv4(nnx.Module):
+    """Four conv blocks and a linear head (MAML's Omniglot / mini-ImageNet network).
+
+    Omniglot: ``Conv4(ways, in_shape=(28, 28, 1), filters=64, pool='stride')``;
+    mini-ImageNet: ``Conv4(ways, in_shape=(84, 84, 3), filters=32, pool='max')``.
+    """
+
+    def __init__(
+        self,
+        ways: int,
+        *,
+        in_shape: tuple[int, int, int] = (28, 28, 1),
+        filters: int = 64,
+        pool: str = "stride",
+        blocks: int = 4,
+        transductive: bool = True,
+        conv_impl: str | None = None,
+        rngs: nnx.Rngs,
+    ):
+        """Build the network.
+
+        Args:
+            ways: Number of output logits (classes per task).
+            in_shape: ``(H, W, C)`` of the input images; sizes the linear head.
+            filters: Channels of every convolution (64 Omniglot, 32 mini-ImageNet).
+            pool: ``'stride'`` or ``'max'``, see :class:`ConvBlock`.
+            blocks: Number of conv blocks.
+            transductive: Batch norm uses batch statistics in eval mode too (MAML).
+            conv_impl: Convolution implementation, see :func:`~mamlx.models.conv.conv2d`.
+            rngs: Random number streams for initialisation.
+        """
+        h, w, c = in_shape
+        chans = [c] + [filters] * blocks
+        self.blocks = nnx.List(
+            [
+                ConvBlock(
+                    chans[i],
+                    chans[i + 1],
+                    pool=pool,
+                    transductive=transductive,
+                    conv_impl=conv_impl,
+                    rngs=rngs,
+                )
+                for i in range(blocks)
+            ]
+        )
+        features = _out_size(h, pool, blocks) * _out_size(w, pool, blocks) * filters
+        if features == 0:
+            raise ValueError(f"in_shape {in_shape} is too small for {blocks} {pool} blocks")
+        self.head = nnx.Linear(features, ways, rngs=rngs)
+
+    def features(self, x: Array) -> Array:
+        """Flattened features before the head, shape ``(N, features)``."""
+        for block in self.blocks:
+            x = block(x)
+        return x.reshape(x.shape[0], -1)
+
+    def __call__(self, x: Array) -> Array:
+        """Logits for ``(N, H, W, C)`` images, shape ``(N, ways)``."""
+        return self.head(self.features(x))
+
+
+def functional(module: nnx.Module):
+    """Split an NNX module into a pure ``apply_fn(params, x)`` and a params dict.
+
+    The form the library's algorithms use (the lead's ``mamlx.models.functional``
+    has the same contract; this copy lets Conv-4 be used before that lands).
+    ``merge(..., copy=True)`` keeps BatchNorm differentiable twice.
+
+    Args:
+        module: Any NNX module.
+
+    Returns:
+        ``(apply_fn, params)`` with ``params`` a plain nested dict of arrays.
+    """
+    graphdef, params_state, rest = nnx.split(module, nnx.Param, ...)
+    params = nnx.to_pure_dict(params_state)
+
+    def apply_fn(p, x):
+        st = jax.tree.map(lambda v: v, params_state)
+        nnx.replace_by_pure_dict(st, p)
+        return nnx.merge(graphdef, st, rest, copy=True)(x)
+
+    return apply_fn, params

@@ -1,0 +1,200 @@
+"""Tests for mamlx.models.conv (conv2d implementations) and mamlx.models.conv4."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+from jax.test_util import check_grads
+
+from mamlx.models import conv as conv_lib
+from mamlx.models.conv import conv2d, default_impl, im2col
+from mamlx.models.conv4 import Conv4, functional, max_pool_2x2
+
+IMPLS = ["patches", "patches_autodiff"]
+CASES = [  # (H, W, Cin, Cout, k, stride, padding)
+    (28, 28, 1, 8, 3, 2, "SAME"),
+    (7, 7, 4, 5, 3, 2, "SAME"),
+    (9, 6, 3, 4, 3, 1, "SAME"),
+    (9, 7, 3, 2, 3, 2, "VALID"),
+    (10, 11, 2, 3, 3, 3, "SAME"),
+    (8, 8, 2, 3, 5, 1, "VALID"),
+    (5, 5, 3, 2, 3, 2, ((2, 0), (1, 3))),
+    (6, 5, 2, 2, 2, 3, "SAME"),
+]
+
+
+def _ref(x, w, stride, padding):
+    return lax.conv_general_dilated(
+        x,
+        w,
+        (stride, stride),
+        padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=lax.Precision.HIGHEST,
+    )
+
+
+def _inputs(case, dtype=jnp.float32, n=2):
+    h, w, cin, cout, k, _, _ = case
+    kx, kw = jax.random.split(jax.random.key(CASES.index(case)))
+    return jax.random.normal(kx, (n, h, w, cin), dtype), jax.random.normal(
+        kw, (k, k, cin, cout), dtype
+    )
+
+
+@pytest.mark.parametrize(
+    "case,impl", [(c, "patches") for c in CASES] + [(CASES[0], "patches_autodiff")], ids=str
+)
+def test_matches_xla_forward_grad_hessian(case, impl):
+    *_, stride, padding = case
+    x, w = _inputs(case)
+    ours = lambda x, w: conv2d(x, w, stride=stride, padding=padding, impl=impl, precision="highest")
+    ref = lambda x, w: _ref(x, w, stride, padding)
+    np.testing.assert_allclose(jax.jit(ours)(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+
+    def loss(f):
+        return lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+
+    g_ours = jax.jit(jax.grad(loss(ours), (0, 1)))(x, w)
+    g_ref = jax.jit(jax.grad(loss(ref), (0, 1)))(x, w)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+    def grad_norm(f):  # grad of grad, through both inputs
+        def h(x, w):
+            gx, gw = jax.grad(loss(f), (0, 1))(x, w)
+            return jnp.sum(gx**2) + jnp.sum(jnp.cos(gw))
+
+        return h
+
+    h_ours = jax.jit(jax.grad(grad_norm(ours), (0, 1)))(x, w)
+    h_ref = jax.jit(jax.grad(grad_norm(ref), (0, 1)))(x, w)
+    for a, b in zip(h_ours, h_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("stride,padding", [(2, "SAME"), (1, "VALID")])
+def test_check_grads_order2_float64(stride, padding):
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (1, 5, 5, 2), jnp.float64)
+        w = jax.random.normal(jax.random.key(1), (3, 3, 2, 2), jnp.float64)
+        f = lambda x, w: conv2d(x, w, stride=stride, padding=padding, impl="patches")
+        check_grads(f, (x, w), order=2, modes=["rev"])
+        # im2col is linear and its VJP is col2im: check the adjoint identity too.
+        cols = im2col(x, (3, 3), stride=stride, padding=padding)
+        c = jax.random.normal(jax.random.key(2), cols.shape, jnp.float64)
+        _, vjp = jax.vjp(lambda x: im2col(x, (3, 3), stride=stride, padding=padding), x)
+        np.testing.assert_allclose(jnp.vdot(cols, c), jnp.vdot(x, vjp(c)[0]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_vmap_per_task_kernels(impl):
+    case = (7, 7, 3, 4, 3, 2, "SAME")
+    xs = jax.random.normal(jax.random.key(0), (3, 2, 7, 7, 3))
+    ws = jax.random.normal(jax.random.key(1), (3, 3, 3, 3, 4))
+    ours = jax.vmap(lambda x, w: conv2d(x, w, stride=2, impl=impl))(xs, ws)
+    ref = jnp.stack([_ref(x, w, 2, "SAME") for x, w in zip(xs, ws, strict=True)])
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+
+    # per-task second-order: vmap of grad-of-grad
+    def task(x, w):
+        inner = jax.grad(lambda w: jnp.sum(jnp.tanh(conv2d(x, w, stride=2, impl=impl))))
+        return jnp.sum(inner(w) ** 2)
+
+    def task_ref(x, w):
+        inner = jax.grad(lambda w: jnp.sum(jnp.tanh(_ref(x, w, 2, "SAME"))))
+        return jnp.sum(inner(w) ** 2)
+
+    del case
+    g = jax.jit(jax.vmap(jax.grad(task, 1)))(xs, ws)
+    g_ref = jax.jit(jax.vmap(jax.grad(task_ref, 1)))(xs, ws)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-3, atol=1e-3)
+
+
+def test_default_impl_and_switch(monkeypatch):
+    assert default_impl("cpu") == "patches"
+    assert default_impl("gpu") == "xla"
+    monkeypatch.setenv("MAMLX_CONV_IMPL", "xla")
+    assert default_impl("cpu") == "xla"
+    conv_lib.set_default_impl("patches_autodiff")
+    try:
+        assert default_impl("gpu") == "patches_autodiff"
+    finally:
+        conv_lib.set_default_impl(None)
+    with pytest.raises(ValueError):
+        conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)), impl="nope")
+    with pytest.raises(ValueError):
+        conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 1, 1)))
+
+
+def test_max_pool_2x2():
+    x = jax.random.normal(jax.random.key(0), (2, 5, 6, 3))
+    ref = lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    np.testing.assert_allclose(max_pool_2x2(x), ref)
+
+
+@pytest.mark.parametrize(
+    "in_shape,pool,filters,features",
+    [
+        ((28, 28, 1), "stride", 64, 2 * 2 * 64),
+        ((28, 28, 1), "max", 64, 1 * 1 * 64),
+        ((84, 84, 3), "max", 32, 5 * 5 * 32),
+        ((84, 84, 3), "stride", 32, 6 * 6 * 32),
+    ],
+)
+def test_conv4_shapes(in_shape, pool, filters, features):
+    model = Conv4(5, in_shape=in_shape, filters=filters, pool=pool, rngs=nnx.Rngs(0))
+    x = jnp.ones((2, *in_shape))
+    assert nnx.jit(lambda m, x: m.features(x))(model, x).shape == (2, features)
+    apply_fn, params = functional(model)
+    assert jax.jit(apply_fn)(params, x).shape == (2, 5)
+    assert params["head"]["kernel"].shape == (features, 5)
+
+
+def test_conv4_impls_agree_second_order():
+    """MAML-style grad through one inner step: patches == xla (per task, vmapped)."""
+    x = jax.random.normal(jax.random.key(0), (2, 6, 12, 12, 1))
+    y = jnp.tile(jnp.arange(3).repeat(2), (2, 1))
+
+    def meta_grad(impl):
+        model = Conv4(3, in_shape=(12, 12, 1), filters=4, conv_impl=impl, rngs=nnx.Rngs(0))
+        apply_fn, params = functional(model)
+
+        def loss(p, x, y):
+            logits = apply_fn(p, x)
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+
+        def task(p, x, y):
+            g = jax.grad(loss)(p, x[:3], y[:3])
+            p = jax.tree.map(lambda a, b: a - 0.4 * b, p, g)
+            return loss(p, x[3:], y[3:])
+
+        return jax.jit(jax.grad(lambda p: jax.vmap(task, (None, 0, 0))(p, x, y).mean()))(params)
+
+    for a, b in zip(
+        jax.tree.leaves(meta_grad("patches")), jax.tree.leaves(meta_grad("xla")), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
+
+
+def test_conv4_running_stats_mode():
+    kw = dict(in_shape=(8, 8, 1), filters=4)
+    model = Conv4(5, transductive=False, rngs=nnx.Rngs(0), **kw)
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    before = model.blocks[0].norm.mean[...]
+    nnx.jit(lambda m, x: m(x))(model, x)  # train mode: batch stats, running averages updated
+    assert not np.allclose(before, model.blocks[0].norm.mean[...])
+    model.eval()
+    out = nnx.jit(lambda m, x: m(x))(model, x[:1])  # eval: running averages
+    assert out.shape == (1, 5)
+    t = Conv4(5, rngs=nnx.Rngs(0), **kw)
+    t.eval()  # transductive: still batch statistics
+    np.testing.assert_allclose(
+        nnx.jit(lambda m, x: m(x))(t, x),
+        nnx.jit(lambda m, x: m(x))(Conv4(5, rngs=nnx.Rngs(0), **kw), x),
+        rtol=1e-5,
+    )
+    with pytest.raises(ValueError):
+        Conv4(5, pool="avg", rngs=nnx.Rngs(0))
