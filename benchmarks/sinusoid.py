@@ -19,9 +19,9 @@ from pathlib import Path
 import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import git_rev, machine, write_results  # noqa: E402
-
 from mamlx import SinusoidConfig, build, evaluate, fit, init_state, sinusoid  # noqa: E402
+
+from common import git_rev, machine, write_results  # noqa: E402
 
 PAPER = {  # Finn et al. 2017, MSE at K = 5 after 1 / 5 / 10 steps (read from Fig. 2 / text)
     "maml": {5: (0.67, 0.38, 0.35)},

@@ -124,11 +124,11 @@ def _config_from_args(task: str, args: argparse.Namespace):
         if f.init and (v := getattr(args, f.name, None)) is not None
     }
     if given.get("preset"):
-        if PRESETS.get(given["preset"], (task,))[0] != task:
-            raise ValueError(
-                f"preset {given['preset']!r} is for task {PRESETS[given['preset']][0]}"
-            )
-        return preset_config(**given), given
+        name = given["preset"]
+        if PRESETS.get(name, (task,))[0] != task:
+            raise ValueError(f"preset {name!r} is for task {PRESETS[name][0]}")
+        overrides = {k: v for k, v in given.items() if k != "preset"}
+        return preset_config(name, **overrides), given
     return cls(**given), given
 
 
@@ -233,6 +233,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_every=run.checkpoint_every,
         progress=run.progress,
         on_chunk=lambda s, rec: last.update(rec),
+        validate=validate,
+        validate_every=getattr(config, "val_every", 1000),
+        mesh=mesh,
     )
     wall = time.perf_counter() - t0
     summary = {k: v for k, v in last.items() if k not in ("seconds",)}

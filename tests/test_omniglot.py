@@ -12,10 +12,11 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import data_dir
 from PIL import Image
 
 from mamlx.tasks import omniglot as og
+
+from conftest import data_dir
 
 SMALL = "images_background_small1.zip"
 

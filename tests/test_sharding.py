@@ -47,6 +47,14 @@ SCRIPT = textwrap.dedent(
         assert "not divisible" in str(e)
     else:
         raise AssertionError("meta_batch 6 over 4 devices must be refused")
+    # the CLI flag takes the same path
+    import tempfile
+    from mamlx.cli import main
+    out = tempfile.mkdtemp() + "/run"
+    assert main(["train", "sinusoid", "--steps", "8", "--meta-batch", "8", "--devices", "4",
+                 "--no-progress", "--no-compile-cache", "--out", out]) == 0
+    assert main(["train", "sinusoid", "--steps", "8", "--meta-batch", "6", "--devices", "4",
+                 "--no-progress", "--no-compile-cache", "--out", out + "2"]) == 2
     print("SHARDING OK")
     """
 )

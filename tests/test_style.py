@@ -7,9 +7,10 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import REPO
 
 import mamlx
+
+from conftest import REPO
 
 
 def test_ruff_lint_and_format_clean():

@@ -1,0 +1,127 @@
+"""Few-shot classification with the optimization-based learners (issue 4)."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from mamlx import checkpoint
+from mamlx.algorithms import anil, fomaml, maml, metasgd, reptile
+from mamlx.cli import main
+from mamlx.experiments import PRESETS, FewShotConfig, preset_config
+from mamlx.models import model
+from mamlx.models.conv4 import Conv4
+from mamlx.tasks import fewshot_sampler
+from mamlx.testing import check_meta_learner
+
+
+def tiny_data(classes=8, examples=4, size=8):
+    return jax.random.uniform(jax.random.PRNGKey(0), (classes, examples, size, size, 1))
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "metasgd", "anil"])
+def test_conv4_learners_pass_conformance(name):
+    apply_fn, init_fn = model(
+        lambda rngs: Conv4(3, in_shape=(8, 8, 1), filters=4, blocks=2, rngs=rngs)
+    )
+    make = {
+        "maml": lambda: maml(apply_fn, init_fn, inner_lr=0.1),
+        "fomaml": lambda: fomaml(apply_fn, init_fn, inner_lr=0.1, task_map="map"),
+        "reptile": lambda: reptile(apply_fn, init_fn, inner_opt=0.1, inner_steps=2),
+        "metasgd": lambda: metasgd(apply_fn, init_fn, inner_lr=0.1),
+        "anil": lambda: anil(apply_fn, init_fn, inner_lr=0.1, transductive=False),
+    }
+    check_meta_learner(make[name](), fewshot_sampler(3, 1, 2), tiny_data(), num_tasks=2)
+
+
+def test_presets_cite_their_source_and_build_valid_configs():
+    for name, (task, _, source) in PRESETS.items():
+        config = preset_config(name)
+        assert config.task == task and config.preset == name
+        assert "et al." in source
+    c = preset_config("maml-20w1s")
+    assert (c.ways, c.inner_lr, c.inner_steps, c.meta_batch) == (20, 0.1, 5, 16)
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_config("maml-99w1s")
+
+
+def args(out, *extra, steps=6):
+    return [
+        "train",
+        "omniglot",
+        "--steps",
+        str(steps),
+        "--meta-batch",
+        "2",
+        "--filters",
+        "8",
+        "--checkpoint-every",
+        "3",
+        "--val-every",
+        "3",
+        "--val-tasks",
+        "4",
+        "--eval-tasks",
+        "10",
+        "--no-progress",
+        "--no-compile-cache",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+@pytest.fixture
+def data_flag(omniglot_dir):
+    return ["--data-dir", str(omniglot_dir)]
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path, data_flag, monkeypatch):
+    assert main(args(tmp_path / "full", *data_flag)) == 0
+    real_save = checkpoint.save_step
+
+    def killed_after_first(run_dir, step, tree, **kw):
+        real_save(run_dir, step, tree, **kw)
+        raise KeyboardInterrupt  # the process dies right after its first checkpoint
+
+    monkeypatch.setattr(checkpoint, "save_step", killed_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        main(args(tmp_path / "killed", *data_flag))
+    monkeypatch.undo()
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "killed")] == [3]
+    assert main(["train", "--resume", str(tmp_path / "killed")]) == 0
+    a = np.load(checkpoint.latest_checkpoint(tmp_path / "full"))
+    b = np.load(checkpoint.latest_checkpoint(tmp_path / "killed"))
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+        if k != "__meta__":
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # eval reports accuracy with a CI and names the batch-norm mode
+    assert main(["eval", str(tmp_path / "full"), "--tasks", "10"]) == 0
+    res = json.loads((tmp_path / "full" / "eval.json").read_text())
+    assert res["batch_norm"] == "transductive" and 0 <= res["accuracy"][0] <= 1
+    assert (tmp_path / "full" / "best.npz").is_file()
+
+
+def test_bad_fewshot_input_is_refused_and_nothing_is_written(tmp_path, data_flag, capsys):
+    assert main(["train", "omniglot", "--preset", "nope", "--out", str(tmp_path / "a")]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+    assert main(args(tmp_path / "b", *data_flag, "--ways", "5000")) == 2
+    assert "ways=5000 is more than" in capsys.readouterr().err
+    assert main(args(tmp_path / "c", *data_flag, "--shots", "15", "--queries", "10")) == 2
+    assert "examples" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "abc")
+    run = tmp_path / "run"
+    assert main(args(run, *data_flag, steps=3)) == 0
+    saved = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    assert main(args(run, *data_flag, "--ways", "20", "--resume", str(run))) == 2
+    assert "configuration differs" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == saved
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        FewShotConfig(algo="protomaml")
+    with pytest.raises(ValueError, match="pool must be one of"):
+        FewShotConfig(pool="avg")
