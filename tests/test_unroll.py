@@ -1,0 +1,108 @@
+"""Tests for truncated-unroll meta-training and the optimizee task families."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mamlx.optimizers import (
+    DataTask,
+    UnrollConfig,
+    evaluate_optimizer,
+    init_lstm_optimizer,
+    init_meta_lstm,
+    lstm_optimizer,
+    make_meta_train_step,
+    meta_lstm_optimizer,
+    mlp_classifier_family,
+    quadratic_family,
+    sample_problems,
+    sine_family,
+    truncated_meta_loss,
+    unroll,
+)
+
+
+def test_unroll_matches_python_loop():
+    fam = quadratic_family(4)
+    task = fam.sample(jax.random.key(0))
+    p0 = fam.init(jax.random.key(1), task)
+    opt = optax.sgd(0.01)
+    loss_fn = lambda p: fam.loss(p, task)
+    _, _, losses = jax.jit(lambda p: unroll(opt, loss_fn, p, opt.init(p), 5))(p0)
+    p, expected = p0, []
+    for _ in range(5):
+        p = jax.tree.map(lambda x, g: x - 0.01 * g, p, jax.grad(loss_fn)(p))
+        expected.append(loss_fn(p))
+    np.testing.assert_allclose(losses, np.array(expected), rtol=1e-5)
+
+
+@pytest.mark.parametrize("factory", ["lstm", "meta_lstm"])
+def test_truncated_meta_gradient_matches_finite_differences(factory):
+    """Exact (second-order) meta-gradient of a truncation, after a carried truncation."""
+    with jax.enable_x64(True):
+        fam = quadratic_family(3)
+        if factory == "lstm":
+            mp = init_lstm_optimizer(jax.random.key(0), hidden_size=4)
+            mp["out"]["w"] = mp["out"]["w"] * 5.0
+            make = lambda m: lstm_optimizer(m, output_scale=0.1)
+        else:
+            mp = init_meta_lstm(jax.random.key(0), hidden_size=4)
+            mp["input_gate"]["b"] = jnp.asarray(-3.0)
+            make = meta_lstm_optimizer
+        assert jax.tree.leaves(mp)[0].dtype == jnp.float64
+        tasks, params, state = sample_problems(fam, make(mp), jax.random.key(1), 2)
+        # carry state over a first truncation (no gradient), then differentiate the second
+        _, (params, state, _) = truncated_meta_loss(mp, make, fam, params, state, tasks, 3)
+
+        def f(m):
+            return truncated_meta_loss(m, make, fam, params, state, tasks, 4, True)[0]
+
+        flat, unravel = jax.flatten_util.ravel_pytree(mp)
+        grad = jax.flatten_util.ravel_pytree(jax.jit(jax.grad(f))(mp))[0]
+        f_flat = jax.jit(lambda x: f(unravel(x)))
+        eps = 1e-6
+        for i in range(3):
+            v = jax.random.normal(jax.random.key(10 + i), flat.shape, jnp.float64)
+            fd = (f_flat(flat + eps * v) - f_flat(flat - eps * v)) / (2 * eps)
+            np.testing.assert_allclose(float(grad @ v), float(fd), rtol=1e-5, atol=1e-8)
+        # dropping second derivatives (the paper's choice) gives a different gradient
+        g1 = jax.grad(lambda m: truncated_meta_loss(m, make, fam, params, state, tasks, 4)[0])(mp)
+        g1 = jax.flatten_util.ravel_pytree(g1)[0]
+        assert float(jnp.linalg.norm(g1 - grad)) > 1e-6 * float(jnp.linalg.norm(grad))
+    assert jnp.zeros(()).dtype == jnp.float32  # x64 stayed scoped
+
+
+def test_meta_training_lowers_heldout_meta_loss():
+    fam = quadratic_family(10)
+    cfg = UnrollConfig(horizon=40, truncation=20, num_tasks=8)
+    meta_opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(3e-3))
+    step = make_meta_train_step(lstm_optimizer, fam, meta_opt, cfg)
+    heldout = jax.jit(lambda m: jnp.mean(evaluate_optimizer(
+        lstm_optimizer(m), fam, jax.random.key(12345), 64, cfg.horizon)[:, 1:]))
+    mp = init_lstm_optimizer(jax.random.key(0))
+    ms = meta_opt.init(mp)
+    before = float(heldout(mp))
+    for i in range(60):
+        mp, ms, metrics = step(mp, ms, jax.random.key(i))
+    after = float(heldout(mp))
+    assert np.isfinite(float(metrics["meta_loss"]))
+    # Measured (2 CPU cores, jax 0.10.2): before 105.2, after 14.4 -> ratio 0.137.
+    print("heldout meta-loss before/after", before, after)
+    assert after < 0.3 * before, (before, after)
+
+
+def test_task_families_shapes_and_generic_inputs():
+    key = jax.random.key(0)
+    sine = sine_family(num_points=7)
+    t = sine.sample(key)
+    assert t.x.shape == (7, 1) and float(jnp.max(jnp.abs(t.y))) <= 5.0
+    assert np.isfinite(float(sine.loss(sine.init(key, t), t)))
+    mlp = mlp_classifier_family(num_classes=3, hidden=(8,))
+    images = DataTask(jax.random.normal(key, (6, 28, 28)), jnp.arange(6) % 3)  # Omniglot-like
+    p = mlp.init(key, images)
+    assert p[0]["w"].shape == (784, 8)
+    assert abs(float(mlp.loss(p, images)) - np.log(3)) < 1.0
+    curves = jax.jit(lambda k: evaluate_optimizer(optax.adam(0.05), mlp, k, 3, 30))(key)
+    assert curves.shape == (3, 31) and float(curves[:, -1].mean()) < float(curves[:, 0].mean())
