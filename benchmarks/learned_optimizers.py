@@ -75,9 +75,11 @@ def curves_for(make_opt, family, key, num_tasks, horizon):
 def tuned_baseline(name, family, num_tasks, horizon):
     """Tune the learning rate on validation tasks, return (lr, test curves)."""
     make = BASELINES[name]
-    fn = jax.jit(jax.vmap(
-        lambda lr, k: evaluate_optimizer(make(lr), family, k, num_tasks, horizon), (0, None)
-    ))
+    fn = jax.jit(
+        jax.vmap(
+            lambda lr, k: evaluate_optimizer(make(lr), family, k, num_tasks, horizon), (0, None)
+        )
+    )
     val = np.asarray(fn(jnp.asarray(LRS), VAL_KEY))[:, :, -1].mean(-1)
     val = np.where(np.isfinite(val), val, np.inf)
     best = int(np.argmin(val))
@@ -174,8 +176,11 @@ def main():
     n_test = 64 if quick else 256
     horizon = 100
     cfg = UnrollConfig(horizon=horizon, truncation=20, num_tasks=8 if quick else 32)
-    default_steps = {"quadratic": 300, "mlp": 100, "sine": 100} if quick else {
-        "quadratic": 1500, "mlp": 400, "sine": 400}
+    default_steps = (
+        {"quadratic": 300, "mlp": 100, "sine": 100}
+        if quick
+        else {"quadratic": 1500, "mlp": 400, "sine": 400}
+    )
     steps = {k: args.meta_steps or v for k, v in default_steps.items()}
     families = {
         "quadratic": quadratic_family(10),
@@ -202,8 +207,11 @@ def main():
         if fam_name == "quadratic":
             print("[quadratic] meta-training Ravi-Larochelle meta-LSTM rule", flush=True)
             rl_mp, logs["quadratic meta-LSTM"] = meta_train(
-                meta_lstm_optimizer, init_meta_lstm(jax.random.key(0)), fam,
-                steps[fam_name] // 2, cfg,
+                meta_lstm_optimizer,
+                init_meta_lstm(jax.random.key(0)),
+                fam,
+                steps[fam_name] // 2,
+                cfg,
             )
             extra["meta-LSTM (R&L)"] = lambda: meta_lstm_optimizer(rl_mp)
         for setting, f, T in settings:
@@ -229,8 +237,11 @@ def main():
             _, trace = jax.jit(
                 lambda m: meta_lstm_trajectory(m, lambda p: fam.loss(p, task), p0, horizon)
             )(rl_mp)
-            plot_meta_lstm_gates(trace, out / "lopt_meta_lstm_gates.png",
-                                 "Ravi-Larochelle gates, meta-trained on 10-d quadratics")
+            plot_meta_lstm_gates(
+                trace,
+                out / "lopt_meta_lstm_gates.png",
+                "Ravi-Larochelle gates, meta-trained on 10-d quadratics",
+            )
 
         write_results(out, rows, logs, cfg, steps, n_test, quick, t_start)
 

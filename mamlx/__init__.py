@@ -11,6 +11,12 @@ from mamlx.evaluate import evaluate, mean_ci
 from mamlx.experiments import SinusoidConfig, build
 from mamlx.inner import adapt
 from mamlx.models import MLP, functional, model
+from mamlx.optimizers import (
+    init_lstm_optimizer,
+    init_meta_lstm,
+    lstm_optimizer,
+    meta_lstm_optimizer,
+)
 from mamlx.tasks import (
     FewShotSampler,
     MiniImageNetSplit,
@@ -52,7 +58,11 @@ __all__ = [
     "fit",
     "fomaml",
     "functional",
+    "init_lstm_optimizer",
+    "init_meta_lstm",
     "init_state",
+    "lstm_optimizer",
+    "meta_lstm_optimizer",
     "maml",
     "make_step",
     "mean_ci",

@@ -67,13 +67,19 @@ def test_gates_match_numpy_reference():
     def pre(x):
         x = np.asarray(x, np.float64)
         big = np.abs(x) >= np.exp(-10.0)
-        return np.stack([np.where(big, np.log(np.where(big, np.abs(x), 1)) / 10, -1),
-                         np.where(big, np.sign(x), np.exp(10.0) * x)], -1)
+        return np.stack(
+            [
+                np.where(big, np.log(np.where(big, np.abs(x), 1)) / 10, -1),
+                np.where(big, np.sign(x), np.exp(10.0) * x),
+            ],
+            -1,
+        )
 
     for t, (g, loss) in enumerate([([0.3, -2.0, 1e-6], 1.7), ([-0.1, 0.4, 3.0], 0.02)]):
         g = np.asarray(g)
-        upd, state = opt.update({"t": jnp.asarray(g, jnp.float32)}, state, {"t": theta},
-                                value=jnp.asarray(loss))
+        upd, state = opt.update(
+            {"t": jnp.asarray(g, jnp.float32)}, state, {"t": theta}, value=jnp.asarray(loss)
+        )
         x = np.concatenate([np.broadcast_to(pre(loss), (3, 2)), pre(g)], -1)
         z = np.concatenate([x, h], -1) @ lay["w"] + lay["b"]
         zi, zf, zg, zo = np.split(z, 4, -1)
@@ -121,9 +127,9 @@ def test_trajectory_trace_and_meta_gradient():
         final, trace = meta_lstm_trajectory(mp, _loss, init, 5)
         return _loss(final), trace
 
-    (val, trace), (g_mp, g_init) = jax.jit(
-        jax.value_and_grad(outer, argnums=(0, 1), has_aux=True)
-    )(mp, init)
+    (val, trace), (g_mp, g_init) = jax.jit(jax.value_and_grad(outer, argnums=(0, 1), has_aux=True))(
+        mp, init
+    )
     assert trace["loss"].shape == (5,) and trace["input"]["w"].shape == (5, 3, 4)
     assert float(jnp.min(trace["forget"]["w"])) > 0.9  # paper init: forget gate near 1
     for leaf in jax.tree.leaves((g_mp, g_init)):

@@ -79,8 +79,13 @@ def test_meta_training_lowers_heldout_meta_loss():
     cfg = UnrollConfig(horizon=40, truncation=20, num_tasks=8)
     meta_opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(3e-3))
     step = make_meta_train_step(lstm_optimizer, fam, meta_opt, cfg)
-    heldout = jax.jit(lambda m: jnp.mean(evaluate_optimizer(
-        lstm_optimizer(m), fam, jax.random.key(12345), 64, cfg.horizon)[:, 1:]))
+    heldout = jax.jit(
+        lambda m: jnp.mean(
+            evaluate_optimizer(lstm_optimizer(m), fam, jax.random.key(12345), 64, cfg.horizon)[
+                :, 1:
+            ]
+        )
+    )
     mp = init_lstm_optimizer(jax.random.key(0))
     ms = meta_opt.init(mp)
     before = float(heldout(mp))

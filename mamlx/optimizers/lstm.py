@@ -202,7 +202,9 @@ def lstm_optimizer(
         n = math.prod(shape)
         x = preprocess_gradient(jnp.reshape(g, (n,)), p)
         top, h_new, c_new = _run_layers(
-            layers, x, jnp.reshape(h, (num_layers, n, hidden)),
+            layers,
+            x,
+            jnp.reshape(h, (num_layers, n, hidden)),
             jnp.reshape(c, (num_layers, n, hidden)),
         )
         out = top @ meta_params["out"]["w"][:, 0] + meta_params["out"]["b"]

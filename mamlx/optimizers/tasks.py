@@ -129,6 +129,7 @@ def mlp_classifier_family(
       >>> fam.loss(fam.init(jax.random.key(1), task), task).shape
       ()
     """
+
     def sample(key):
         km, ky, kx = jax.random.split(key, 3)
         means = jax.random.normal(km, (num_classes, *input_shape))

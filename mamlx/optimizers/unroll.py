@@ -194,8 +194,15 @@ def make_meta_train_step(
         def truncation(carry, _):
             mp, ms, p, s = carry
             (loss, (p, s, losses)), g = grad_fn(
-                mp, opt_factory, family, p, s, tasks, config.truncation,
-                config.second_order, config.reduction,
+                mp,
+                opt_factory,
+                family,
+                p,
+                s,
+                tasks,
+                config.truncation,
+                config.second_order,
+                config.reduction,
             )
             upd, ms = meta_optimizer.update(g, ms, mp)
             mp = optax.apply_updates(mp, upd)
