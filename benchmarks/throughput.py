@@ -275,6 +275,8 @@ def machine_info() -> dict:
         "jax_devices": [str(d) for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "python": platform.python_version(),
+        # Other processes on the machine skew timings (torch's OpenMP pool most).
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     try:
         import torch
@@ -305,6 +307,7 @@ def main(argv=None) -> dict:
     repeats = args.repeats or (3 if args.quick else 10)
     variants = (args.jax_variants or f"{default_impl()}/vmap").split(",")
     rows = []
+    load_start = machine_info()["load_avg_1m"]
 
     def record(setting, algo, impl, r):
         med = statistics.median(r["times_s"])
@@ -350,7 +353,7 @@ def main(argv=None) -> dict:
                 ratio = r["tasks_per_s"] / torch_best if torch_best else None
                 table.append({**r, "vs_best_torch": ratio})
     result = {
-        "machine": machine_info(),
+        "machine": {**machine_info(), "load_avg_1m_at_start": load_start},
         "settings": {k: asdict(v) for k, v in SETTINGS.items()},
         "meta_lr": META_LR,
         "repeats": repeats,
