@@ -62,6 +62,9 @@ def test_matches_xla_forward_grad_hessian(case, impl):
     for a, b in zip(g_ours, g_ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
+    if CASES.index(case) >= 4 and impl == "patches":
+        return  # second order on the first four cases (and in the float64 check_grads test)
+
     def grad_norm(f):  # grad of grad, through both inputs
         def h(x, w):
             gx, gw = jax.grad(loss(f), (0, 1))(x, w)

@@ -32,6 +32,7 @@ from flax import nnx
 from mamlx.models.conv import conv2d
 
 Array = jax.Array
+_ModuleList = getattr(nnx, "List", list)  # nnx.List from flax 0.12 on
 
 
 def max_pool_2x2(x: Array) -> Array:
@@ -127,7 +128,7 @@ class Conv4(nnx.Module):
         """
         h, w, c = in_shape
         chans = [c] + [filters] * blocks
-        self.blocks = nnx.List(
+        self.blocks = _ModuleList(
             [
                 ConvBlock(
                     chans[i],

@@ -1,0 +1,386 @@
+"""Meta-training throughput (tasks/s): mamlx (JAX) against PyTorch peers, one run.
+
+Conv-4 on Omniglot-shaped episodes (28x28x1, 15 queries per class), random
+data (throughput does not depend on pixel values). For each setting and
+algorithm (second-order MAML, first-order MAML, Reptile) it times one full
+meta-training step (all tasks' inner SGD, meta-gradient, Adam update):
+
+* ``jax``: one ``jax.jit``'d step, tasks mapped with ``vmap`` (or ``lax.map``),
+  convolutions through :func:`mamlx.models.conv.conv2d`;
+* ``torch-loop``: a learn2learn-style Python loop over tasks,
+  ``autograd.grad(create_graph=True)`` on ``torch.func.functional_call``;
+* ``torch-vmap``: ``torch.func.grad`` + ``torch.func.vmap`` over tasks.
+
+Compile / warm-up time is reported apart; throughput is the median over
+repeated steps. Results go to ``benchmarks/results/throughput.{json,md}``.
+Runs unchanged on a GPU box (JAX and torch pick the accelerator when present).
+
+Usage::
+
+    python benchmarks/throughput.py            # full run
+    python benchmarks/throughput.py --quick    # fewer repeats
+    python benchmarks/throughput.py --jax-variants patches/vmap,xla/vmap,patches/map
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from mamlx.models.conv import default_impl
+from mamlx.models.conv4 import Conv4, functional
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One benchmark configuration (Omniglot-shaped, Finn et al. 2017 settings)."""
+
+    name: str
+    ways: int
+    shots: int
+    queries: int
+    meta_batch: int
+    inner_steps: int
+    inner_lr: float
+    image: tuple[int, int, int] = (28, 28, 1)
+    filters: int = 64
+
+
+SETTINGS = {
+    "omniglot-5w1s": Setting("omniglot-5w1s", 5, 1, 15, 32, 1, 0.4),
+    "omniglot-20w1s": Setting("omniglot-20w1s", 20, 1, 15, 16, 5, 0.1),
+}
+ALGOS = ("maml", "fomaml", "reptile")
+META_LR = 1e-3
+
+
+def make_batch(s: Setting, seed: int = 0):
+    """Random episodes as numpy arrays: support/query images (NHWC) and labels."""
+    rng = np.random.default_rng(seed)
+    t, n, k, q = s.meta_batch, s.ways, s.shots, s.queries
+    sx = rng.standard_normal((t, n * k, *s.image), dtype=np.float32)
+    qx = rng.standard_normal((t, n * q, *s.image), dtype=np.float32)
+    sy = np.tile(np.repeat(np.arange(n), k), (t, 1)).astype(np.int32)
+    qy = np.tile(np.repeat(np.arange(n), q), (t, 1)).astype(np.int32)
+    return sx, sy, qx, qy
+
+
+# --------------------------------------------------------------------------------------
+# JAX. LOCAL STAND-IN for mamlx.algorithms (maml / reptile): the lead will switch this
+# benchmark to the library's meta-learners once they land.
+# --------------------------------------------------------------------------------------
+def _local_jax_meta_step(apply_fn, algo: str, s: Setting, task_map: str):
+    """Jitted ``(params, opt_state, batch) -> (params, opt_state, loss)``."""
+    opt = optax.adam(META_LR)
+
+    def loss_fn(p, x, y):
+        logits = apply_fn(p, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def adapt(p, x, y, first_order):
+        for _ in range(s.inner_steps):
+            g = jax.grad(loss_fn)(p, x, y)
+            if first_order:
+                g = jax.lax.stop_gradient(g)
+            p = jax.tree.map(lambda a, b: a - s.inner_lr * b, p, g)
+        return p
+
+    def per_task(p, task):
+        sx, sy, qx, qy = task
+        if algo == "reptile":  # meta-gradient: p - adapted (Nichol et al. 2018)
+            adapted = adapt(p, sx, sy, True)
+            return jax.tree.map(jnp.subtract, p, adapted), loss_fn(adapted, qx, qy)
+        query_loss = lambda p: loss_fn(adapt(p, sx, sy, algo == "fomaml"), qx, qy)
+        loss, g = jax.value_and_grad(query_loss)(p)
+        return g, loss
+
+    def map_tasks(p, batch):
+        if task_map == "vmap":
+            return jax.vmap(per_task, (None, 0))(p, batch)
+        size = int(task_map.split(":")[1]) if ":" in task_map else None
+        return jax.lax.map(lambda t: per_task(p, t), batch, batch_size=size)
+
+    @jax.jit
+    def step(p, opt_state, batch):
+        grads, losses = map_tasks(p, batch)
+        grads = jax.tree.map(lambda g: g.mean(0), grads)
+        updates, opt_state = opt.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, losses.mean()
+
+    return step, opt
+
+
+def bench_jax(s: Setting, algo: str, impl: str, task_map: str, repeats: int) -> dict:
+    """Time the jitted JAX meta step; returns compile time and step timings."""
+    model = Conv4(s.ways, in_shape=s.image, filters=s.filters, conv_impl=impl, rngs=nnx.Rngs(0))
+    apply_fn, params = functional(model)
+    step, opt = _local_jax_meta_step(apply_fn, algo, s, task_map)
+    batch = tuple(jax.device_put(a) for a in make_batch(s))
+    opt_state = opt.init(params)
+    t0 = time.perf_counter()
+    compiled = step.lower(params, opt_state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    out = compiled(params, opt_state, batch)  # warm-up
+    jax.block_until_ready(out)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = compiled(params, opt_state, batch)
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t0)
+    return {"compile_s": compile_s, "times_s": times, "loss": float(out[2])}
+
+
+# --------------------------------------------------------------------------------------
+# PyTorch peers (benchmark-only dependency).
+# --------------------------------------------------------------------------------------
+def _torch_model(torch, s: Setting):
+    nn = torch.nn
+
+    def block(cin):
+        return [
+            nn.Conv2d(cin, s.filters, 3, stride=2, padding=1),
+            nn.BatchNorm2d(s.filters, track_running_stats=False),  # transductive
+            nn.ReLU(),
+        ]
+
+    layers = block(s.image[2]) + block(s.filters) + block(s.filters) + block(s.filters)
+    # 28 -> 14 -> 7 -> 4 -> 2 with padding=1, like the JAX SAME stride-2 model.
+    feat = s.filters * 2 * 2
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(feat, s.ways))
+
+
+def _sync(torch, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_torch(s: Setting, algo: str, style: str, repeats: int) -> dict:
+    """Time a PyTorch meta step; ``style``: ``'loop'`` (learn2learn) or ``'vmap'`` (torch.func)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call, grad, vmap
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = _torch_model(torch, s).to(device)
+    params = dict(model.named_parameters())
+    names = list(params)
+    opt = torch.optim.Adam(model.parameters(), lr=META_LR)
+    sx, sy, qx, qy = (torch.from_numpy(a).to(device) for a in make_batch(s))
+    sx, qx = sx.permute(0, 1, 4, 2, 3).contiguous(), qx.permute(0, 1, 4, 2, 3).contiguous()
+    sy, qy = sy.long(), qy.long()
+    second = algo == "maml"
+
+    def loss_fn(p, x, y):
+        return F.cross_entropy(functional_call(model, p, (x,)), y)
+
+    def loop_step():
+        opt.zero_grad(set_to_none=True)
+        t = s.meta_batch
+        total = 0.0
+        if algo == "reptile":
+            acc = {k: torch.zeros_like(v) for k, v in params.items()}
+        for i in range(t):
+            p = dict(params)
+            for _ in range(s.inner_steps):
+                loss = loss_fn(p, sx[i], sy[i])
+                gs = torch.autograd.grad(loss, list(p.values()), create_graph=second)
+                if algo != "maml":
+                    gs = [g.detach() for g in gs]
+                p = {k: v - s.inner_lr * g for (k, v), g in zip(p.items(), gs, strict=True)}
+            if algo == "reptile":
+                with torch.no_grad():
+                    for k in names:
+                        acc[k] += (params[k] - p[k]) / t
+                    total += float(loss_fn(p, qx[i], qy[i]))
+            else:
+                qloss = loss_fn(p, qx[i], qy[i]) / t
+                qloss.backward()
+                total += float(qloss.detach())
+        if algo == "reptile":
+            for k in names:
+                params[k].grad = acc[k]
+        opt.step()
+        return total
+
+    def task_fn(p, x_s, y_s, x_q, y_q):
+        for _ in range(s.inner_steps):
+            g = grad(loss_fn)(p, x_s, y_s)
+            if algo != "maml":
+                g = {k: v.detach() for k, v in g.items()}
+            p = {k: p[k] - s.inner_lr * g[k] for k in names}
+        return p, loss_fn(p, x_q, y_q)
+
+    def vmap_step():
+        p0 = {k: v.detach() for k, v in params.items()}
+        if algo == "reptile":
+            adapted, losses = vmap(task_fn, in_dims=(None, 0, 0, 0, 0))(p0, sx, sy, qx, qy)
+            grads = {k: p0[k] - adapted[k].mean(0) for k in names}
+            total = losses.mean()
+        else:
+
+            def meta_loss(p):
+                losses = vmap(lambda *a: task_fn(p, *a)[1])(sx, sy, qx, qy)
+                return losses.mean(), losses.mean()
+
+            grads, total = grad(meta_loss, has_aux=True)(p0)
+        for k in names:
+            params[k].grad = grads[k]
+        opt.step()
+        return float(total)
+
+    fn = loop_step if style == "loop" else vmap_step
+    t0 = time.perf_counter()
+    fn()  # warm-up
+    _sync(torch, device)
+    warm_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        loss = fn()  # float() of the loss already syncs; sync again to be explicit
+        _sync(torch, device)
+        times.append(time.perf_counter() - t0)
+    return {"compile_s": warm_s, "times_s": times, "loss": loss}
+
+
+# --------------------------------------------------------------------------------------
+def machine_info() -> dict:
+    """CPU model, cores, accelerator and library versions."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "python": platform.python_version(),
+        # Other processes on the machine skew timings (torch's OpenMP pool most).
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        info["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="3 repeats instead of 10")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--algos", default=",".join(ALGOS))
+    ap.add_argument(
+        "--jax-variants",
+        default=None,
+        help="comma list of conv_impl/task_map, e.g. patches/vmap,xla/vmap,patches/map "
+        f"(default: {default_impl()}/vmap, the backend's default conv)",
+    )
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput"))
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 10)
+    variants = (args.jax_variants or f"{default_impl()}/vmap").split(",")
+    rows = []
+    load_start = machine_info()["load_avg_1m"]
+
+    def record(setting, algo, impl, r):
+        med = statistics.median(r["times_s"])
+        row = {
+            "setting": setting.name,
+            "algo": algo,
+            "impl": impl,
+            "tasks_per_s": setting.meta_batch / med,
+            "median_step_s": med,
+            "min_step_s": min(r["times_s"]),
+            "compile_or_warmup_s": r["compile_s"],
+            "repeats": len(r["times_s"]),
+            "loss": r["loss"],
+        }
+        rows.append(row)
+        print(
+            f"{setting.name:15s} {algo:8s} {impl:26s} {row['tasks_per_s']:8.1f} tasks/s"
+            f"  (median {med * 1e3:7.1f} ms, compile/warm-up {r['compile_s']:.1f} s)",
+            flush=True,
+        )
+
+    for sname in args.settings.split(","):
+        s = SETTINGS[sname]
+        for algo in args.algos.split(","):
+            for v in variants:
+                impl, task_map = v.split("/")
+                record(
+                    s, algo, f"jax[{impl}/{task_map}]", bench_jax(s, algo, impl, task_map, repeats)
+                )
+            if not args.no_torch:
+                for style in ("loop", "vmap"):
+                    record(s, algo, f"torch-{style}", bench_torch(s, algo, style, repeats))
+
+    # Ratio table: each JAX variant against the fastest torch peer.
+    table = []
+    for sname in args.settings.split(","):
+        for algo in args.algos.split(","):
+            sel = [r for r in rows if r["setting"] == sname and r["algo"] == algo]
+            torch_best = max(
+                (r["tasks_per_s"] for r in sel if r["impl"].startswith("torch")), default=None
+            )
+            for r in sel:
+                ratio = r["tasks_per_s"] / torch_best if torch_best else None
+                table.append({**r, "vs_best_torch": ratio})
+    result = {
+        "machine": {**machine_info(), "load_avg_1m_at_start": load_start},
+        "settings": {k: asdict(v) for k, v in SETTINGS.items()},
+        "meta_lr": META_LR,
+        "repeats": repeats,
+        "rows": table,
+    }
+    md = [
+        "# Meta-training throughput (tasks/s, median step; higher is better)",
+        "",
+        "Machine: " + ", ".join(f"{k}={v}" for k, v in result["machine"].items()),
+        "",
+        "| setting | algo | implementation | tasks/s | vs best torch | median step ms "
+        "| compile/warm-up s |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in table:
+        ratio = f"{r['vs_best_torch']:.2f}x" if r["vs_best_torch"] else "-"
+        md.append(
+            f"| {r['setting']} | {r['algo']} | {r['impl']} | {r['tasks_per_s']:.1f} | {ratio} "
+            f"| {r['median_step_s'] * 1e3:.0f} | {r['compile_or_warmup_s']:.1f} |"
+        )
+    print("\n".join(md[4:]))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
