@@ -34,13 +34,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
+from mamlx.models import functional
 from mamlx.models.conv import default_impl
-from mamlx.models.conv4 import Conv4, functional
+from mamlx.models.conv4 import Conv4
 
 
 @dataclass(frozen=True)
@@ -78,46 +78,29 @@ def make_batch(s: Setting, seed: int = 0):
 
 
 # --------------------------------------------------------------------------------------
-# JAX. LOCAL STAND-IN for mamlx.algorithms (maml / reptile): the lead will switch this
-# benchmark to the library's meta-learners once they land.
+# JAX: the library's own meta-learners and optax update, one compiled step.
 # --------------------------------------------------------------------------------------
-def _local_jax_meta_step(apply_fn, algo: str, s: Setting, task_map: str):
-    """Jitted ``(params, opt_state, batch) -> (params, opt_state, loss)``."""
+def _jax_meta_step(apply_fn, algo: str, s: Setting, task_map: str):
+    """Jitted ``(params, opt_state, batch) -> (params, opt_state, loss)`` using mamlx.algorithms."""
+    from mamlx import Episode
+    from mamlx.algorithms import fomaml, maml, reptile
+
+    init = lambda key: None  # params are passed in
+    tm = "map" if task_map.startswith("map") else "vmap"
+    if algo == "reptile":  # meta-gradient p - adapted, outer SGD would be the paper's; Adam here
+        learner = reptile(
+            apply_fn, init, inner_opt=s.inner_lr, inner_steps=s.inner_steps, task_map=tm
+        )
+    else:
+        make = fomaml if algo == "fomaml" else maml
+        learner = make(apply_fn, init, inner_lr=s.inner_lr, inner_steps=s.inner_steps, task_map=tm)
     opt = optax.adam(META_LR)
-
-    def loss_fn(p, x, y):
-        logits = apply_fn(p, x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    def adapt(p, x, y, first_order):
-        for _ in range(s.inner_steps):
-            g = jax.grad(loss_fn)(p, x, y)
-            if first_order:
-                g = jax.lax.stop_gradient(g)
-            p = jax.tree.map(lambda a, b: a - s.inner_lr * b, p, g)
-        return p
-
-    def per_task(p, task):
-        sx, sy, qx, qy = task
-        if algo == "reptile":  # meta-gradient: p - adapted (Nichol et al. 2018)
-            adapted = adapt(p, sx, sy, True)
-            return jax.tree.map(jnp.subtract, p, adapted), loss_fn(adapted, qx, qy)
-        query_loss = lambda p: loss_fn(adapt(p, sx, sy, algo == "fomaml"), qx, qy)
-        loss, g = jax.value_and_grad(query_loss)(p)
-        return g, loss
-
-    def map_tasks(p, batch):
-        if task_map == "vmap":
-            return jax.vmap(per_task, (None, 0))(p, batch)
-        size = int(task_map.split(":")[1]) if ":" in task_map else None
-        return jax.lax.map(lambda t: per_task(p, t), batch, batch_size=size)
 
     @jax.jit
     def step(p, opt_state, batch):
-        grads, losses = map_tasks(p, batch)
-        grads = jax.tree.map(lambda g: g.mean(0), grads)
+        grads, metrics = learner.meta_grad(p, Episode(*batch))
         updates, opt_state = opt.update(grads, opt_state, p)
-        return optax.apply_updates(p, updates), opt_state, losses.mean()
+        return optax.apply_updates(p, updates), opt_state, metrics["loss"]
 
     return step, opt
 
@@ -126,7 +109,7 @@ def bench_jax(s: Setting, algo: str, impl: str, task_map: str, repeats: int) -> 
     """Time the jitted JAX meta step; returns compile time and step timings."""
     model = Conv4(s.ways, in_shape=s.image, filters=s.filters, conv_impl=impl, rngs=nnx.Rngs(0))
     apply_fn, params = functional(model)
-    step, opt = _local_jax_meta_step(apply_fn, algo, s, task_map)
+    step, opt = _jax_meta_step(apply_fn, algo, s, task_map)
     batch = tuple(jax.device_put(a) for a in make_batch(s))
     opt_state = opt.init(params)
     t0 = time.perf_counter()

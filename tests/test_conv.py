@@ -9,8 +9,9 @@ from jax import lax
 from jax.test_util import check_grads
 
 from mamlx.models import conv as conv_lib
+from mamlx.models import functional
 from mamlx.models.conv import conv2d, default_impl, im2col
-from mamlx.models.conv4 import Conv4, functional, max_pool_2x2
+from mamlx.models.conv4 import Conv4, max_pool_2x2
 
 IMPLS = ["patches", "patches_autodiff"]
 CASES = [  # (H, W, Cin, Cout, k, stride, padding)

@@ -107,7 +107,12 @@ def imaml(
         grad_support = lambda p: jax.grad(support_loss)(p, sx, sy)
 
         def matvec(v):  # (I + H/λ) v with H the support-loss Hessian at θ*
-            hv = jax.jvp(grad_support, (theta,), (v,))[1]
+            # reverse-over-reverse Hessian-vector product: works with custom_vjp layers
+            dot = lambda p: sum(
+                jnp.vdot(a, b)
+                for a, b in zip(jax.tree.leaves(grad_support(p)), jax.tree.leaves(v), strict=True)
+            )
+            hv = jax.grad(dot)(theta)
             return jax.tree.map(lambda a, b: a + b / lam, v, hv)
 
         g, _ = jax.scipy.sparse.linalg.cg(matvec, g_query, maxiter=cg_steps)

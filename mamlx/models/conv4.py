@@ -155,27 +155,3 @@ class Conv4(nnx.Module):
     def __call__(self, x: Array) -> Array:
         """Logits for ``(N, H, W, C)`` images, shape ``(N, ways)``."""
         return self.head(self.features(x))
-
-
-def functional(module: nnx.Module):
-    """Split an NNX module into a pure ``apply_fn(params, x)`` and a params dict.
-
-    The form the library's algorithms use (the lead's ``mamlx.models.functional``
-    has the same contract; this copy lets Conv-4 be used before that lands).
-    ``merge(..., copy=True)`` keeps BatchNorm differentiable twice.
-
-    Args:
-        module: Any NNX module.
-
-    Returns:
-        ``(apply_fn, params)`` with ``params`` a plain nested dict of arrays.
-    """
-    graphdef, params_state, rest = nnx.split(module, nnx.Param, ...)
-    params = nnx.to_pure_dict(params_state)
-
-    def apply_fn(p, x):
-        st = jax.tree.map(lambda v: v, params_state)
-        nnx.replace_by_pure_dict(st, p)
-        return nnx.merge(graphdef, st, rest, copy=True)(x)
-
-    return apply_fn, params
