@@ -58,3 +58,17 @@ def test_imaml_memory_does_not_grow_with_inner_steps():
 def test_imaml_conformance():
     learner = imaml(*sinusoid_model((16,)), inner_lr=0.01, inner_steps=5)
     check_meta_learner(learner, sinusoid(5))
+
+
+def test_conjugate_gradient_solves_spd_systems_on_pytrees():
+    from mamlx.algorithms.imaml import conjugate_gradient
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        m = rng.normal(size=(5, 5))
+        a = m @ m.T + 5 * np.eye(5)
+        b = {"u": jnp.asarray(rng.normal(size=3)), "v": jnp.asarray(rng.normal(size=2))}
+        flat = lambda t: jnp.concatenate([t["u"], t["v"]])
+        matvec = lambda t: {"u": (a @ flat(t))[:3], "v": (a @ flat(t))[3:]}
+        x = conjugate_gradient(matvec, b, 5)  # exact in n iterations for n = 5
+        np.testing.assert_allclose(flat(x), np.linalg.solve(a, flat(b)), rtol=1e-8)

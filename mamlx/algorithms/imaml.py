@@ -29,6 +29,36 @@ from mamlx.models.adapter import ApplyFn
 from mamlx.types import Params, PRNGKey
 
 
+def _vdot(a, b):
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def conjugate_gradient(matvec: Callable, b: Params, steps: int) -> Params:
+    """``steps`` iterations of conjugate gradients for ``A x = b`` on pytrees, from x = 0.
+
+    A plain ``lax.fori_loop`` (no early exit), so it vmaps over tasks and
+    differentiates like any other JAX code. ``A`` must be symmetric positive definite.
+    """
+
+    def div(num, den):  # num / den, 0 where den == 0 (converged)
+        safe = jnp.where(den == 0, 1.0, den)
+        return jnp.where(den == 0, 0.0, num / safe)
+
+    def body(_, carry):
+        x, r, p, rs = carry
+        ap = matvec(p)
+        alpha = div(rs, _vdot(p, ap))
+        x = jax.tree.map(lambda xi, pi: xi + alpha * pi, x, p)
+        r = jax.tree.map(lambda ri, ai: ri - alpha * ai, r, ap)
+        rs_new = _vdot(r, r)
+        beta = div(rs_new, rs)
+        p = jax.tree.map(lambda ri, pi: ri + beta * pi, r, p)
+        return x, r, p, rs_new
+
+    x0 = jax.tree.map(jnp.zeros_like, b)
+    return jax.lax.fori_loop(0, steps, body, (x0, b, b, _vdot(b, b)))[0]
+
+
 def imaml(
     apply_fn: ApplyFn,
     init_fn: Callable[[PRNGKey], Params],
@@ -115,8 +145,7 @@ def imaml(
             hv = jax.grad(dot)(theta)
             return jax.tree.map(lambda a, b: a + b / lam, v, hv)
 
-        g, _ = jax.scipy.sparse.linalg.cg(matvec, g_query, maxiter=cg_steps)
-        return g, metrics
+        return conjugate_gradient(matvec, g_query, cg_steps), metrics
 
     def meta_grad(meta_params, episodes: Episode):
         grads, metrics = map_tasks(task_grad, meta_params, episodes, task_map)

@@ -1,0 +1,127 @@
+"""Few-shot classification beside the published tables (MAML, first-order MAML, Reptile).
+
+Trains and evaluates the chosen presets through the same code as ``mamlx train`` /
+``mamlx eval`` and records each run (accuracy ± 95% CI over the preset's 600 test
+tasks, wall time, device) in ``results/fewshot.json``; ``results/fewshot.md`` is
+regenerated from all recorded runs, next to the published numbers. mini-ImageNet rows
+need ``--data-dir`` with the images.
+
+    python benchmarks/fewshot.py --presets fomaml-5w1s-cpu --data-dir ../shared/data/omniglot
+    python benchmarks/fewshot.py --presets maml-5w1s --data-dir DIR        # on a GPU
+    python benchmarks/fewshot.py --table-only                             # rebuild the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mamlx.cli import main as cli  # noqa: E402
+from mamlx.experiments import PRESETS  # noqa: E402
+
+from common import RESULTS, git_rev, machine  # noqa: E402
+
+PUBLISHED = {  # accuracy %, source
+    "maml-5w1s": (98.7, "Finn et al. 2017"),
+    "maml-5w5s": (99.9, "Finn et al. 2017"),
+    "maml-20w1s": (95.8, "Finn et al. 2017"),
+    "maml-20w5s": (98.9, "Finn et al. 2017"),
+    "fomaml-5w1s": (98.3, "Finn et al. 2017 (first order)"),
+    "fomaml-5w1s-cpu": (98.3, "Finn et al. 2017 (first order, full budget)"),
+    "maml-mini-5w1s": (48.70, "Finn et al. 2017"),
+    "maml-mini-5w5s": (63.11, "Finn et al. 2017"),
+    "fomaml-mini-5w1s": (48.07, "Finn et al. 2017"),
+    "fomaml-mini-5w5s": (63.15, "Finn et al. 2017"),
+    "reptile-5w1s": (95.39, "Nichol et al. 2018"),
+    "reptile-5w5s": (98.90, "Nichol et al. 2018"),
+    "reptile-20w1s": (88.14, "Nichol et al. 2018"),
+    "reptile-20w5s": (96.65, "Nichol et al. 2018"),
+}
+STORE = RESULTS / "fewshot.json"
+
+
+def load_runs() -> list[dict]:
+    return json.loads(STORE.read_text()) if STORE.is_file() else []
+
+
+def table(runs: list[dict]) -> str:
+    lines = [
+        "# Few-shot classification: our runs beside the published tables",
+        "",
+        "Accuracy ± 95% CI over held-out test classes (Omniglot: the 423 test characters of "
+        "the 1200/423 split, no rotation at test time), transductive batch norm unless noted. "
+        "Regenerate with `python benchmarks/fewshot.py --table-only`.",
+        "",
+        "| preset | ours (%) | published (%) | steps | train wall time | device | command |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        pub, src = PUBLISHED.get(r["preset"], (None, ""))
+        pub_cell = f"{pub:.2f} ({src})" if pub else "—"
+        note = "" if r.get("batch_norm", "transductive") == "transductive" else " (non-transd.)"
+        lines.append(
+            f"| {r['preset']} | {r['accuracy']:.2f} ± {r['ci']:.2f}{note} | {pub_cell} | "
+            f"{r['steps']} | {r['wall_s'] / 60:.1f} min | {r['device']} | `{r['command']}` |"
+        )
+    missing = [p for p in PUBLISHED if p not in {r["preset"] for r in runs}]
+    lines += ["", "Not run yet (published number only): " + ", ".join(missing), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--presets", nargs="*", default=["fomaml-5w1s-cpu"])
+    p.add_argument("--data-dir", default="")
+    p.add_argument("--out", default="runs/fewshot")
+    p.add_argument("--steps", type=int, help="override the preset's steps (quick look)")
+    p.add_argument("--table-only", action="store_true")
+    args = p.parse_args(argv)
+    runs = load_runs()
+    for preset in [] if args.table_only else args.presets:
+        if preset not in PRESETS:
+            raise SystemExit(f"unknown preset {preset!r}; available: {sorted(PRESETS)}")
+        run_dir = Path(args.out) / preset
+        cmd = [
+            "train",
+            PRESETS[preset][0],
+            "--preset",
+            preset,
+            "--out",
+            str(run_dir),
+            "--no-progress",
+        ]
+        cmd += ["--data-dir", args.data_dir] if args.data_dir else []
+        cmd += ["--steps", str(args.steps)] if args.steps else []
+        t0 = time.perf_counter()
+        if cli(cmd) != 0 or cli(["eval", str(run_dir)]) != 0:
+            return 1
+        wall = time.perf_counter() - t0
+        res = json.loads((run_dir / "eval.json").read_text())
+        config = json.loads((run_dir / "config.json").read_text())
+        runs = [r for r in runs if not (r["preset"] == preset and r["device"] == machine())]
+        runs.append(
+            {
+                "preset": preset,
+                "accuracy": 100 * res["accuracy"][0],
+                "ci": 100 * res["accuracy"][1],
+                "steps": config["steps"],
+                "wall_s": wall,
+                "device": machine(),
+                "commit": git_rev(),
+                "batch_norm": res["batch_norm"],
+                "command": "mamlx " + " ".join(cmd),
+            }
+        )
+        STORE.write_text(json.dumps(runs, indent=1) + "\n")
+    md = table(runs)
+    (RESULTS / "fewshot.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
