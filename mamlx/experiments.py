@@ -179,6 +179,25 @@ CONFIGS = {
     "miniimagenet": MiniImageNetConfig,
 }
 
+# Reptile (Nichol, Achiam & Schulman 2018, Appendix A, Table 3): inner Adam (lr 1e-3,
+# beta1 = 0), 10 training shots, 5 inner iterations (10 for 20-way, lr 5e-4), outer step size
+# 1.0 annealed linearly to 0, meta-batch 5, 50 inner iterations at test, non-transductive.
+_REPTILE = dict(
+    algo="reptile",
+    inner_opt="adam",
+    inner_lr=1e-3,
+    shots=10,
+    queries=10,
+    inner_steps=5,
+    eval_inner_steps=50,
+    meta_lr=1.0,
+    meta_lr_schedule="linear",
+    meta_batch=5,
+    steps=100_000,
+    transductive=False,
+)
+_REPTILE_20 = {**_REPTILE, "ways": 20, "inner_lr": 5e-4, "inner_steps": 10, "steps": 200_000}
+
 # Published settings. Each entry: (task, overrides, source).
 PRESETS: dict[str, tuple[str, dict, str]] = {
     "maml-5w1s": (
@@ -241,85 +260,24 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
         dict(algo="fomaml", shots=5, meta_batch=2),
         "Finn et al. 2017, Table 1: first-order MAML mini-ImageNet 5-way 5-shot 63.15 ± 0.91",
     ),
-    # Reptile (Nichol, Achiam & Schulman 2018, Appendix A, Table 3): inner Adam (lr 1e-3,
-    # beta1 = 0), 10 training shots, 5 inner iterations (10 for 20-way), outer step size 1.0
-    # annealed linearly to 0, meta-batch 5, 50 inner iterations at test, non-transductive.
     "reptile-5w1s": (
         "omniglot",
-        dict(
-            algo="reptile",
-            inner_opt="adam",
-            inner_lr=1e-3,
-            queries=10,
-            inner_steps=5,
-            eval_inner_steps=50,
-            meta_lr=1.0,
-            meta_lr_schedule="linear",
-            meta_batch=5,
-            steps=100_000,
-            transductive=False,
-            eval_shots=1,
-            shots=10,
-        ),
+        {**_REPTILE, "eval_shots": 1},
         "Nichol et al. 2018, Table 1: Omniglot 5-way 1-shot 95.39 ± 0.09 (non-transductive)",
     ),
     "reptile-5w5s": (
         "omniglot",
-        dict(
-            algo="reptile",
-            inner_opt="adam",
-            inner_lr=1e-3,
-            queries=10,
-            inner_steps=5,
-            eval_inner_steps=50,
-            meta_lr=1.0,
-            meta_lr_schedule="linear",
-            meta_batch=5,
-            steps=100_000,
-            transductive=False,
-            eval_shots=5,
-            shots=10,
-        ),
+        {**_REPTILE, "eval_shots": 5},
         "Nichol et al. 2018, Table 1: Omniglot 5-way 5-shot 98.90 ± 0.10 (non-transductive)",
     ),
     "reptile-20w1s": (
         "omniglot",
-        dict(
-            algo="reptile",
-            ways=20,
-            inner_opt="adam",
-            inner_lr=5e-4,
-            queries=10,
-            inner_steps=10,
-            eval_inner_steps=50,
-            meta_lr=1.0,
-            meta_lr_schedule="linear",
-            meta_batch=5,
-            steps=200_000,
-            transductive=False,
-            eval_shots=1,
-            shots=10,
-        ),
+        {**_REPTILE_20, "eval_shots": 1},
         "Nichol et al. 2018, Table 1: Omniglot 20-way 1-shot 88.14 ± 0.15 (non-transductive)",
     ),
     "reptile-20w5s": (
         "omniglot",
-        dict(
-            algo="reptile",
-            ways=20,
-            inner_opt="adam",
-            inner_lr=5e-4,
-            queries=10,
-            inner_steps=10,
-            eval_inner_steps=50,
-            meta_lr=1.0,
-            meta_lr_schedule="linear",
-            meta_batch=5,
-            steps=200_000,
-            transductive=False,
-            eval_shots=5,
-            shots=10,
-        ),
+        {**_REPTILE_20, "eval_shots": 5},
         "Nichol et al. 2018, Table 1: Omniglot 20-way 5-shot 96.65 ± 0.33 (non-transductive)",
     ),
 }

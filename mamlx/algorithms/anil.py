@@ -13,9 +13,13 @@ from collections.abc import Callable
 import jax
 
 from mamlx import inner
-from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_meta_grad
+from mamlx.algorithms.base import (
+    MetaLearner,
+    check_inner_args,
+    gradient_meta_grad,
+    query_outer_loss,
+)
 from mamlx.algorithms.maml import make_predict
-from mamlx.episodes import Episode
 from mamlx.losses import task_metrics
 from mamlx.models.adapter import ApplyFn
 from mamlx.types import Params, PRNGKey
@@ -82,9 +86,7 @@ def anil(
     Returns:
       A :class:`MetaLearner`.
     """
-    inner.check_steps(inner_steps)
-    inner.as_optimizer(inner_lr)
-    check_task_map(task_map)
+    check_inner_args(inner_steps, inner_lr, task_map)
     is_head = is_head or head_by_path("head")
 
     def adapt_params(meta_params, support_x, support_y, steps=None):
@@ -107,9 +109,7 @@ def anil(
 
     adapt, predict = make_predict(apply_fn, adapt_params, transductive)
 
-    def outer_loss(meta_params, episode: Episode):
-        state = adapt(meta_params, episode.support_x, episode.support_y)
-        return task_metrics(predict(state, episode.query_x), episode.query_y, loss_fn)
+    outer_loss = query_outer_loss(adapt, predict, loss_fn)
 
     return MetaLearner(
         init_fn, adapt, predict, outer_loss, gradient_meta_grad(outer_loss, task_map)

@@ -24,7 +24,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mamlx import inner
 from mamlx.episodes import Episode
+from mamlx.losses import task_metrics
 from mamlx.types import Array, Metrics, Params, PRNGKey
 
 TASK_MAPS = ("vmap", "map")
@@ -86,3 +88,29 @@ def gradient_meta_grad(outer_loss: Callable, task_map: str = "vmap") -> Callable
         return grads, metrics
 
     return meta_grad
+
+
+def check_inner_args(inner_steps: int, inner_opt: Any, task_map: str) -> None:
+    """Validate the arguments every optimization-based learner shares (clear errors early)."""
+    inner.check_steps(inner_steps)
+    inner.as_optimizer(inner_opt)
+    check_task_map(task_map)
+
+
+def support_loss_fn(apply_fn: Callable, loss_fn: Callable | None = None) -> Callable:
+    """``support_loss(params, x, y)``: the task loss of ``apply_fn(params, x)``."""
+
+    def support_loss(params, x, y):
+        return task_metrics(apply_fn(params, x), y, loss_fn)[0]
+
+    return support_loss
+
+
+def query_outer_loss(adapt: Callable, predict: Callable, loss_fn: Callable | None = None):
+    """``outer_loss(meta_params, episode)``: query loss and metrics after adapting on support."""
+
+    def outer_loss(meta_params, episode: Episode):
+        state = adapt(meta_params, episode.support_x, episode.support_y)
+        return task_metrics(predict(state, episode.query_x), episode.query_y, loss_fn)
+
+    return outer_loss

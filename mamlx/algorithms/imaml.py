@@ -21,7 +21,14 @@ import jax
 import jax.numpy as jnp
 
 from mamlx import inner
-from mamlx.algorithms.base import MetaLearner, check_task_map, map_tasks, mean_metrics
+from mamlx.algorithms.base import (
+    MetaLearner,
+    check_inner_args,
+    map_tasks,
+    mean_metrics,
+    query_outer_loss,
+    support_loss_fn,
+)
 from mamlx.algorithms.maml import SupportContext, make_predict
 from mamlx.episodes import Episode
 from mamlx.losses import task_metrics
@@ -87,15 +94,12 @@ def imaml(
     Returns:
       A :class:`MetaLearner` whose ``meta_grad`` is the implicit meta-gradient.
     """
-    inner.check_steps(inner_steps)
+    check_inner_args(inner_steps, inner_lr, task_map)
     inner.check_steps(cg_steps, "cg_steps")
-    inner.as_optimizer(inner_lr)
-    check_task_map(task_map)
     if not lam > 0:
         raise ValueError(f"lam must be positive, got {lam}")
 
-    def support_loss(params, x, y):
-        return task_metrics(apply_fn(params, x), y, loss_fn)[0]
+    support_loss = support_loss_fn(apply_fn, loss_fn)
 
     def adapt_params(meta_params, support_x, support_y, steps=None):
         steps = inner_steps if steps is None else steps
@@ -121,9 +125,7 @@ def imaml(
 
     adapt, predict = make_predict(apply_fn, adapt_params, transductive)
 
-    def outer_loss(meta_params, episode: Episode):
-        state = adapt(meta_params, episode.support_x, episode.support_y)
-        return task_metrics(predict(state, episode.query_x), episode.query_y, loss_fn)
+    outer_loss = query_outer_loss(adapt, predict, loss_fn)
 
     def task_grad(meta_params, episode: Episode):
         sx, sy = episode.support_x, episode.support_y

@@ -18,9 +18,13 @@ import jax
 import jax.numpy as jnp
 
 from mamlx import inner
-from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_meta_grad
-from mamlx.episodes import Episode
-from mamlx.losses import task_metrics
+from mamlx.algorithms.base import (
+    MetaLearner,
+    check_inner_args,
+    gradient_meta_grad,
+    query_outer_loss,
+    support_loss_fn,
+)
 from mamlx.models.adapter import ApplyFn
 from mamlx.types import Array, Params, PRNGKey
 
@@ -94,12 +98,9 @@ def maml(
       >>> learner = maml(apply_fn, init_fn, inner_lr=0.01)
       >>> params = learner.init(jax.random.PRNGKey(0))
     """
-    inner.check_steps(inner_steps)
-    inner.as_optimizer(inner_lr)
-    check_task_map(task_map)
+    check_inner_args(inner_steps, inner_lr, task_map)
 
-    def support_loss(params, x, y):
-        return task_metrics(apply_fn(params, x), y, loss_fn)[0]
+    support_loss = support_loss_fn(apply_fn, loss_fn)
 
     def adapt_params(meta_params, support_x, support_y, steps=None):
         steps = inner_steps if steps is None else steps
@@ -117,9 +118,7 @@ def maml(
 
     adapt, predict = make_predict(apply_fn, adapt_params, transductive)
 
-    def outer_loss(meta_params, episode: Episode):
-        state = adapt(meta_params, episode.support_x, episode.support_y)
-        return task_metrics(predict(state, episode.query_x), episode.query_y, loss_fn)
+    outer_loss = query_outer_loss(adapt, predict, loss_fn)
 
     return MetaLearner(
         init=init_fn,

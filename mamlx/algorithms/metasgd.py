@@ -16,10 +16,14 @@ import jax.numpy as jnp
 import optax
 
 from mamlx import inner
-from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_meta_grad
+from mamlx.algorithms.base import (
+    MetaLearner,
+    check_inner_args,
+    gradient_meta_grad,
+    query_outer_loss,
+    support_loss_fn,
+)
 from mamlx.algorithms.maml import make_predict
-from mamlx.episodes import Episode
-from mamlx.losses import task_metrics
 from mamlx.models.adapter import ApplyFn
 from mamlx.types import Params, PRNGKey
 
@@ -67,16 +71,13 @@ def metasgd(
     Returns:
       A :class:`MetaLearner` over meta-parameters ``{"params", "lr"}``.
     """
-    inner.check_steps(inner_steps)
-    inner.as_optimizer(inner_lr)
-    check_task_map(task_map)
+    check_inner_args(inner_steps, inner_lr, task_map)
 
     def init(key):
         params = init_fn(key)
         return {"params": params, "lr": jax.tree.map(lambda p: jnp.full_like(p, inner_lr), params)}
 
-    def support_loss(params, x, y):
-        return task_metrics(apply_fn(params, x), y, loss_fn)[0]
+    support_loss = support_loss_fn(apply_fn, loss_fn)
 
     def adapt_params(meta_params, support_x, support_y, steps=None):
         steps = inner_steps if steps is None else steps
@@ -94,8 +95,6 @@ def metasgd(
 
     adapt, predict = make_predict(apply_fn, adapt_params, transductive)
 
-    def outer_loss(meta_params, episode: Episode):
-        state = adapt(meta_params, episode.support_x, episode.support_y)
-        return task_metrics(predict(state, episode.query_x), episode.query_y, loss_fn)
+    outer_loss = query_outer_loss(adapt, predict, loss_fn)
 
     return MetaLearner(init, adapt, predict, outer_loss, gradient_meta_grad(outer_loss, task_map))

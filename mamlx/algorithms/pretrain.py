@@ -16,7 +16,12 @@ from collections.abc import Callable
 import jax.numpy as jnp
 
 from mamlx import inner
-from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_meta_grad
+from mamlx.algorithms.base import (
+    MetaLearner,
+    check_inner_args,
+    gradient_meta_grad,
+    support_loss_fn,
+)
 from mamlx.episodes import Episode
 from mamlx.losses import task_metrics
 from mamlx.models.adapter import ApplyFn
@@ -46,12 +51,9 @@ def pretrain(
       A :class:`MetaLearner` whose outer loss is the loss on the task's support and
       query data at the shared parameters.
     """
-    inner.check_steps(inner_steps)
-    inner.as_optimizer(inner_lr)
-    check_task_map(task_map)
+    check_inner_args(inner_steps, inner_lr, task_map)
 
-    def support_loss(params, x, y):
-        return task_metrics(apply_fn(params, x), y, loss_fn)[0]
+    support_loss = support_loss_fn(apply_fn, loss_fn)
 
     def adapt(meta_params, support_x, support_y, steps=None):
         steps = inner_steps if steps is None else steps

@@ -19,7 +19,14 @@ import jax
 import jax.numpy as jnp
 
 from mamlx import inner
-from mamlx.algorithms.base import MetaLearner, check_task_map, map_tasks, mean_metrics
+from mamlx.algorithms.base import (
+    MetaLearner,
+    check_inner_args,
+    map_tasks,
+    mean_metrics,
+    query_outer_loss,
+    support_loss_fn,
+)
 from mamlx.algorithms.maml import SupportContext, make_predict
 from mamlx.episodes import Episode
 from mamlx.losses import task_metrics
@@ -60,12 +67,9 @@ def reptile(
       >>> learner = reptile(*sinusoid_model(), inner_opt=0.02, inner_steps=5)
       >>> outer = optax.sgd(0.1)   # φ ← φ + 0.1 (θ̃ − φ)
     """
-    inner.check_steps(inner_steps)
-    inner.as_optimizer(inner_opt)
-    check_task_map(task_map)
+    check_inner_args(inner_steps, inner_opt, task_map)
 
-    def support_loss(params, x, y):
-        return task_metrics(apply_fn(params, x), y, loss_fn)[0]
+    support_loss = support_loss_fn(apply_fn, loss_fn)
 
     def adapt_params(meta_params, support_x, support_y, steps=None):
         steps = inner_steps if steps is None else steps
@@ -75,9 +79,7 @@ def reptile(
 
     adapt, predict = make_predict(apply_fn, adapt_params, transductive)
 
-    def outer_loss(meta_params, episode: Episode):
-        state = adapt(meta_params, episode.support_x, episode.support_y)
-        return task_metrics(predict(state, episode.query_x), episode.query_y, loss_fn)
+    outer_loss = query_outer_loss(adapt, predict, loss_fn)
 
     def task_update(meta_params, episode: Episode):
         adapted = adapt_params(meta_params, episode.support_x, episode.support_y)
