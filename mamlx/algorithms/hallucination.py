@@ -52,17 +52,23 @@ class HallucinationState(NamedTuple):
 def episode_key(x: Array, seed: int = 0) -> PRNGKey:
     """A PRNG key derived from an array's contents (a different key per support set).
 
+    Hashes the float32 bit patterns with wrapping integer sums (one plain, one
+    position-weighted), so the key is exactly reproducible under ``jit``,
+    ``vmap`` and eager execution.
+
     Example:
       >>> a = episode_key(jnp.ones(3)); b = episode_key(jnp.zeros(3))
       >>> bool((jax.random.key_data(a) != jax.random.key_data(b)).any())
       True
     """
-    x = jax.lax.stop_gradient(x).astype(jnp.float32)
-    stats = jnp.stack([jnp.sum(x), jnp.sum(x * x), jnp.sum(jnp.abs(x[: x.shape[0] // 2 + 1]))])
-    bits = jax.lax.bitcast_convert_type(stats, jnp.uint32)
+    # Integer sums wrap modulo 2**32 and are associative, so the key is the same
+    # under jit, eager execution and any reduction order (float sums are not).
+    bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(x).astype(jnp.float32), jnp.uint32)
+    bits = bits.reshape(-1)
+    weights = (jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761)) | jnp.uint32(1)
     key = jax.random.key(seed)
-    for i in range(3):
-        key = jax.random.fold_in(key, bits[i])
+    for h in (jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * weights, dtype=jnp.uint32)):
+        key = jax.random.fold_in(key, h)
     return key
 
 

@@ -224,7 +224,7 @@ def siamese_net(
         dtype = jax.tree.leaves(embed)[0].dtype
         # α < 0: larger distances mean "different" from the start.
         weight = jnp.full((feature_dim,), -1.0 / feature_dim**0.5, dtype)
-        return {"embed": embed, "weight": weight, "bias": jnp.ones((), dtype)}
+        return {"embed": embed, "weight": weight, "bias": jnp.zeros((), dtype)}
 
     def pair_logits(params: Params, e1: Array, e2: Array) -> Array:
         dist = jnp.abs(e1[:, None, :] - e2[None, :, :])
