@@ -5,12 +5,26 @@ meta-training step is a single compiled function.
 """
 
 from mamlx import checkpoint
-from mamlx.algorithms import MetaLearner, fomaml, maml, pretrain
+from mamlx.algorithms import (
+    MetaLearner,
+    anil,
+    fomaml,
+    hallucination,
+    imaml,
+    maml,
+    matching,
+    metasgd,
+    pretrain,
+    protonet,
+    relation,
+    reptile,
+    siamese,
+)
 from mamlx.episodes import Episode, check_episode, num_query, num_support, num_tasks
 from mamlx.evaluate import evaluate, mean_ci
 from mamlx.experiments import SinusoidConfig, build
 from mamlx.inner import adapt
-from mamlx.models import MLP, functional, model
+from mamlx.models import MLP, ConvEmbedding, functional, model
 from mamlx.optimizers import (
     init_lstm_optimizer,
     init_meta_lstm,
@@ -34,6 +48,16 @@ from mamlx.train import NonFiniteLossError, TrainState, fit, init_state, make_st
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvEmbedding",
+    "anil",
+    "hallucination",
+    "imaml",
+    "matching",
+    "metasgd",
+    "protonet",
+    "relation",
+    "reptile",
+    "siamese",
     "FewShotSampler",
     "MiniImageNetSplit",
     "OmniglotChars",

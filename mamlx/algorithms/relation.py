@@ -1,0 +1,155 @@
+"""Relation Networks (Sung, Yang, Zhang, Xiang, Torr & Hospedales, CVPR 2018).
+
+Feature maps of the embedding ``f_φ`` (not flattened) are pooled per class
+(sum over the class's support examples, as in the paper's K-shot setting),
+concatenated with each query's feature map and scored by a learned relation
+module ``g_ϕ``:
+
+    r_{q,c} = sigmoid(g_ϕ([f_φ(x_q), Σ_{y_i=c} f_φ(x_i)])) ∈ [0, 1]
+
+Training regresses the scores onto one-hot targets with the mean squared error
+(Sung et al. 2018, Eq. 2). ``predict`` returns the scores (arg-max is the
+predicted class; a cross-entropy computed from them is not the training loss).
+Classes are indexed as in :mod:`mamlx.algorithms.protonet` (``S`` columns;
+absent classes score 0 and are left out of the loss).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_meta_grad
+from mamlx.algorithms.protonet import class_one_hot
+from mamlx.episodes import Episode
+from mamlx.losses import accuracy
+from mamlx.models.adapter import ApplyFn, model
+from mamlx.models.heads import RelationModule
+from mamlx.types import Array, Params, PRNGKey
+
+__all__ = ["RelationState", "relation", "relation_mse"]
+
+AGGREGATES = ("sum", "mean")
+
+
+class RelationState(NamedTuple):
+    """Task state of a Relation Network.
+
+    Attributes:
+      params: ``{"embed": ..., "relation": ...}``.
+      class_features: ``(C, h, w, channels)`` pooled support feature maps.
+      counts: ``(C,)`` support examples per class.
+    """
+
+    params: Params
+    class_features: Array
+    counts: Array
+
+
+def relation_mse(scores: Array, labels: Array, counts: Array) -> Array:
+    """Mean squared error of relation scores to one-hot targets over present classes.
+
+    ``Σ_{q, c present} (r_{q,c} − 1[y_q = c])² / (Q · N)`` (Sung et al. 2018, Eq. 2,
+    averaged).
+
+    Example:
+      >>> relation_mse(jnp.array([[1.0, 0.5, 0.0]]), jnp.array([0]), jnp.array([1.0, 1.0, 0.0]))
+      Array(0.125, dtype=float32)
+    """
+    present = (counts > 0).astype(scores.dtype)
+    target = jax.nn.one_hot(labels, scores.shape[-1], dtype=scores.dtype)
+    err = jnp.square(scores - target) * present
+    return jnp.sum(err) / (scores.shape[0] * jnp.sum(present))
+
+
+def relation(
+    embed_fn: ApplyFn,
+    init_fn: Callable[[PRNGKey], Params],
+    *,
+    feature_shape: Sequence[int],
+    filters: int = 64,
+    hidden: int = 8,
+    aggregate: str = "sum",
+    task_map: str = "vmap",
+) -> MetaLearner:
+    """Relation Networks (Sung et al., CVPR 2018).
+
+    Args:
+      embed_fn: ``embed_fn(params, x) -> (B, h, w, C)`` feature maps, e.g.
+        ``ConvEmbedding(pool_blocks=2, flatten=False)`` (7x7x64 on 28x28 Omniglot).
+      init_fn: ``init_fn(key) -> params`` of the embedding.
+      feature_shape: ``(h, w, C)`` of one embedded image.
+      filters: conv channels of the relation module (64 in the paper).
+      hidden: hidden FC width of the relation module (8 in the paper).
+      aggregate: ``"sum"`` (paper) or ``"mean"`` of the support feature maps per class.
+      task_map: ``"vmap"`` or ``"map"`` over the task batch.
+
+    Returns:
+      A :class:`MetaLearner` with params ``{"embed", "relation"}``; ``adapt``
+      returns a :class:`RelationState`, ``predict`` scores in [0, 1].
+
+    Example:
+      >>> from mamlx.models import model
+      >>> from mamlx.models.embedding import ConvEmbedding
+      >>> embed_fn, init_fn = model(
+      ...     lambda r: ConvEmbedding(1, filters=8, blocks=2, pool_blocks=1, flatten=False, rngs=r))
+      >>> learner = relation(embed_fn, init_fn, feature_shape=(4, 4, 8), filters=8)
+      >>> params = learner.init(jax.random.PRNGKey(0))
+      >>> state = learner.adapt(params, jnp.ones((4, 8, 8, 1)), jnp.array([0, 1, 0, 1]))
+      >>> learner.predict(state, jnp.ones((3, 8, 8, 1))).shape
+      (3, 4)
+    """
+    check_task_map(task_map)
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    h, w, c = (int(s) for s in feature_shape)
+    rel_fn, rel_init = model(
+        lambda rngs: RelationModule((h, w, 2 * c), filters=filters, hidden=hidden, rngs=rngs)
+    )
+
+    def init(key: PRNGKey) -> Params:
+        k_embed, k_rel = jax.random.split(key)
+        return {"embed": init_fn(k_embed), "relation": rel_init(k_rel)}
+
+    def adapt(meta_params: Params, support_x: Array, support_y: Array, steps=None):
+        del steps
+        feats = embed_fn(meta_params["embed"], support_x)
+        onehot = class_one_hot(support_y).astype(feats.dtype)
+        counts = onehot.sum(0)
+        pooled = jnp.einsum("sc,s...->c...", onehot, feats)
+        if aggregate == "mean":
+            pooled = pooled / jnp.maximum(counts, 1).reshape((-1,) + (1,) * (feats.ndim - 1))
+        return RelationState(meta_params, pooled, counts)
+
+    def logits(state: RelationState, x: Array) -> Array:
+        q = embed_fn(state.params["embed"], x)
+        num_q, num_c = q.shape[0], state.class_features.shape[0]
+        pairs = jnp.concatenate(
+            [
+                jnp.broadcast_to(q[:, None], (num_q, num_c, *q.shape[1:])),
+                jnp.broadcast_to(state.class_features[None], (num_q, num_c, *q.shape[1:])),
+            ],
+            axis=-1,
+        )
+        out = rel_fn(state.params["relation"], pairs.reshape(num_q * num_c, *pairs.shape[2:]))
+        return out.reshape(num_q, num_c)
+
+    def predict(state: RelationState, x: Array) -> Array:
+        return jnp.where(state.counts > 0, jax.nn.sigmoid(logits(state, x)), 0.0)
+
+    def outer_loss(meta_params: Params, episode: Episode):
+        state = adapt(meta_params, episode.support_x, episode.support_y)
+        scores = predict(state, episode.query_x)
+        loss = relation_mse(scores, episode.query_y, state.counts)
+        return loss, {"loss": loss, "accuracy": accuracy(scores, episode.query_y)}
+
+    return MetaLearner(
+        init=init,
+        adapt=adapt,
+        predict=predict,
+        outer_loss=outer_loss,
+        meta_grad=gradient_meta_grad(outer_loss, task_map),
+    )

@@ -1,0 +1,64 @@
+"""Relation Networks: scores in [0, 1], class pooling, MSE targets, conformance."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from metric_helpers import logits_fn, tiny_conv, tiny_data
+
+from mamlx.algorithms import relation
+from mamlx.algorithms.relation import relation_mse
+from mamlx.tasks import fewshot_sampler
+from mamlx.testing import check_meta_learner
+
+
+def tiny_relation(**kw):
+    # 8x8 -> 4x4x4 feature maps (pool only in the first of two blocks).
+    embed_fn, init_fn = tiny_conv(flatten=False, pool_blocks=1)
+    return relation(embed_fn, init_fn, feature_shape=(4, 4, 4), filters=4, hidden=4, **kw)
+
+
+def test_scores_lie_in_unit_interval_and_absent_classes_score_zero():
+    learner = tiny_relation()
+    f = logits_fn(learner)
+    sx, sy, qx, _ = fewshot_sampler(3, 2, 4).sample(jax.random.PRNGKey(0), tiny_data())
+    for seed in range(2):
+        params = learner.init(jax.random.PRNGKey(seed))
+        scores = np.asarray(f(params, sx, sy, qx))
+        assert scores.shape == (12, 6)
+        assert np.all((scores >= 0) & (scores <= 1))
+        assert np.all(scores[:, 3:] == 0)
+    # Scaled-up parameters push scores to the ends of the interval but never outside.
+    big = jax.tree.map(lambda a: 50.0 * a, params)
+    scores = np.asarray(f(big, sx, sy, qx))
+    assert np.all((scores >= 0) & (scores <= 1))
+
+
+def test_class_features_sum_or_mean_support_maps_and_predict_is_permutation_equivariant():
+    sx, sy, qx, _ = fewshot_sampler(3, 2, 2).sample(jax.random.PRNGKey(1), tiny_data())
+    learner = tiny_relation()
+    params = learner.init(jax.random.PRNGKey(0))
+    state = jax.jit(learner.adapt)(params, sx, sy)
+    mean_state = jax.jit(tiny_relation(aggregate="mean").adapt)(params, sx, sy)
+    np.testing.assert_allclose(
+        state.class_features[:3], 2 * mean_state.class_features[:3], atol=1e-5
+    )
+    f = logits_fn(learner)
+    base = f(params, sx, sy, qx)[:, :3]
+    perm = jnp.asarray([3, 0, 5, 1, 4, 2])
+    np.testing.assert_allclose(f(params, sx[perm], sy[perm], qx)[:, :3], base, atol=1e-5)
+    pi = jnp.asarray([2, 0, 1])
+    np.testing.assert_allclose(f(params, sx, pi[sy], qx)[:, pi], base, atol=1e-5)
+
+
+def test_mse_to_one_hot_targets():
+    scores = jnp.asarray([[0.9, 0.2, 0.0], [0.4, 0.7, 0.0]])
+    loss = relation_mse(scores, jnp.asarray([0, 1]), jnp.asarray([1.0, 1.0, 0.0]))
+    want = ((0.9 - 1) ** 2 + 0.2**2 + 0.4**2 + (0.7 - 1) ** 2) / 4
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+
+
+def test_conformance():
+    # float32 without finite differences: the relation module's convolutions make
+    # the float64 finite-difference check slow on CPU; the gradient is plain
+    # jax.grad of the MSE (the check runs for the other learners).
+    check_meta_learner(tiny_relation(), fewshot_sampler(2, 1, 2), tiny_data(), num_tasks=2)
