@@ -64,13 +64,14 @@ class ConvBlock(nnx.Module):
         Args:
             in_features: Input channels.
             out_features: Output channels (filters).
-            pool: ``'stride'`` (stride-2 convolution) or ``'max'`` (2x2 max-pool).
+            pool: ``'stride'`` (stride-2 convolution), ``'max'`` (2x2 max-pool) or
+                ``'none'`` (keep the resolution).
             transductive: Normalise with batch statistics even in eval mode.
             conv_impl: Passed to :func:`~mamlx.models.conv.conv2d` (``None``: default).
             rngs: Random number streams for initialisation.
         """
-        if pool not in ("stride", "max"):
-            raise ValueError(f"pool must be 'stride' or 'max', got {pool!r}")
+        if pool not in ("stride", "max", "none"):
+            raise ValueError(f"pool must be 'stride', 'max' or 'none', got {pool!r}")
         init = jax.nn.initializers.glorot_uniform()
         self.kernel = nnx.Param(init(rngs.params(), (3, 3, in_features, out_features)))
         self.bias = nnx.Param(jnp.zeros((out_features,)))

@@ -47,7 +47,10 @@ class RelationModule(nnx.Module):
         if side_h < 1 or side_w < 1:
             raise ValueError(f"feature maps {h}x{w} are too small for two 2x2 max-pools")
         self.blocks = nnx.List(
-            [ConvBlock(c, filters, rngs=rngs), ConvBlock(filters, filters, rngs=rngs)]
+            [
+                ConvBlock(c, filters, pool="max", rngs=rngs),
+                ConvBlock(filters, filters, pool="max", rngs=rngs),
+            ]
         )
         self.fc1 = nnx.Linear(filters * side_h * side_w, hidden, rngs=rngs)
         self.fc2 = nnx.Linear(hidden, 1, rngs=rngs)

@@ -174,6 +174,7 @@ def make_meta_train_step(
       with ``metrics = {"meta_loss": mean over truncations, "final_loss": f(θ_T)}``.
 
     Example:
+      >>> from mamlx.optimizers import init_lstm_optimizer, lstm_optimizer, quadratic_family
       >>> fam = quadratic_family()
       >>> meta_opt = optax.adam(1e-3)
       >>> step = make_meta_train_step(lstm_optimizer, fam, meta_opt, UnrollConfig(20, 5, 2))
@@ -237,6 +238,7 @@ def evaluate_optimizer(
       Losses of shape ``(num_tasks, num_steps + 1)``: ``f(θ_0), …, f(θ_T)``.
 
     Example:
+      >>> from mamlx.optimizers import quadratic_family
       >>> curves = evaluate_optimizer(optax.adam(0.1), quadratic_family(), jax.random.key(0), 8, 50)
       >>> curves.shape
       (8, 51)
