@@ -125,3 +125,44 @@ def test_config_validation_names_the_field():
         FewShotConfig(algo="protomaml")
     with pytest.raises(ValueError, match="pool must be one of"):
         FewShotConfig(pool="avg")
+
+
+def test_short_real_omniglot_run_beats_chance(omniglot_dir):
+    """First-order MAML, 150 meta-steps, small Conv-4 on the real Omniglot split."""
+    from mamlx import evaluate, fit, init_state
+    from mamlx.experiments import build
+
+    config = FewShotConfig(
+        algo="fomaml",
+        data_dir=str(omniglot_dir),
+        filters=16,
+        meta_batch=8,
+        queries=5,
+        steps=150,
+        task_map="map",
+    )
+    exp = build(config)
+    state = init_state(exp.learner, exp.optimizer, jax.random.PRNGKey(0))
+    state = fit(
+        exp.learner,
+        exp.sampler,
+        exp.optimizer,
+        steps=config.steps,
+        meta_batch=config.meta_batch,
+        state=state,
+        data=exp.data,
+        chunk=50,
+        progress=False,
+    )
+    res = evaluate(
+        exp.learner,
+        state.params,
+        exp.eval_sampler,
+        exp.splits["test"],
+        key=jax.random.PRNGKey(1),
+        num_tasks=100,
+        steps=[3],
+    )
+    acc, ci = res[3]["accuracy"]
+    # measured: 51.2 ± 2.4% on 100 held-out 5-way 1-shot tasks (chance 20%)
+    assert acc - ci > 0.40, (acc, ci)
