@@ -40,3 +40,14 @@ def omniglot_dir() -> Path:
 @pytest.fixture
 def miniimagenet_dir() -> Path:
     return data_dir("miniimagenet")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Keep the tests' preprocessed-data and compilation caches out of the user's home."""
+    if "MAMLX_CACHE" in os.environ:
+        yield
+        return
+    os.environ["MAMLX_CACHE"] = str(tmp_path_factory.mktemp("mamlx_cache"))
+    yield
+    del os.environ["MAMLX_CACHE"]
