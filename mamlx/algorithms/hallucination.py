@@ -26,15 +26,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_meta_grad
+from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_meta_grad, query_outer_loss
 from mamlx.algorithms.protonet import (
     ProtoState,
     class_one_hot,
     mask_absent,
     squared_distances,
 )
-from mamlx.episodes import Episode
-from mamlx.losses import task_metrics
 from mamlx.models.adapter import ApplyFn, model
 from mamlx.models.mlp import MLP
 from mamlx.types import Array, Params, PRNGKey
@@ -172,9 +170,7 @@ def hallucination(
         emb = embed_fn(state.proto.params["embed"], x)
         return mask_absent(-squared_distances(emb, state.proto.prototypes), state.proto.counts)
 
-    def outer_loss(meta_params: Params, episode: Episode):
-        state = adapt(meta_params, episode.support_x, episode.support_y)
-        return task_metrics(predict(state, episode.query_x), episode.query_y)
+    outer_loss = query_outer_loss(adapt, predict)
 
     return MetaLearner(
         init=init,

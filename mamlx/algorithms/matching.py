@@ -23,10 +23,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_meta_grad
+from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_meta_grad, query_outer_loss
 from mamlx.algorithms.protonet import class_one_hot, mask_absent
-from mamlx.episodes import Episode
-from mamlx.losses import task_metrics
 from mamlx.models.adapter import ApplyFn, model
 from mamlx.models.heads import FullContextEmbedding
 from mamlx.types import Array, Params, PRNGKey
@@ -152,9 +150,7 @@ def matching(
             _, f = fce_fn(state.params["fce"], (state.raw_support, f))
         return matching_log_probs(cosine_attention(f, state.support, scale), state.support_y)
 
-    def outer_loss(meta_params: Params, episode: Episode):
-        state = adapt(meta_params, episode.support_x, episode.support_y)
-        return task_metrics(predict(state, episode.query_x), episode.query_y)
+    outer_loss = query_outer_loss(adapt, predict)
 
     return MetaLearner(
         init=init,

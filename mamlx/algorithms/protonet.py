@@ -30,9 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_meta_grad
-from mamlx.episodes import Episode
-from mamlx.losses import task_metrics
+from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_meta_grad, query_outer_loss
 from mamlx.models.adapter import ApplyFn
 from mamlx.types import Array, Params, PRNGKey
 
@@ -173,9 +171,7 @@ def protonet(
         emb = embed_fn(state.params, x)
         return mask_absent(-squared_distances(emb, state.prototypes), state.counts)
 
-    def outer_loss(meta_params: Params, episode: Episode):
-        state = adapt(meta_params, episode.support_x, episode.support_y)
-        return task_metrics(predict(state, episode.query_x), episode.query_y)
+    outer_loss = query_outer_loss(adapt, predict)
 
     return MetaLearner(
         init=init_fn,
