@@ -24,14 +24,19 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import jax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax.numpy as jnp
 import numpy as np
 
 from mamlx.tasks import fewshot_sampler, load_omniglot_npz, omniglot_split
+
+from common import cpu_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = [("5-way 1-shot", 5, 1, 15), ("20-way 5-shot", 20, 5, 5)]
@@ -77,14 +82,7 @@ def time_sampling(
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     dev = jax.devices()[0]
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     return (

@@ -29,11 +29,14 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import jax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import optax
 from flax import nnx
@@ -41,6 +44,8 @@ from flax import nnx
 from mamlx.models import functional
 from mamlx.models.conv import default_impl
 from mamlx.models.conv4 import Conv4
+
+from common import cpu_name  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -242,14 +247,7 @@ def bench_torch(s: Setting, algo: str, style: str, repeats: int) -> dict:
 # --------------------------------------------------------------------------------------
 def machine_info() -> dict:
     """CPU model, cores, accelerator and library versions."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     info = {
         "cpu": cpu,
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
