@@ -140,7 +140,7 @@ def write_results(out, rows, logs, cfg, steps, n_test, quick, t_start):
     lines = [
         "# Learned optimizers: LSTM (Andrychowicz et al. 2016) vs tuned baselines",
         "",
-        f"Command: `python benchmarks/learned_optimizers.py{' --quick' if quick else ''}`  ",
+        f"Command: `python benchmarks/learned_optimizers.py {' '.join(sys.argv[1:])}`  ",
         f"Machine: {platform.machine()} {platform.processor() or ''}, jax {jax.__version__} "
         f"on {dev.platform} ({dev.device_kind}); wall time {time.time() - t_start:.0f} s.  ",
         f"Meta-training: horizon {cfg.horizon} in truncations of {cfg.truncation}, "
@@ -169,6 +169,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="few meta-steps, fewer tasks")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--meta-steps", type=int, default=None, help="override meta-steps")
+    ap.add_argument(
+        "--families", default="quadratic,mlp,sine", help="comma list of task families to run"
+    )
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,6 +190,10 @@ def main():
         "mlp": mlp_classifier_family(hidden=(20,)),
         "sine": sine_family(),
     }
+    unknown = set(args.families.split(",")) - set(families)
+    if unknown:
+        raise SystemExit(f"unknown families {sorted(unknown)}; choose from {sorted(families)}")
+    families = {k: v for k, v in families.items() if k in args.families.split(",")}
     rows, logs, t_start = [], {}, time.time()
 
     def record(fam_name, setting, label, lr, curves):
