@@ -107,8 +107,10 @@ def make_chunk(step: Callable, length: int) -> Callable:
     return chunk
 
 
-def _finite(tree) -> bool:
-    return all(bool(np.all(np.isfinite(np.asarray(a)))) for a in jax.tree.leaves(tree))
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """One device-side flag: every leaf of ``tree`` is finite (no parameter copy to the host)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
 
 
 def fit(
@@ -188,7 +190,7 @@ def fit(
             new_state, metrics = chunks[n](state, data)
             losses = np.asarray(metrics["loss"])
             seconds = time.perf_counter() - t0
-            if not np.all(np.isfinite(losses)) or not _finite(new_state.params):
+            if not np.all(np.isfinite(losses)) or not bool(_all_finite(new_state.params)):
                 bad = np.flatnonzero(~np.isfinite(losses))
                 bad_step = done + (int(bad[0]) + 1 if bad.size else n)
                 path = None

@@ -16,7 +16,7 @@ from mamlx import inner
 from mamlx.algorithms.base import (
     MetaLearner,
     check_inner_args,
-    gradient_meta_grad,
+    gradient_learner,
     query_outer_loss,
 )
 from mamlx.algorithms.maml import make_predict
@@ -111,6 +111,4 @@ def anil(
 
     outer_loss = query_outer_loss(adapt, predict, loss_fn)
 
-    return MetaLearner(
-        init_fn, adapt, predict, outer_loss, gradient_meta_grad(outer_loss, task_map)
-    )
+    return gradient_learner(init_fn, adapt, predict, outer_loss, task_map)

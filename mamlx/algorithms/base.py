@@ -90,6 +90,13 @@ def gradient_meta_grad(outer_loss: Callable, task_map: str = "vmap") -> Callable
     return meta_grad
 
 
+def gradient_learner(
+    init: Callable, adapt: Callable, predict: Callable, outer_loss: Callable, task_map: str = "vmap"
+) -> MetaLearner:
+    """A :class:`MetaLearner` whose ``meta_grad`` is the gradient of the mean outer loss."""
+    return MetaLearner(init, adapt, predict, outer_loss, gradient_meta_grad(outer_loss, task_map))
+
+
 def check_inner_args(inner_steps: int, inner_opt: Any, task_map: str) -> None:
     """Validate the arguments every optimization-based learner shares (clear errors early)."""
     inner.check_steps(inner_steps)

@@ -26,7 +26,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_meta_grad, query_outer_loss
+from mamlx.algorithms.base import (
+    MetaLearner,
+    check_task_map,
+    gradient_learner,
+    query_outer_loss,
+)
 from mamlx.algorithms.protonet import (
     ProtoState,
     class_one_hot,
@@ -172,10 +177,4 @@ def hallucination(
 
     outer_loss = query_outer_loss(adapt, predict)
 
-    return MetaLearner(
-        init=init,
-        adapt=adapt,
-        predict=predict,
-        outer_loss=outer_loss,
-        meta_grad=gradient_meta_grad(outer_loss, task_map),
-    )
+    return gradient_learner(init, adapt, predict, outer_loss, task_map)

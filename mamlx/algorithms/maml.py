@@ -21,7 +21,7 @@ from mamlx import inner
 from mamlx.algorithms.base import (
     MetaLearner,
     check_inner_args,
-    gradient_meta_grad,
+    gradient_learner,
     query_outer_loss,
     support_loss_fn,
 )
@@ -120,13 +120,7 @@ def maml(
 
     outer_loss = query_outer_loss(adapt, predict, loss_fn)
 
-    return MetaLearner(
-        init=init_fn,
-        adapt=adapt,
-        predict=predict,
-        outer_loss=outer_loss,
-        meta_grad=gradient_meta_grad(outer_loss, task_map),
-    )
+    return gradient_learner(init_fn, adapt, predict, outer_loss, task_map)
 
 
 def fomaml(apply_fn: ApplyFn, init_fn: Callable[[PRNGKey], Params], **kwargs) -> MetaLearner:

@@ -23,7 +23,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_meta_grad, query_outer_loss
+from mamlx.algorithms.base import (
+    MetaLearner,
+    check_task_map,
+    gradient_learner,
+    query_outer_loss,
+)
 from mamlx.algorithms.protonet import class_one_hot, mask_absent
 from mamlx.models.adapter import ApplyFn, model
 from mamlx.models.heads import FullContextEmbedding
@@ -152,10 +157,4 @@ def matching(
 
     outer_loss = query_outer_loss(adapt, predict)
 
-    return MetaLearner(
-        init=init,
-        adapt=adapt,
-        predict=predict,
-        outer_loss=outer_loss,
-        meta_grad=gradient_meta_grad(outer_loss, task_map),
-    )
+    return gradient_learner(init, adapt, predict, outer_loss, task_map)

@@ -19,7 +19,7 @@ from mamlx import inner
 from mamlx.algorithms.base import (
     MetaLearner,
     check_inner_args,
-    gradient_meta_grad,
+    gradient_learner,
     query_outer_loss,
     support_loss_fn,
 )
@@ -97,4 +97,4 @@ def metasgd(
 
     outer_loss = query_outer_loss(adapt, predict, loss_fn)
 
-    return MetaLearner(init, adapt, predict, outer_loss, gradient_meta_grad(outer_loss, task_map))
+    return gradient_learner(init, adapt, predict, outer_loss, task_map)

@@ -19,7 +19,7 @@ from mamlx import inner
 from mamlx.algorithms.base import (
     MetaLearner,
     check_inner_args,
-    gradient_meta_grad,
+    gradient_learner,
     support_loss_fn,
 )
 from mamlx.episodes import Episode
@@ -67,10 +67,4 @@ def pretrain(
         y = jnp.concatenate([episode.support_y, episode.query_y])
         return task_metrics(apply_fn(meta_params, x), y, loss_fn)
 
-    return MetaLearner(
-        init=init_fn,
-        adapt=adapt,
-        predict=apply_fn,
-        outer_loss=outer_loss,
-        meta_grad=gradient_meta_grad(outer_loss, task_map),
-    )
+    return gradient_learner(init_fn, adapt, apply_fn, outer_loss, task_map)

@@ -30,7 +30,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_meta_grad, query_outer_loss
+from mamlx.algorithms.base import (
+    MetaLearner,
+    check_task_map,
+    gradient_learner,
+    query_outer_loss,
+)
 from mamlx.models.adapter import ApplyFn
 from mamlx.types import Array, Params, PRNGKey
 
@@ -173,10 +178,4 @@ def protonet(
 
     outer_loss = query_outer_loss(adapt, predict)
 
-    return MetaLearner(
-        init=init_fn,
-        adapt=adapt,
-        predict=predict,
-        outer_loss=outer_loss,
-        meta_grad=gradient_meta_grad(outer_loss, task_map),
-    )
+    return gradient_learner(init_fn, adapt, predict, outer_loss, task_map)

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_meta_grad
+from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_learner
 from mamlx.algorithms.protonet import class_one_hot
 from mamlx.episodes import Episode
 from mamlx.losses import accuracy
@@ -146,10 +146,4 @@ def relation(
         loss = relation_mse(scores, episode.query_y, state.counts)
         return loss, {"loss": loss, "accuracy": accuracy(scores, episode.query_y)}
 
-    return MetaLearner(
-        init=init,
-        adapt=adapt,
-        predict=predict,
-        outer_loss=outer_loss,
-        meta_grad=gradient_meta_grad(outer_loss, task_map),
-    )
+    return gradient_learner(init, adapt, predict, outer_loss, task_map)
