@@ -4,6 +4,10 @@ An episode is a pytree, a meta-learner is a tuple of pure functions, and one
 meta-training step is a single compiled function.
 """
 
+# First: tunes the host allocator before JAX starts its CPU threads (see mamlx.runtime).
+from mamlx import runtime
+
+# isort: split
 from mamlx import checkpoint
 from mamlx.algorithms import (
     MetaLearner,
@@ -48,6 +52,7 @@ from mamlx.train import NonFiniteLossError, TrainState, fit, init_state, make_st
 __version__ = "0.1.0"
 
 __all__ = [
+    "runtime",
     "ConvEmbedding",
     "anil",
     "hallucination",
