@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mamlx import Episode
 from mamlx.algorithms import imaml
@@ -11,7 +12,8 @@ from mamlx.tasks import sinusoid
 from mamlx.testing import check_meta_learner
 
 
-def test_imaml_gradient_matches_closed_form_on_a_quadratic():
+@pytest.mark.parametrize("task_map", ["vmap", "map"])
+def test_imaml_gradient_matches_closed_form_on_a_quadratic(task_map):
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
         n, d, lam = 8, 4, 2.0
@@ -26,6 +28,7 @@ def test_imaml_gradient_matches_closed_form_on_a_quadratic():
             inner_steps=2000,
             lam=lam,
             cg_steps=50,
+            task_map=task_map,
         )
         g, _ = learner.meta_grad(jnp.asarray(phi), jax.tree.map(lambda a: a[None], ep))
         # closed form: θ* = (H + λI)^{-1}(b + λφ) with H = 2/n XᵀX, b = 2/n Xᵀy

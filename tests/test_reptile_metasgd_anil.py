@@ -18,7 +18,8 @@ def linear_apply(theta, x):
     return x @ theta
 
 
-def test_reptile_update_equals_hand_computed_rule():
+@pytest.mark.parametrize("task_map", ["vmap", "map"])
+def test_reptile_update_equals_hand_computed_rule(task_map):
     rng = np.random.default_rng(0)
     d, n, tasks, inner_steps, alpha, eps = 3, 5, 4, 3, 0.05, 0.5
     xs = rng.normal(size=(tasks, n, d)).astype(np.float32)
@@ -26,7 +27,11 @@ def test_reptile_update_equals_hand_computed_rule():
     eps_batch = Episode(jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(xs), jnp.asarray(ys))
     phi0 = rng.normal(size=d).astype(np.float32)
     learner = reptile(
-        linear_apply, lambda k: jnp.asarray(phi0), inner_opt=alpha, inner_steps=inner_steps
+        linear_apply,
+        lambda k: jnp.asarray(phi0),
+        inner_opt=alpha,
+        inner_steps=inner_steps,
+        task_map=task_map,
     )
     opt = optax.sgd(eps)
     phi, opt_state = jnp.asarray(phi0), opt.init(jnp.asarray(phi0))

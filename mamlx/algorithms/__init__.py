@@ -1,7 +1,7 @@
 """Meta-learners, each a :class:`MetaLearner` of pure functions."""
 
 from mamlx.algorithms.anil import anil, head_by_path
-from mamlx.algorithms.base import MetaLearner, gradient_meta_grad, map_tasks
+from mamlx.algorithms.base import MetaLearner, gradient_meta_grad, map_tasks, map_tasks_mean
 from mamlx.algorithms.hallucination import hallucinate, hallucination
 from mamlx.algorithms.imaml import imaml
 from mamlx.algorithms.maml import fomaml, maml
@@ -24,6 +24,7 @@ __all__ = [
     "imaml",
     "maml",
     "map_tasks",
+    "map_tasks_mean",
     "matching",
     "metasgd",
     "pair_sampler",

@@ -66,8 +66,41 @@ def mean_metrics(metrics: Metrics) -> Metrics:
     return jax.tree.map(jnp.mean, metrics)
 
 
+def map_tasks_mean(fn: Callable, meta_params: Params, episodes: Episode, task_map: str = "vmap"):
+    """Mean over tasks of ``fn(meta_params, episode) -> (tree, metrics)``.
+
+    ``"vmap"`` vectorizes over tasks and averages. ``"map"`` runs one task at a
+    time in a ``lax.scan`` that carries the running sum of ``tree``, so only one
+    task's intermediates (and, where ``fn`` takes a gradient, its backward pass)
+    are alive at once: they stay in the CPU's cache and the memory does not grow
+    with the meta-batch.
+
+    Returns:
+      ``(mean_tree, mean_metrics)``.
+    """
+    check_task_map(task_map)
+    if task_map == "vmap":
+        trees, metrics = jax.vmap(fn, in_axes=(None, 0))(meta_params, episodes)
+        return jax.tree.map(lambda t: jnp.mean(t, axis=0), trees), mean_metrics(metrics)
+    n = jax.tree.leaves(episodes)[0].shape[0]
+    first = jax.tree.map(lambda x: x[0], episodes)
+    shapes = jax.eval_shape(fn, meta_params, first)[0]
+
+    def body(total, episode):
+        tree, metrics = fn(meta_params, episode)
+        return jax.tree.map(jnp.add, total, tree), metrics
+
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    total, metrics = jax.lax.scan(body, zeros, episodes)
+    return jax.tree.map(lambda t: t / n, total), mean_metrics(metrics)
+
+
 def gradient_meta_grad(outer_loss: Callable, task_map: str = "vmap") -> Callable:
     """``meta_grad`` as the gradient of the task-averaged outer loss.
+
+    With ``task_map="map"`` each task's gradient is taken inside the loop over
+    tasks and summed (see :func:`map_tasks_mean`), like a per-task PyTorch loop
+    calling ``backward``: the same mean gradient, one task's activations at a time.
 
     Args:
       outer_loss: ``outer_loss(meta_params, episode) -> (loss, metrics)``.
@@ -79,13 +112,17 @@ def gradient_meta_grad(outer_loss: Callable, task_map: str = "vmap") -> Callable
     """
     check_task_map(task_map)
 
+    def task_grad(meta_params, episode):
+        return jax.grad(outer_loss, has_aux=True)(meta_params, episode)
+
     def batch_loss(meta_params, episodes):
         losses, metrics = map_tasks(outer_loss, meta_params, episodes, task_map)
         return jnp.mean(losses), mean_metrics(metrics)
 
     def meta_grad(meta_params, episodes):
-        grads, metrics = jax.grad(batch_loss, has_aux=True)(meta_params, episodes)
-        return grads, metrics
+        if task_map == "map":
+            return map_tasks_mean(task_grad, meta_params, episodes, task_map)
+        return jax.grad(batch_loss, has_aux=True)(meta_params, episodes)
 
     return meta_grad
 

@@ -24,8 +24,7 @@ from mamlx import inner
 from mamlx.algorithms.base import (
     MetaLearner,
     check_inner_args,
-    map_tasks,
-    mean_metrics,
+    map_tasks_mean,
     query_outer_loss,
     support_loss_fn,
 )
@@ -150,7 +149,6 @@ def imaml(
         return conjugate_gradient(matvec, g_query, cg_steps), metrics
 
     def meta_grad(meta_params, episodes: Episode):
-        grads, metrics = map_tasks(task_grad, meta_params, episodes, task_map)
-        return jax.tree.map(lambda g: jnp.mean(g, axis=0), grads), mean_metrics(metrics)
+        return map_tasks_mean(task_grad, meta_params, episodes, task_map)
 
     return MetaLearner(init_fn, adapt, predict, outer_loss, meta_grad)

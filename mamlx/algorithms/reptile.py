@@ -22,8 +22,7 @@ from mamlx import inner
 from mamlx.algorithms.base import (
     MetaLearner,
     check_inner_args,
-    map_tasks,
-    mean_metrics,
+    map_tasks_mean,
     query_outer_loss,
     support_loss_fn,
 )
@@ -88,9 +87,8 @@ def reptile(
         return adapted, metrics
 
     def meta_grad(meta_params, episodes: Episode):
-        adapted, metrics = map_tasks(task_update, meta_params, episodes, task_map)
-        grads = jax.tree.map(lambda p, a: p - jnp.mean(a, axis=0), meta_params, adapted)
-        return grads, mean_metrics(metrics)
+        adapted, metrics = map_tasks_mean(task_update, meta_params, episodes, task_map)
+        return jax.tree.map(jnp.subtract, meta_params, adapted), metrics
 
     return MetaLearner(
         init=init_fn, adapt=adapt, predict=predict, outer_loss=outer_loss, meta_grad=meta_grad
