@@ -5,14 +5,19 @@ data (throughput does not depend on pixel values). For each setting and
 algorithm (second-order MAML, first-order MAML, Reptile) it times one full
 meta-training step (all tasks' inner SGD, meta-gradient, Adam update):
 
-* ``jax``: one ``jax.jit``'d step, tasks mapped with ``vmap`` (or ``lax.map``),
-  convolutions through :func:`mamlx.models.conv.conv2d`;
+* ``jax``: one ``jax.jit``'d step, tasks mapped with ``vmap`` or ``map`` (a
+  ``lax.scan`` taking each task's gradient in turn), convolutions through
+  :func:`mamlx.models.conv.conv2d`; ``import mamlx`` has tuned glibc's malloc
+  (:mod:`mamlx.runtime`);
 * ``torch-loop``: a learn2learn-style Python loop over tasks,
   ``autograd.grad(create_graph=True)`` on ``torch.func.functional_call``;
 * ``torch-vmap``: ``torch.func.grad`` + ``torch.func.vmap`` over tasks.
 
-Compile / warm-up time is reported apart; throughput is the median over
-repeated steps. Results go to ``benchmarks/results/throughput.{json,md}``.
+Each torch peer runs in its own process twice: with glibc's default malloc and
+with mamlx's tuned settings (``+tuned-malloc``, which speeds torch up too); the
+ratio column compares with the fastest of all. Compile / warm-up time is
+reported apart; every implementation gets the same untimed warm-up calls;
+throughput is the median over repeated steps. Results go to ``benchmarks/results/throughput.{json,md}``.
 Runs unchanged on a GPU box (JAX and torch pick the accelerator when present).
 
 Usage::
@@ -29,6 +34,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -41,6 +47,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+import mamlx
 from mamlx.models import functional
 from mamlx.models.conv import default_impl
 from mamlx.models.conv4 import Conv4
@@ -69,6 +76,7 @@ SETTINGS = {
 }
 ALGOS = ("maml", "fomaml", "reptile")
 META_LR = 1e-3
+WARMUP = 3  # untimed calls before timing, for every implementation
 
 
 def make_batch(s: Setting, seed: int = 0):
@@ -120,8 +128,9 @@ def bench_jax(s: Setting, algo: str, impl: str, task_map: str, repeats: int) -> 
     t0 = time.perf_counter()
     compiled = step.lower(params, opt_state, batch).compile()
     compile_s = time.perf_counter() - t0
-    out = compiled(params, opt_state, batch)  # warm-up
-    jax.block_until_ready(out)
+    for _ in range(WARMUP):  # the host allocator reaches its steady state in a few calls
+        out = compiled(params, opt_state, batch)
+        jax.block_until_ready(out)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -232,9 +241,12 @@ def bench_torch(s: Setting, algo: str, style: str, repeats: int) -> dict:
 
     fn = loop_step if style == "loop" else vmap_step
     t0 = time.perf_counter()
-    fn()  # warm-up
+    fn()  # first call: lazy initialisation, reported as warm-up time
     _sync(torch, device)
     warm_s = time.perf_counter() - t0
+    for _ in range(WARMUP - 1):
+        fn()
+    _sync(torch, device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -242,6 +254,37 @@ def bench_torch(s: Setting, algo: str, style: str, repeats: int) -> dict:
         _sync(torch, device)
         times.append(time.perf_counter() - t0)
     return {"compile_s": warm_s, "times_s": times, "loss": loss}
+
+
+# glibc settings equal to what ``import mamlx`` sets (mamlx.runtime), as environment variables.
+TUNED_MALLOC_ENV = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": "2147483647",
+}
+
+
+def torch_in_subprocess(setting: str, algo: str, style: str, repeats: int, malloc: str) -> dict:
+    """Run :func:`bench_torch` in a fresh process, with glibc's default or mamlx's tuned malloc.
+
+    The peers get their own process so that mamlx's allocator tuning (made on
+    ``import mamlx``) neither helps nor hurts them unasked; both settings are
+    timed and the table compares against the faster one.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in TUNED_MALLOC_ENV}
+    env["MAMLX_TUNE_MALLOC"] = "0"  # the worker imports mamlx; keep glibc's defaults there
+    if malloc == "tuned":
+        env.update(TUNED_MALLOC_ENV)
+    cmd = [sys.executable, __file__, "--torch-worker", f"{setting},{algo},{style}"]
+    cmd += ["--repeats", str(repeats)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def default_variants() -> str:
+    """The backend's default convolution, vectorized and (on CPU) looped over tasks."""
+    impl = default_impl()
+    return f"{impl}/vmap,{impl}/map" if jax.default_backend() == "cpu" else f"{impl}/vmap"
 
 
 # --------------------------------------------------------------------------------------
@@ -256,6 +299,7 @@ def machine_info() -> dict:
         "jax_devices": [str(d) for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "python": platform.python_version(),
+        "mamlx_host_allocator": mamlx.runtime.host_allocator_status() or "untuned",
         # Other processes on the machine skew timings (torch's OpenMP pool most).
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
@@ -280,13 +324,18 @@ def main(argv=None) -> dict:
         "--jax-variants",
         default=None,
         help="comma list of conv_impl/task_map, e.g. patches/vmap,xla/vmap,patches/map "
-        f"(default: {default_impl()}/vmap, the backend's default conv)",
+        f"(default: {default_variants()}: the backend's default conv, and on CPU both task maps)",
     )
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput"))
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 10)
-    variants = (args.jax_variants or f"{default_impl()}/vmap").split(",")
+    if args.torch_worker:  # child process of torch_in_subprocess: one timing as JSON
+        sname, algo, style = args.torch_worker.split(",")
+        print(json.dumps(bench_torch(SETTINGS[sname], algo, style, repeats)))
+        return {}
+    variants = (args.jax_variants or default_variants()).split(",")
     rows = []
     load_start = machine_info()["load_avg_1m"]
 
@@ -320,7 +369,10 @@ def main(argv=None) -> dict:
                 )
             if not args.no_torch:
                 for style in ("loop", "vmap"):
-                    record(s, algo, f"torch-{style}", bench_torch(s, algo, style, repeats))
+                    for malloc in ("default", "tuned"):
+                        r = torch_in_subprocess(sname, algo, style, repeats, malloc)
+                        suffix = "" if malloc == "default" else "+tuned-malloc"
+                        record(s, algo, f"torch-{style}{suffix}", r)
 
     # Ratio table: each JAX variant against the fastest torch peer.
     table = []

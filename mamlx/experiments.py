@@ -91,6 +91,8 @@ class FewShotConfig:
     1e-3, 60,000 meta-steps, K query examples per class, 64 filters with stride-2
     convolutions, transductive batch norm; 1200 / 423 character split with 90-degree
     rotations as new training classes. See :data:`PRESETS` for the other tables.
+    ``task_map="auto"`` loops over tasks on one CPU device and vectorizes elsewhere
+    (:func:`resolve_task_map`).
     """
 
     algo: str = "maml"
@@ -109,7 +111,7 @@ class FewShotConfig:
     filters: int = 64
     pool: str = "stride"
     transductive: bool = True
-    task_map: str = "vmap"
+    task_map: str = "auto"
     conv_impl: str = ""
     data_dir: str = ""
     split: str = "vinyals"
@@ -141,7 +143,7 @@ class FewShotConfig:
             "pool": ("stride", "max"),
             "inner_opt": ("sgd", "adam"),
             "meta_lr_schedule": ("constant", "linear"),
-            "task_map": ("vmap", "map"),
+            "task_map": ("auto", "vmap", "map"),
             "split": ("vinyals", "background", "ravi"),
         }
         for name, allowed in choices.items():
@@ -354,6 +356,19 @@ def load_fewshot_splits(config: FewShotConfig) -> dict[str, Any]:
     return {k: jnp.asarray(v) for k, v in arrays.items()}
 
 
+def resolve_task_map(task_map: str) -> str:
+    """``"auto"``: ``"map"`` on a single CPU device, else ``"vmap"``.
+
+    On CPU a loop over tasks that takes each task's gradient in turn keeps one
+    task's activations in cache and beats vectorizing the meta-batch
+    (``benchmarks/results/throughput.md``); accelerators and sharded task
+    batches want ``vmap``.
+    """
+    if task_map != "auto":
+        return task_map
+    return "map" if jax.default_backend() == "cpu" and jax.device_count() == 1 else "vmap"
+
+
 def fewshot_learner(config: FewShotConfig, ways: int | None = None) -> MetaLearner:
     """The learner of a few-shot configuration (Conv-4 with a head of ``ways`` logits)."""
 
@@ -374,7 +389,7 @@ def fewshot_learner(config: FewShotConfig, ways: int | None = None) -> MetaLearn
             rngs=rngs,
         )
     )
-    common = dict(task_map=config.task_map, transductive=config.transductive)
+    common = dict(task_map=resolve_task_map(config.task_map), transductive=config.transductive)
     if config.algo == "reptile":
         inner_opt = (
             optax.adam(config.inner_lr, b1=0.0) if config.inner_opt == "adam" else config.inner_lr

@@ -9,7 +9,7 @@ import pytest
 from mamlx import checkpoint
 from mamlx.algorithms import anil, fomaml, maml, metasgd, reptile
 from mamlx.cli import main
-from mamlx.experiments import PRESETS, FewShotConfig, preset_config
+from mamlx.experiments import PRESETS, FewShotConfig, preset_config, resolve_task_map
 from mamlx.models import model
 from mamlx.models.conv4 import Conv4
 from mamlx.tasks import fewshot_sampler
@@ -166,3 +166,12 @@ def test_short_real_omniglot_run_beats_chance(omniglot_dir):
     acc, ci = res[3]["accuracy"]
     # measured: 51.2 ± 2.4% on 100 held-out 5-way 1-shot tasks (chance 20%)
     assert acc - ci > 0.40, (acc, ci)
+
+
+def test_task_map_auto_loops_on_one_cpu_device_and_stays_explicit_otherwise():
+    assert FewShotConfig().task_map == "auto"
+    on_one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+    assert resolve_task_map("auto") == ("map" if on_one_cpu else "vmap")
+    assert resolve_task_map("vmap") == "vmap" and resolve_task_map("map") == "map"
+    with pytest.raises(ValueError, match="task_map"):
+        FewShotConfig(task_map="loop")
