@@ -11,7 +11,7 @@ from jax.test_util import check_grads
 from mamlx.models import conv as conv_lib
 from mamlx.models import functional
 from mamlx.models.conv import conv2d, default_impl, im2col
-from mamlx.models.conv4 import Conv4, max_pool_2x2
+from mamlx.models.conv4 import Conv4, batch_norm, max_pool_2x2
 
 IMPLS = ["patches", "patches_autodiff"]
 CASES = [  # (H, W, Cin, Cout, k, stride, padding)
@@ -202,3 +202,38 @@ def test_conv4_running_stats_mode():
     )
     with pytest.raises(ValueError):
         Conv4(5, pool="avg", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("use_running_average", [False, True])
+def test_batch_norm_matches_flax_values_running_stats_and_second_derivatives(use_running_average):
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (6, 5, 5, 4), jnp.float64) * 3.0 + 1.5
+
+        def make():
+            bn = nnx.BatchNorm(4, momentum=0.8, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+            bn.scale[...] = jnp.arange(1.0, 5.0, dtype=jnp.float64)
+            bn.bias[...] = jnp.linspace(-1.0, 1.0, 4, dtype=jnp.float64)
+            bn.mean[...] = jnp.full((4,), 0.3, jnp.float64)
+            bn.var[...] = jnp.full((4,), 2.0, jnp.float64)
+            return bn
+
+        ours, ref = make(), make()
+        y = batch_norm(ours, x, use_running_average)
+        np.testing.assert_allclose(y, ref(x, use_running_average=use_running_average), rtol=1e-10)
+        np.testing.assert_allclose(ours.mean[...], ref.mean[...], rtol=1e-12)
+        np.testing.assert_allclose(ours.var[...], ref.var[...], rtol=1e-12)
+
+        graphdef, state = nnx.split(make())
+
+        def loss(apply, v):
+            bn = nnx.merge(graphdef, state, copy=True)
+            return jnp.sum(jnp.tanh(apply(bn, v.reshape(x.shape))) ** 2)
+
+        mine = lambda v: loss(lambda bn, u: batch_norm(bn, u, use_running_average), v)
+        flax = lambda v: loss(lambda bn, u: bn(u, use_running_average=use_running_average), v)
+        flat = x.reshape(-1)[:48]  # a slice keeps the Hessians small
+        x_rest = x.reshape(-1)[48:]
+        h = jax.hessian(lambda v: mine(jnp.concatenate([v, x_rest])))(flat)
+        h_ref = jax.hessian(lambda v: flax(jnp.concatenate([v, x_rest])))(flat)
+        np.testing.assert_allclose(h, h_ref, rtol=1e-8, atol=1e-10)
+        check_grads(mine, (x.reshape(-1),), order=2, modes=["rev"], atol=1e-6, rtol=1e-6)
