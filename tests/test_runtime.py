@@ -16,10 +16,10 @@ import jax, jax.numpy as jnp
 
 @jax.jit
 def step(x):  # like a training step: large temporaries inside, a small carried state
-    h = jnp.tanh(x[None] * jnp.arange(1.0, 5.0)[:, None, None])  # 4 x 64 MB temporaries
+    h = jnp.tanh(x[None] * jnp.arange(1.0, 5.0)[:, None, None])  # 4 x 16 MB temporaries
     return x + 0.001 * h.mean(0)
 
-x = jnp.ones((16 * 1024, 1024))
+x = jnp.ones((4 * 1024, 1024))
 for _ in range(6):
     x = jax.block_until_ready(step(x))
 faults = []
@@ -44,7 +44,7 @@ def _probe(tune: bool) -> dict:
     not mamlx.runtime.host_allocator_status(), reason="glibc allocator tuning not available"
 )
 def test_tuned_allocator_reuses_large_buffers():
-    pages = 4 * 16 * 1024 * 1024 * 4 / 4096  # pages of the step's temporaries
+    pages = 4 * 4 * 1024 * 1024 * 4 / 4096  # pages of the step's temporaries
     tuned, plain = _probe(True), _probe(False)
     assert tuned["status"]["mmap_max"] == 0 and tuned["status"]["backend_started"] is False
     assert plain["status"] == {}
