@@ -385,7 +385,9 @@ def main(argv=None) -> dict:
             for r in sel:
                 ratio = r["tasks_per_s"] / torch_best if torch_best else None
                 table.append({**r, "vs_best_torch": ratio})
+    command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {
+        "command": command.strip(),
         "machine": {**machine_info(), "load_avg_1m_at_start": load_start},
         "settings": {k: asdict(v) for k, v in SETTINGS.items()},
         "meta_lr": META_LR,
@@ -394,6 +396,8 @@ def main(argv=None) -> dict:
     }
     md = [
         "# Meta-training throughput (tasks/s, median step; higher is better)",
+        "",
+        f"Command: `{result['command']}`",
         "",
         "Machine: " + ", ".join(f"{k}={v}" for k, v in result["machine"].items()),
         "",
@@ -407,7 +411,7 @@ def main(argv=None) -> dict:
             f"| {r['setting']} | {r['algo']} | {r['impl']} | {r['tasks_per_s']:.1f} | {ratio} "
             f"| {r['median_step_s'] * 1e3:.0f} | {r['compile_or_warmup_s']:.1f} |"
         )
-    print("\n".join(md[4:]))
+    print("\n".join(md[6:]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
