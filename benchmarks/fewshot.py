@@ -1,4 +1,5 @@
-"""Few-shot classification beside the published tables (MAML, first-order MAML, Reptile).
+"""Few-shot classification beside the published tables (MAML, first-order MAML, Reptile,
+meta-learner LSTM).
 
 Trains and evaluates the chosen presets through the same code as ``mamlx train`` /
 ``mamlx eval`` and records each run (accuracy ± 95% CI over the preset's 600 test
@@ -39,6 +40,8 @@ PUBLISHED = {  # accuracy %, source
     "reptile-5w5s": (98.90, "Nichol et al. 2018"),
     "reptile-20w1s": (88.14, "Nichol et al. 2018"),
     "reptile-20w5s": (96.65, "Nichol et al. 2018"),
+    "meta-lstm-mini-5w1s": (43.44, "Ravi & Larochelle 2017"),
+    "meta-lstm-mini-5w5s": (60.60, "Ravi & Larochelle 2017"),
 }
 STORE = RESULTS / "fewshot.json"
 
