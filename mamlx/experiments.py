@@ -15,12 +15,21 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from mamlx.algorithms import MetaLearner, anil, fomaml, maml, metasgd, pretrain, reptile
+from mamlx.algorithms import (
+    MetaLearner,
+    anil,
+    fomaml,
+    maml,
+    meta_lstm,
+    metasgd,
+    pretrain,
+    reptile,
+)
 from mamlx.models import MLP, model
 from mamlx.tasks import sinusoid
 
 SINUSOID_ALGOS = {"maml": maml, "fomaml": fomaml, "pretrain": pretrain}
-FEWSHOT_ALGOS = ("maml", "fomaml", "reptile", "metasgd", "anil")
+FEWSHOT_ALGOS = ("maml", "fomaml", "reptile", "metasgd", "anil", "meta-lstm")
 
 
 class Experiment(NamedTuple):
@@ -93,6 +102,11 @@ class FewShotConfig:
     rotations as new training classes. See :data:`PRESETS` for the other tables.
     ``task_map="auto"`` loops over tasks on one CPU device and vectorizes elsewhere
     (:func:`resolve_task_map`).
+
+    ``algo="meta-lstm"`` (Ravi & Larochelle 2017) reads ``inner_lr`` as the initial
+    input gate (learning rate, in (0, 1)), ``lstm_hidden`` as the meta-learner LSTM's
+    width, and ``second_order`` for the exact meta-gradient. ``clip_norm > 0`` clips
+    the meta-gradient's global norm before the outer optimizer (any algorithm).
     """
 
     algo: str = "maml"
@@ -107,6 +121,9 @@ class FewShotConfig:
     meta_batch: int = 32
     meta_lr: float = 1e-3
     meta_lr_schedule: str = "constant"
+    clip_norm: float = 0.0
+    lstm_hidden: int = 20
+    second_order: bool = False
     seed: int = 0
     filters: int = 64
     pool: str = "stride"
@@ -129,7 +146,7 @@ class FewShotConfig:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose from {list(FEWSHOT_ALGOS)}")
         for name in ("ways", "shots", "queries", "meta_batch", "filters", "image_size"):
             _positive_int(name, getattr(self, name))
-        for name in ("val_every", "val_tasks", "eval_tasks"):
+        for name in ("val_every", "val_tasks", "eval_tasks", "lstm_hidden"):
             _positive_int(name, getattr(self, name))
         for name in ("steps", "inner_steps", "eval_inner_steps", "eval_shots"):
             v = getattr(self, name)
@@ -139,6 +156,16 @@ class FewShotConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+        c = self.clip_norm
+        if not (isinstance(c, (int, float)) and math.isfinite(c) and c >= 0):
+            raise ValueError(f"clip_norm must be a finite number >= 0 (0: no clipping), got {c!r}")
+        if self.algo == "meta-lstm" and not self.inner_lr < 1:
+            raise ValueError(
+                f"meta-lstm reads inner_lr as the initial input gate σ(b_I), so it must be "
+                f"< 1, got {self.inner_lr}"
+            )
+        if self.algo == "meta-lstm" and self.inner_steps < 1:
+            raise ValueError(f"meta-lstm needs inner_steps >= 1, got {self.inner_steps}")
         choices = {
             "pool": ("stride", "max"),
             "inner_opt": ("sgd", "adam"),
@@ -199,6 +226,44 @@ _REPTILE = dict(
     transductive=False,
 )
 _REPTILE_20 = {**_REPTILE, "ways": 20, "inner_lr": 5e-4, "inner_steps": 10, "steps": 200_000}
+
+# Meta-learner LSTM (Ravi & Larochelle 2017) on a 2-core CPU: their learner (Conv-4 with 32
+# filters), their meta-learner (hidden 20, meta-gradient clipped to norm 0.25, Adam 1e-3,
+# first order), 5 LSTM updates on the support set (train and test), initial input gate 0.1,
+# 5 queries per class, meta-batch 4, 500 meta-steps (1-2 s each on 2 shared cores, about
+# 15 min; the meta-learner LSTM's per-coordinate state makes a step ~20x first-order MAML's).
+# The ``fomaml-*-mlstm-cmp`` presets run first-order MAML under the same protocol.
+_MLSTM_CPU = dict(
+    algo="meta-lstm",
+    filters=32,
+    inner_lr=0.1,
+    inner_steps=5,
+    eval_inner_steps=5,
+    lstm_hidden=20,
+    clip_norm=0.25,
+    meta_batch=4,
+    queries=5,
+    steps=500,
+    val_every=250,
+    val_tasks=100,
+)
+_MLSTM_CMP = {**_MLSTM_CPU, "algo": "fomaml", "inner_lr": 0.4, "inner_steps": 1}
+_MLSTM_CMP["eval_inner_steps"] = 3
+# Meta-learner LSTM on mini-ImageNet, the authors' code defaults (twitter/meta-learning-lstm,
+# 5-shot: 8 updates on the whole 25-image support, 15 queries per class, one episode per
+# meta-update, 50,000 episodes, Adam 1e-3, gradient clipping 0.25, hidden 20, 32 filters).
+# The initial input gate σ(b_I) = 0.01 is the middle of the paper's b_I ~ U(-5, -4); the
+# 1-shot setting uses the same number of updates (not checked against the authors' config).
+_MLSTM_MINI = dict(
+    algo="meta-lstm",
+    inner_lr=0.01,
+    inner_steps=8,
+    eval_inner_steps=8,
+    lstm_hidden=20,
+    clip_norm=0.25,
+    meta_batch=1,
+    steps=50_000,
+)
 
 # Published settings. Each entry: (task, overrides, source).
 PRESETS: dict[str, tuple[str, dict, str]] = {
@@ -281,6 +346,41 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
         "omniglot",
         {**_REPTILE_20, "eval_shots": 5},
         "Nichol et al. 2018, Table 1: Omniglot 20-way 5-shot 96.65 ± 0.33 (non-transductive)",
+    ),
+    "meta-lstm-5w1s": (
+        "omniglot",
+        {**_MLSTM_CPU, "shots": 1},
+        "mamlx CPU configuration of Ravi & Larochelle 2017 (meta-learner LSTM; the paper "
+        "reports mini-ImageNet only): Omniglot 5-way 1-shot, 500 meta-steps of 4 tasks",
+    ),
+    "meta-lstm-5w5s": (
+        "omniglot",
+        {**_MLSTM_CPU, "shots": 5},
+        "mamlx CPU configuration of Ravi & Larochelle 2017 (meta-learner LSTM): Omniglot "
+        "5-way 5-shot, 500 meta-steps of 4 tasks",
+    ),
+    "fomaml-5w1s-mlstm-cmp": (
+        "omniglot",
+        {**_MLSTM_CMP, "shots": 1},
+        "Finn et al. 2017 first-order MAML under the protocol of meta-lstm-5w1s (32 filters, "
+        "5 queries, meta-batch 4, 500 steps, clipping 0.25) for a same-budget comparison",
+    ),
+    "fomaml-5w5s-mlstm-cmp": (
+        "omniglot",
+        {**_MLSTM_CMP, "shots": 5},
+        "Finn et al. 2017 first-order MAML under the protocol of meta-lstm-5w5s",
+    ),
+    "meta-lstm-mini-5w1s": (
+        "miniimagenet",
+        {**_MLSTM_MINI, "shots": 1},
+        "Ravi & Larochelle 2017, Table 1: meta-learner LSTM mini-ImageNet 5-way 1-shot "
+        "43.44 ± 0.77",
+    ),
+    "meta-lstm-mini-5w5s": (
+        "miniimagenet",
+        {**_MLSTM_MINI, "shots": 5},
+        "Ravi & Larochelle 2017, Table 1: meta-learner LSTM mini-ImageNet 5-way 5-shot "
+        "60.60 ± 0.71",
     ),
 }
 
@@ -397,6 +497,16 @@ def fewshot_learner(config: FewShotConfig, ways: int | None = None) -> MetaLearn
         return reptile(
             apply_fn, init_fn, inner_opt=inner_opt, inner_steps=config.inner_steps, **common
         )
+    if config.algo == "meta-lstm":
+        return meta_lstm(
+            apply_fn,
+            init_fn,
+            inner_steps=config.inner_steps,
+            init_lr=config.inner_lr,
+            hidden_size=config.lstm_hidden,
+            second_order=config.second_order,
+            **common,
+        )
     make = {"maml": maml, "fomaml": fomaml, "metasgd": metasgd, "anil": anil}[config.algo]
     return make(
         apply_fn, init_fn, inner_lr=config.inner_lr, inner_steps=config.inner_steps, **common
@@ -404,13 +514,20 @@ def fewshot_learner(config: FewShotConfig, ways: int | None = None) -> MetaLearn
 
 
 def outer_optimizer(config: FewShotConfig) -> optax.GradientTransformation:
-    """Adam (MAML) or SGD on the Reptile pseudo-gradient, with an optional linear decay to 0."""
+    """Adam (MAML) or SGD on the Reptile pseudo-gradient, with an optional linear decay to 0.
+
+    With ``clip_norm > 0`` the meta-gradient is first clipped to that global norm
+    (Ravi & Larochelle 2017 clip the meta-learner's gradients).
+    """
     lr = (
         optax.linear_schedule(config.meta_lr, 0.0, max(config.steps, 1))
         if config.meta_lr_schedule == "linear"
         else config.meta_lr
     )
-    return optax.sgd(lr) if config.algo == "reptile" else optax.adam(lr)
+    opt = optax.sgd(lr) if config.algo == "reptile" else optax.adam(lr)
+    if config.clip_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(config.clip_norm), opt)
+    return opt
 
 
 def build(config: Any) -> Experiment:

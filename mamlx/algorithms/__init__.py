@@ -6,6 +6,7 @@ from mamlx.algorithms.hallucination import hallucinate, hallucination
 from mamlx.algorithms.imaml import imaml
 from mamlx.algorithms.maml import fomaml, maml
 from mamlx.algorithms.matching import matching
+from mamlx.algorithms.meta_lstm import meta_lstm, meta_lstm_gate_trace
 from mamlx.algorithms.metasgd import metasgd, scale_by_learned_lr
 from mamlx.algorithms.pretrain import pretrain
 from mamlx.algorithms.protonet import protonet, prototypes
@@ -26,6 +27,8 @@ __all__ = [
     "map_tasks",
     "map_tasks_mean",
     "matching",
+    "meta_lstm",
+    "meta_lstm_gate_trace",
     "metasgd",
     "pair_sampler",
     "pretrain",
