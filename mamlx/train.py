@@ -57,7 +57,9 @@ def init_state(learner: MetaLearner, optimizer: optax.GradientTransformation, ke
       A :class:`TrainState` at step 0.
     """
     k_init, k_train = jax.random.split(key)
-    params = learner.init(k_init)
+    # Strong types: a weak-typed leaf (from a Python scalar) would become strong after
+    # the first update and make the compiled step trace and compile a second time.
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(x)), learner.init(k_init))
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), k_train)
 
 

@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -147,3 +148,12 @@ def test_bad_training_arguments():
         fit(learner, sinusoid(5), opt, steps=5, meta_batch=0, state=state, progress=False)
     with pytest.raises(ValueError, match="steps"):
         fit(learner, sinusoid(5), opt, steps=-1, meta_batch=2, state=state, progress=False)
+
+
+def test_init_state_strips_weak_types_so_the_step_compiles_once():
+    base = maml(*sinusoid_model(), inner_lr=0.01)
+    learner = base._replace(init=lambda key: (base.init(key), jnp.asarray(0.5)))
+    assert learner.init(jax.random.PRNGKey(0))[1].weak_type
+    state = init_state(learner, optax.adam(1e-3), jax.random.PRNGKey(0))
+    assert not any(x.weak_type for x in jax.tree.leaves(state.params))
+    assert state.params[1].dtype == jnp.float32

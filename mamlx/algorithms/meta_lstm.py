@@ -116,7 +116,10 @@ def meta_lstm(
         k_learner, k_lstm = jax.random.split(key)
         lstm = init_meta_lstm(k_lstm, hidden_size)
         if init_lr is not None:
-            lstm["input_gate"]["b"] = jax.numpy.asarray(math.log(init_lr / (1.0 - init_lr)))
+            b = lstm["input_gate"]["b"]
+            lstm["input_gate"]["b"] = jax.numpy.asarray(
+                math.log(init_lr / (1.0 - init_lr)), b.dtype
+            )
         return {"init": init_fn(k_learner), "lstm": lstm}
 
     support_loss = support_loss_fn(apply_fn, loss_fn)

@@ -99,8 +99,9 @@ def meta_lstm_params_sgd(lr: float, hidden_size: int = 20) -> dict:
       >>> mp = meta_lstm_params_sgd(0.1)
     """
     mp = jax.tree.map(jnp.zeros_like, init_meta_lstm(jax.random.key(0), hidden_size))
-    mp["forget_gate"]["b"] = jnp.asarray(40.0)
-    mp["input_gate"]["b"] = jnp.asarray(math.log(lr / (1.0 - lr)))
+    dt = mp["forget_gate"]["b"].dtype
+    mp["forget_gate"]["b"] = jnp.asarray(40.0, dt)
+    mp["input_gate"]["b"] = jnp.asarray(math.log(lr / (1.0 - lr)), dt)
     return mp
 
 
