@@ -370,6 +370,16 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
         {**_MLSTM_CMP, "shots": 5},
         "Finn et al. 2017 first-order MAML under the protocol of meta-lstm-5w5s",
     ),
+    "maml-5w1s-mlstm-cmp": (
+        "omniglot",
+        {**_MLSTM_CMP, "algo": "maml", "shots": 1},
+        "Finn et al. 2017 second-order MAML under the protocol of meta-lstm-5w1s",
+    ),
+    "maml-5w5s-mlstm-cmp": (
+        "omniglot",
+        {**_MLSTM_CMP, "algo": "maml", "shots": 5},
+        "Finn et al. 2017 second-order MAML under the protocol of meta-lstm-5w5s",
+    ),
     "meta-lstm-mini-5w1s": (
         "miniimagenet",
         {**_MLSTM_MINI, "shots": 1},
