@@ -115,8 +115,8 @@ def gradient_meta_grad(outer_loss: Callable, task_map: str = "vmap") -> Callable
     def task_grad(meta_params, episode):
         return jax.grad(outer_loss, has_aux=True)(meta_params, episode)
 
-    def batch_loss(meta_params, episodes):
-        losses, metrics = map_tasks(outer_loss, meta_params, episodes, task_map)
+    def batch_loss(meta_params, episodes):  # vmap only: "map" takes per-task gradients
+        losses, metrics = map_tasks(outer_loss, meta_params, episodes, "vmap")
         return jnp.mean(losses), mean_metrics(metrics)
 
     def meta_grad(meta_params, episodes):
