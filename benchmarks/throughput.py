@@ -256,12 +256,8 @@ def bench_torch(s: Setting, algo: str, style: str, repeats: int) -> dict:
     return {"compile_s": warm_s, "times_s": times, "loss": loss}
 
 
-# glibc settings equal to what ``import mamlx`` sets (mamlx.runtime), as environment variables.
-TUNED_MALLOC_ENV = {
-    "MALLOC_ARENA_MAX": "1",
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": "2147483647",
-}
+# glibc settings equal to what ``import mamlx`` sets, as environment variables.
+TUNED_MALLOC_ENV = mamlx.runtime.MALLOC_ENV
 
 
 def torch_in_subprocess(setting: str, algo: str, style: str, repeats: int, malloc: str) -> dict:

@@ -33,6 +33,13 @@ _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 _TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: 2 GB is the largest threshold
 
+#: The same settings as environment variables, for a process that does not import mamlx.
+MALLOC_ENV = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(_TRIM_THRESHOLD),
+}
+
 _status: dict = {}
 
 
