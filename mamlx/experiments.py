@@ -247,8 +247,13 @@ _MLSTM_CPU = dict(
     val_every=250,
     val_tasks=100,
 )
-_MLSTM_CMP = {**_MLSTM_CPU, "algo": "fomaml", "inner_lr": 0.4, "inner_steps": 1}
-_MLSTM_CMP["eval_inner_steps"] = 3
+_MLSTM_CMP = {
+    **_MLSTM_CPU,
+    "algo": "fomaml",
+    "inner_lr": 0.4,
+    "inner_steps": 1,
+    "eval_inner_steps": 3,
+}
 # Meta-learner LSTM on mini-ImageNet, the authors' code defaults (twitter/meta-learning-lstm,
 # 5-shot: 8 updates on the whole 25-image support, 15 queries per class, one episode per
 # meta-update, 50,000 episodes, Adam 1e-3, gradient clipping 0.25, hidden 20, 32 filters).
