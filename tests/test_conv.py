@@ -79,11 +79,13 @@ def test_matches_xla_forward_grad_hessian(case, impl):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("cin", [2, 4], ids=["taps-major", "pixel-major"])
 @pytest.mark.parametrize("stride,padding", [(2, "SAME"), (1, "VALID")])
-def test_check_grads_order2_float64(stride, padding):
+def test_check_grads_order2_float64(stride, padding, cin):
+    assert (9 * cin <= conv_lib.TAPS_MAJOR_MAX_COLUMNS) == (cin == 2)
     with jax.enable_x64(True):
-        x = jax.random.normal(jax.random.key(0), (1, 5, 5, 2), jnp.float64)
-        w = jax.random.normal(jax.random.key(1), (3, 3, 2, 2), jnp.float64)
+        x = jax.random.normal(jax.random.key(0), (1, 5, 5, cin), jnp.float64)
+        w = jax.random.normal(jax.random.key(1), (3, 3, cin, 2), jnp.float64)
         f = lambda x, w: conv2d(x, w, stride=stride, padding=padding, impl="patches")
         check_grads(f, (x, w), order=2, modes=["rev"])
         # im2col is linear and its VJP is col2im: check the adjoint identity too.
@@ -91,6 +93,40 @@ def test_check_grads_order2_float64(stride, padding):
         c = jax.random.normal(jax.random.key(2), cols.shape, jnp.float64)
         _, vjp = jax.vjp(lambda x: im2col(x, (3, 3), stride=stride, padding=padding), x)
         np.testing.assert_allclose(jnp.vdot(cols, c), jnp.vdot(x, vjp(c)[0]), rtol=1e-12)
+
+
+def test_taps_major_and_pixel_major_patches_agree_to_second_order():
+    # Both layouts on one many-channel case (conv2d picks taps-major only for few channels).
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(3), (2, 9, 8, 6), jnp.float64)
+        w = jax.random.normal(jax.random.key(4), (3, 3, 6, 5), jnp.float64)
+        _check_layouts_agree(x, w)
+
+
+def _check_layouts_agree(x, w):
+    pads = conv_lib._pads((9, 8), (3, 3), 2, "SAME")
+
+    def taps(x, w):
+        return conv_lib._conv_taps_major(x, w, 2, pads, lax.Precision.HIGHEST)
+
+    def pixels(x, w):
+        cols = im2col(x, (3, 3), stride=2, padding="SAME")
+        return jnp.dot(cols, w.reshape(-1, w.shape[-1]), precision=lax.Precision.HIGHEST)
+
+    def grad_norm(f):
+        def h(x, w):
+            gx, gw = jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), (0, 1))(x, w)
+            return jnp.sum(gx**2) + jnp.sum(jnp.cos(gw))
+
+        return h
+
+    np.testing.assert_allclose(taps(x, w), pixels(x, w), rtol=1e-12)
+    for a, b in zip(
+        jax.grad(grad_norm(taps), (0, 1))(x, w),
+        jax.grad(grad_norm(pixels), (0, 1))(x, w),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -14,7 +14,10 @@ slices, and their adjoint (``col2im``) is a custom VJP that sums the taps
 phase by phase in one fused pass, instead of the ``kh * kw`` full-size padded
 copies that plain autodiff of the slices produces. ``im2col`` and ``col2im``
 are each other's VJP, so derivatives of any order stay slices, sums and matrix
-products.
+products. With few input channels (``kh * kw * Cin <= 32``, the first layer on
+images) the patches are built taps-major instead, ``(kh * kw * Cin, N * Ho * Wo)``,
+so that the weight gradient is a plain matrix product (2x faster for that layer's
+step on CPU, see :func:`_conv_taps_major`).
 
 Example:
     >>> import jax.numpy as jnp
@@ -203,6 +206,42 @@ def im2col(x: Array, ksize: tuple[int, int], *, stride: int = 1, padding: Paddin
     return _im2col(x, tuple(ksize), int(stride), pads)
 
 
+# Below this many patch columns (kh * kw * Cin) the patches are built taps-major.
+TAPS_MAJOR_MAX_COLUMNS = 32
+
+
+def _conv_taps_major(x: Array, kernel: Array, stride: int, pads, precision) -> Array:
+    """Convolution through taps-major patches ``(kh * kw * Cin, N * Ho * Wo)``.
+
+    For few input channels (the first layer on images) the pixel-major patch
+    matrix ``(M, kh * kw * Cin)`` is tall and thin, and the weight gradient
+    ``patches.T @ dy`` becomes a transposed product that XLA's CPU backend runs
+    at a few GFLOP/s. Taps-major, that gradient is a plain ``(K, M) @ (M, Cout)``
+    product. Derivatives with respect to ``x`` go through the strided slices by
+    plain autodiff (the first layer's input is data, it rarely needs them).
+    """
+    n, h, w, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    ho, wo = (_out_size(s, k, stride, p) for s, k, p in zip((h, w), (kh, kw), pads, strict=True))
+    xt = jnp.moveaxis(x, -1, 0)  # (Cin, N, H, W)
+    zero = jnp.zeros((), x.dtype)
+    xp = lax.pad(xt, zero, ((0, 0, 0), (0, 0, 0), (*pads[0], 0), (*pads[1], 0)))
+    taps = [
+        lax.slice(
+            xp,
+            (0, 0, a, b),
+            (cin, n, a + (ho - 1) * stride + 1, b + (wo - 1) * stride + 1),
+            (1, 1, stride, stride),
+        )
+        for a in range(kh)
+        for b in range(kw)
+    ]
+    cols = jnp.stack(taps).reshape(kh * kw * cin, n * ho * wo)  # rows ordered (a, b, c)
+    dims = (((0,), (0,)), ((), ()))
+    y = lax.dot_general(cols, kernel.reshape(kh * kw * cin, cout), dims, precision=precision)
+    return y.reshape(n, ho, wo, cout)
+
+
 def conv2d(
     x: Array,
     kernel: Array,
@@ -249,6 +288,8 @@ def conv2d(
             precision=precision,
         )
     pads = _pads(x.shape[1:3], (kh, kw), stride, padding)
+    if impl == "patches" and kh * kw * cin <= TAPS_MAJOR_MAX_COLUMNS:
+        return _conv_taps_major(x, kernel, int(stride), pads, precision)
     if impl == "patches":
         cols = _im2col(x, (kh, kw), int(stride), pads)
     elif impl == "patches_autodiff":
