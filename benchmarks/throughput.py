@@ -17,7 +17,11 @@ Each torch peer runs in its own process twice: with glibc's default malloc and
 with mamlx's tuned settings (``+tuned-malloc``, which speeds torch up too); the
 ratio column compares with the fastest of all. Compile / warm-up time is
 reported apart; every implementation gets the same untimed warm-up calls;
-throughput is the median over repeated steps. Results go to ``benchmarks/results/throughput.{json,md}``.
+throughput is the median over repeated steps. Each row also gives the share of
+the machine's float32 matrix-product peak it reaches (work per task from XLA's
+cost analysis), and a ceiling table says what fraction of that peak a given
+speed-up over PyTorch would need. Results go to
+``benchmarks/results/throughput.{json,md}``.
 Runs unchanged on a GPU box (JAX and torch pick the accelerator when present).
 
 Usage::
@@ -138,6 +142,42 @@ def bench_jax(s: Setting, algo: str, impl: str, task_map: str, repeats: int) -> 
         jax.block_until_ready(out)
         times.append(time.perf_counter() - t0)
     return {"compile_s": compile_s, "times_s": times, "loss": float(out[2])}
+
+
+def step_gflop_per_task(s: Setting, algo: str) -> float:
+    """Floating-point work of one task's meta-training step, from XLA's cost analysis.
+
+    Counted on the vmapped step (a ``lax.scan`` body is counted once, not per
+    task); mostly the convolutions' matrix products, identical for every
+    implementation of the same algorithm.
+    """
+    model = Conv4(
+        s.ways, in_shape=s.image, filters=s.filters, conv_impl="patches", rngs=nnx.Rngs(0)
+    )
+    apply_fn, params = functional(model)
+    step, opt = _jax_meta_step(apply_fn, algo, s, "vmap")
+    batch = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in make_batch(s))
+    cost = step.lower(params, opt.init(params), batch).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"]) / s.meta_batch / 1e9
+
+
+def gemm_peak_gflops(repeats: int = 10) -> float:
+    """Best sustained float32 matrix-product rate of this machine through JAX (GFLOP/s).
+
+    The ceiling for any implementation of these steps: their work is mostly
+    matrix products; the rest (patches, batch norm, elementwise) only adds time.
+    """
+    best = 0.0
+    for m, k, n in ((2048, 2048, 2048), (4096, 576, 64)):
+        a, b = jax.numpy.ones((m, k)), jax.numpy.ones((k, n))
+        f = jax.jit(lambda a, b: a @ b)
+        jax.block_until_ready(f(a, b))
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(a, b))
+            best = max(best, 2 * m * k * n / (time.perf_counter() - t0) / 1e9)
+    return best
 
 
 # --------------------------------------------------------------------------------------
@@ -334,14 +374,20 @@ def main(argv=None) -> dict:
     variants = (args.jax_variants or default_variants()).split(",")
     rows = []
     load_start = machine_info()["load_avg_1m"]
+    peak = gemm_peak_gflops()
+    print(f"float32 matrix-product peak through JAX: {peak:.0f} GFLOP/s", flush=True)
+    work = {}  # (setting, algo) -> GFLOP per task
 
     def record(setting, algo, impl, r):
         med = statistics.median(r["times_s"])
+        gflop = work[setting.name, algo]
         row = {
             "setting": setting.name,
             "algo": algo,
             "impl": impl,
             "tasks_per_s": setting.meta_batch / med,
+            "gflop_per_task": gflop,
+            "fraction_of_gemm_peak": setting.meta_batch / med * gflop / peak,
             "median_step_s": med,
             "min_step_s": min(r["times_s"]),
             "compile_or_warmup_s": r["compile_s"],
@@ -358,6 +404,7 @@ def main(argv=None) -> dict:
     for sname in args.settings.split(","):
         s = SETTINGS[sname]
         for algo in args.algos.split(","):
+            work[sname, algo] = step_gflop_per_task(s, algo)
             for v in variants:
                 impl, task_map = v.split("/")
                 record(
@@ -371,7 +418,7 @@ def main(argv=None) -> dict:
                         record(s, algo, f"torch-{style}{suffix}", r)
 
     # Ratio table: each JAX variant against the fastest torch peer.
-    table = []
+    table, bounds = [], []
     for sname in args.settings.split(","):
         for algo in args.algos.split(","):
             sel = [r for r in rows if r["setting"] == sname and r["algo"] == algo]
@@ -381,6 +428,21 @@ def main(argv=None) -> dict:
             for r in sel:
                 ratio = r["tasks_per_s"] / torch_best if torch_best else None
                 table.append({**r, "vs_best_torch": ratio})
+            gflop = work[sname, algo]
+            bounds.append(
+                {
+                    "setting": sname,
+                    "algo": algo,
+                    "gflop_per_task": gflop,
+                    "tasks_per_s_at_gemm_peak": peak / gflop,
+                    "best_torch_fraction_of_peak": torch_best * gflop / peak
+                    if torch_best
+                    else None,
+                    "fraction_of_peak_for_1_5x_torch": 1.5 * torch_best * gflop / peak
+                    if torch_best
+                    else None,
+                }
+            )
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {
         "command": command.strip(),
@@ -388,7 +450,9 @@ def main(argv=None) -> dict:
         "settings": {k: asdict(v) for k, v in SETTINGS.items()},
         "meta_lr": META_LR,
         "repeats": repeats,
+        "gemm_peak_gflops": peak,
         "rows": table,
+        "bounds": bounds,
     }
     md = [
         "# Meta-training throughput (tasks/s, median step; higher is better)",
@@ -397,15 +461,35 @@ def main(argv=None) -> dict:
         "",
         "Machine: " + ", ".join(f"{k}={v}" for k, v in result["machine"].items()),
         "",
-        "| setting | algo | implementation | tasks/s | vs best torch | median step ms "
-        "| compile/warm-up s |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| setting | algo | implementation | tasks/s | vs best torch | % of GEMM peak "
+        "| median step ms | compile/warm-up s |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in table:
         ratio = f"{r['vs_best_torch']:.2f}x" if r["vs_best_torch"] else "-"
         md.append(
             f"| {r['setting']} | {r['algo']} | {r['impl']} | {r['tasks_per_s']:.1f} | {ratio} "
-            f"| {r['median_step_s'] * 1e3:.0f} | {r['compile_or_warmup_s']:.1f} |"
+            f"| {100 * r['fraction_of_gemm_peak']:.0f}% | {r['median_step_s'] * 1e3:.0f} "
+            f"| {r['compile_or_warmup_s']:.1f} |"
+        )
+    md += [
+        "",
+        f"## Ceiling: float32 matrix-product peak {peak:.0f} GFLOP/s (measured through JAX)",
+        "",
+        "Work per task from XLA's cost analysis of the step; at the peak rate a step "
+        "could not run faster than work / peak, whatever the implementation.",
+        "",
+        "| setting | algo | GFLOP/task | tasks/s at peak | best torch, % of peak "
+        "| 1.5x best torch needs |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for b in bounds:
+        tb, need = b["best_torch_fraction_of_peak"], b["fraction_of_peak_for_1_5x_torch"]
+        md.append(
+            f"| {b['setting']} | {b['algo']} | {b['gflop_per_task']:.2f} "
+            f"| {b['tasks_per_s_at_gemm_peak']:.0f} "
+            f"| {'-' if tb is None else f'{100 * tb:.0f}%'} "
+            f"| {'-' if need is None else f'{100 * need:.0f}% of peak'} |"
         )
     print("\n".join(md[6:]))
     out = Path(args.out)
