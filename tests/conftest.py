@@ -31,7 +31,7 @@ def _available_memory_gb() -> float | None:
     return None
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: plain pytest has no such hook
 def pytest_xdist_auto_num_workers(config):
     """``-n auto``: one worker per core, as many as memory allows; fewer than 2 runs in-process."""
     env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")

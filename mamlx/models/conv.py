@@ -16,8 +16,8 @@ copies that plain autodiff of the slices produces. ``im2col`` and ``col2im``
 are each other's VJP, so derivatives of any order stay slices, sums and matrix
 products. With few input channels (``kh * kw * Cin <= 32``, the first layer on
 images) the patches are built taps-major instead, ``(kh * kw * Cin, N * Ho * Wo)``,
-so that the weight gradient is a plain matrix product (2x faster for that layer's
-step on CPU, see :func:`_conv_taps_major`).
+so that the weight gradient is a plain matrix product (that layer's weight
+gradient runs 2x faster on CPU, see :func:`_conv_taps_major`).
 
 Example:
     >>> import jax.numpy as jnp
