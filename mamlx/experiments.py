@@ -25,6 +25,7 @@ from mamlx.algorithms import (
     pretrain,
     reptile,
 )
+from mamlx.algorithms.base import TASK_MAPS, resolve_task_map  # noqa: F401 - re-exported
 from mamlx.models import MLP, model
 from mamlx.tasks import sinusoid
 
@@ -170,7 +171,7 @@ class FewShotConfig:
             "pool": ("stride", "max"),
             "inner_opt": ("sgd", "adam"),
             "meta_lr_schedule": ("constant", "linear"),
-            "task_map": ("auto", "vmap", "map"),
+            "task_map": TASK_MAPS,
             "split": ("vinyals", "background", "ravi"),
         }
         for name, allowed in choices.items():
@@ -471,19 +472,6 @@ def load_fewshot_splits(config: FewShotConfig) -> dict[str, Any]:
     return {k: jnp.asarray(v) for k, v in arrays.items()}
 
 
-def resolve_task_map(task_map: str) -> str:
-    """``"auto"``: ``"map"`` on a single CPU device, else ``"vmap"``.
-
-    On CPU a loop over tasks that takes each task's gradient in turn keeps one
-    task's activations in cache and beats vectorizing the meta-batch
-    (``benchmarks/results/throughput.md``); accelerators and sharded task
-    batches want ``vmap``.
-    """
-    if task_map != "auto":
-        return task_map
-    return "map" if jax.default_backend() == "cpu" and jax.device_count() == 1 else "vmap"
-
-
 def fewshot_learner(config: FewShotConfig, ways: int | None = None) -> MetaLearner:
     """The learner of a few-shot configuration (Conv-4 with a head of ``ways`` logits)."""
 
@@ -504,7 +492,7 @@ def fewshot_learner(config: FewShotConfig, ways: int | None = None) -> MetaLearn
             rngs=rngs,
         )
     )
-    common = dict(task_map=resolve_task_map(config.task_map), transductive=config.transductive)
+    common = dict(task_map=config.task_map, transductive=config.transductive)
     if config.algo == "reptile":
         inner_opt = (
             optax.adam(config.inner_lr, b1=0.0) if config.inner_opt == "adam" else config.inner_lr

@@ -3,10 +3,11 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mamlx import checkpoint
+from mamlx import Episode, checkpoint
 from mamlx.algorithms import anil, fomaml, maml, metasgd, reptile
 from mamlx.cli import main
 from mamlx.experiments import PRESETS, FewShotConfig, preset_config, resolve_task_map
@@ -175,3 +176,15 @@ def test_task_map_auto_loops_on_one_cpu_device_and_stays_explicit_otherwise():
     assert resolve_task_map("vmap") == "vmap" and resolve_task_map("map") == "map"
     with pytest.raises(ValueError, match="task_map"):
         FewShotConfig(task_map="loop")
+    # Every learner takes "auto" and computes what the resolved task map computes.
+    apply_fn = lambda theta, x: x @ theta
+    init = lambda key: jnp.ones((3,))
+    xs = jax.random.normal(jax.random.key(0), (4, 5, 3))
+    batch = Episode(xs, xs.sum(-1), xs, xs.sum(-1))
+    got = maml(apply_fn, init, inner_lr=0.1, task_map="auto").meta_grad(jnp.ones((3,)), batch)
+    want = maml(apply_fn, init, inner_lr=0.1, task_map=resolve_task_map("auto")).meta_grad(
+        jnp.ones((3,)), batch
+    )
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="task_map"):
+        maml(apply_fn, init, inner_lr=0.1, task_map="loop")

@@ -1,7 +1,13 @@
 """Meta-learners, each a :class:`MetaLearner` of pure functions."""
 
 from mamlx.algorithms.anil import anil, head_by_path
-from mamlx.algorithms.base import MetaLearner, gradient_meta_grad, map_tasks, map_tasks_mean
+from mamlx.algorithms.base import (
+    MetaLearner,
+    gradient_meta_grad,
+    map_tasks,
+    map_tasks_mean,
+    resolve_task_map,
+)
 from mamlx.algorithms.hallucination import hallucinate, hallucination
 from mamlx.algorithms.imaml import imaml
 from mamlx.algorithms.maml import fomaml, maml
@@ -36,6 +42,7 @@ __all__ = [
     "prototypes",
     "relation",
     "reptile",
+    "resolve_task_map",
     "roc_auc",
     "scale_by_learned_lr",
     "siamese",

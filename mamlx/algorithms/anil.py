@@ -80,7 +80,7 @@ def anil(
         top-level ``"head"`` entry (as in :class:`~mamlx.models.Conv4`).
       first_order: drop second derivatives.
       loss_fn: ``loss_fn(pred, y)``; default by target dtype.
-      task_map: ``"vmap"`` or ``"map"`` over the task batch.
+      task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
       transductive: see :func:`mamlx.algorithms.maml.make_predict`.
 
     Returns:

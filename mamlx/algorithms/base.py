@@ -29,7 +29,7 @@ from mamlx.episodes import Episode
 from mamlx.losses import task_metrics
 from mamlx.types import Array, Metrics, Params, PRNGKey
 
-TASK_MAPS = ("vmap", "map")
+TASK_MAPS = ("vmap", "map", "auto")
 
 
 class MetaLearner(NamedTuple):
@@ -48,15 +48,28 @@ def check_task_map(task_map: str) -> str:
     return task_map
 
 
+def resolve_task_map(task_map: str) -> str:
+    """``"auto"``: ``"map"`` on a single CPU device, else ``"vmap"``; others unchanged.
+
+    On CPU a loop over tasks that takes each task's gradient in turn keeps one
+    task's activations in cache and beats vectorizing the meta-batch
+    (``benchmarks/results/throughput.md``); accelerators and sharded task
+    batches want ``vmap``. Resolved when the learner's functions are traced.
+    """
+    if check_task_map(task_map) != "auto":
+        return task_map
+    return "map" if jax.default_backend() == "cpu" and jax.device_count() == 1 else "vmap"
+
+
 def map_tasks(fn: Callable, meta_params: Params, episodes: Episode, task_map: str = "vmap"):
     """Apply ``fn(meta_params, episode)`` to every task of a batch.
 
     ``"vmap"`` vectorizes over tasks (best on accelerators); ``"map"`` runs tasks
     one after another inside the compiled program with ``lax.map`` (often faster
-    on CPU, where per-task convolution kernels vectorize poorly).
+    on CPU, where per-task convolution kernels vectorize poorly); ``"auto"`` picks
+    one (:func:`resolve_task_map`).
     """
-    check_task_map(task_map)
-    if task_map == "vmap":
+    if resolve_task_map(task_map) == "vmap":
         return jax.vmap(fn, in_axes=(None, 0))(meta_params, episodes)
     return jax.lax.map(lambda ep: fn(meta_params, ep), episodes)
 
@@ -78,9 +91,8 @@ def map_tasks_mean(fn: Callable, meta_params: Params, episodes: Episode, task_ma
     Returns:
       ``(mean_tree, mean_metrics)``.
     """
-    check_task_map(task_map)
-    if task_map == "vmap":
-        trees, metrics = jax.vmap(fn, in_axes=(None, 0))(meta_params, episodes)
+    if resolve_task_map(task_map) == "vmap":
+        trees, metrics = map_tasks(fn, meta_params, episodes, "vmap")
         return jax.tree.map(lambda t: jnp.mean(t, axis=0), trees), mean_metrics(metrics)
     n = jax.tree.leaves(episodes)[0].shape[0]
     first = jax.tree.map(lambda x: x[0], episodes)
@@ -120,8 +132,8 @@ def gradient_meta_grad(outer_loss: Callable, task_map: str = "vmap") -> Callable
         return jnp.mean(losses), mean_metrics(metrics)
 
     def meta_grad(meta_params, episodes):
-        if task_map == "map":
-            return map_tasks_mean(task_grad, meta_params, episodes, task_map)
+        if resolve_task_map(task_map) == "map":
+            return map_tasks_mean(task_grad, meta_params, episodes, "map")
         return jax.grad(batch_loss, has_aux=True)(meta_params, episodes)
 
     return meta_grad

@@ -118,7 +118,7 @@ def hallucination(
       num_hallucinated: hallucinated examples added per class (0: plain ProtoNet).
       noise_dim: size of ``z`` (default ``D``).
       hidden: hidden width of the 3-layer MLP (default ``D``).
-      task_map: ``"vmap"`` or ``"map"`` over the task batch.
+      task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
 
     Returns:
       A :class:`MetaLearner` with params ``{"embed", "generator"}``; ``adapt(params,

@@ -87,7 +87,7 @@ def imaml(
       lam: regularisation strength λ toward the meta-parameters.
       cg_steps: conjugate-gradient iterations for (I + H/λ) g = ∇L_query.
       loss_fn: ``loss_fn(pred, y)``; default by target dtype.
-      task_map: ``"vmap"`` or ``"map"`` over the task batch.
+      task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
       transductive: see :func:`mamlx.algorithms.maml.make_predict`.
 
     Returns:

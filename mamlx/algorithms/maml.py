@@ -83,7 +83,7 @@ def maml(
       remat: checkpoint each inner step (memory bounded in the number of steps).
       loss_fn: ``loss_fn(pred, y)``; default cross-entropy for integer labels,
         MSE otherwise.
-      task_map: ``"vmap"`` or ``"map"`` over the task batch.
+      task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
       transductive: batch-norm statistics from the whole query batch (True, as
         the original MAML) or from support ∪ {one query} (False); see
         :func:`make_predict`.

@@ -105,7 +105,7 @@ def matching(
       fce_steps: ``K`` > 0 turns on full-context embeddings with ``K``
         processing steps; 0 (default) uses ``f = g = f'``.
       feature_dim: ``D``, needed for full-context embeddings.
-      task_map: ``"vmap"`` or ``"map"`` over the task batch.
+      task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
 
     Returns:
       A :class:`MetaLearner` with params ``{"embed": ...[, "fce": ...]}``;

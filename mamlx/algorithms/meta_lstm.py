@@ -88,7 +88,7 @@ def meta_lstm(
       unroll: unroll the inner loop into straight-line code (faster on CPU for a few
         updates; set False for many updates to keep compile time down).
       loss_fn: ``loss_fn(pred, y)``; default cross-entropy for integer labels, MSE otherwise.
-      task_map: ``"vmap"`` or ``"map"`` over the task batch.
+      task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
       transductive: batch-norm statistics from the whole query batch (the paper uses
         batch statistics at test time too); see :func:`mamlx.algorithms.maml.make_predict`.
 

@@ -65,7 +65,7 @@ def metasgd(
       learn_lr: if False, α is frozen (its meta-gradient is zero) and the learner
         reduces to MAML with step size ``inner_lr``.
       loss_fn: ``loss_fn(pred, y)``; default by target dtype.
-      task_map: ``"vmap"`` or ``"map"`` over the task batch.
+      task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
       transductive: see :func:`mamlx.algorithms.maml.make_predict`.
 
     Returns:

@@ -45,7 +45,7 @@ def pretrain(
       inner_lr: test-time fine-tuning step size.
       inner_steps: default number of test-time fine-tuning steps.
       loss_fn: ``loss_fn(pred, y)``; default by target dtype.
-      task_map: ``"vmap"`` or ``"map"`` over the task batch.
+      task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
 
     Returns:
       A :class:`MetaLearner` whose outer loss is the loss on the task's support and

@@ -150,7 +150,7 @@ def protonet(
         :class:`~mamlx.models.embedding.ConvEmbedding` through
         :func:`mamlx.models.model`.
       init_fn: ``init_fn(key) -> params``.
-      task_map: ``"vmap"`` or ``"map"`` over the task batch.
+      task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
 
     Returns:
       A :class:`MetaLearner`; ``adapt`` returns a :class:`ProtoState`.

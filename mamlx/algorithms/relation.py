@@ -85,7 +85,7 @@ def relation(
       filters: conv channels of the relation module (64 in the paper).
       hidden: hidden FC width of the relation module (8 in the paper).
       aggregate: ``"sum"`` (paper) or ``"mean"`` of the support feature maps per class.
-      task_map: ``"vmap"`` or ``"map"`` over the task batch.
+      task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
 
     Returns:
       A :class:`MetaLearner` with params ``{"embed", "relation"}``; ``adapt``

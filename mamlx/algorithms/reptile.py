@@ -52,7 +52,7 @@ def reptile(
         Adam with β1 = 0, re-initialised per task).
       inner_steps: inner steps k on the support set during meta-training.
       loss_fn: ``loss_fn(pred, y)``; default by target dtype.
-      task_map: ``"vmap"`` or ``"map"`` over the task batch.
+      task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
       transductive: if False, each query example is classified with batch
         statistics of the support set plus that example alone (the paper's
         non-transductive evaluation).

@@ -288,7 +288,7 @@ def siamese(
       init_fn: ``init_fn(key) -> params`` of the embedding.
       feature_dim: embedding size.
       train_on: ``"pairs"`` or ``"episodes"``.
-      task_map: ``"vmap"`` or ``"map"`` over the batch axis.
+      task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the batch axis (:func:`~mamlx.algorithms.map_tasks`).
 
     Returns:
       A :class:`MetaLearner` (params as :func:`siamese_net`).
