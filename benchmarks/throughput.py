@@ -123,6 +123,14 @@ def _jax_meta_step(apply_fn, algo: str, s: Setting, task_map: str):
     return step, opt
 
 
+def _build_jax_step(s: Setting, algo: str, impl: str, task_map: str):
+    """The jitted step and its inputs ``(params, opt_state, batch)`` for one configuration."""
+    model = Conv4(s.ways, in_shape=s.image, filters=s.filters, conv_impl=impl, rngs=nnx.Rngs(0))
+    apply_fn, params = functional(model)
+    step, opt = _jax_meta_step(apply_fn, algo, s, task_map)
+    return step, (params, opt.init(params), tuple(jax.device_put(a) for a in make_batch(s)))
+
+
 _PREPARED: dict = {}  # (setting, algo, impl, task_map) -> compiled step and its inputs, across rounds
 
 
@@ -134,14 +142,10 @@ def bench_jax(s: Setting, algo: str, impl: str, task_map: str, repeats: int) -> 
     """
     key = (s.name, algo, impl, task_map)
     if key not in _PREPARED:
-        model = Conv4(s.ways, in_shape=s.image, filters=s.filters, conv_impl=impl, rngs=nnx.Rngs(0))
-        apply_fn, params = functional(model)
-        step, opt = _jax_meta_step(apply_fn, algo, s, task_map)
-        batch = tuple(jax.device_put(a) for a in make_batch(s))
-        opt_state = opt.init(params)
+        step, args = _build_jax_step(s, algo, impl, task_map)
         t0 = time.perf_counter()
-        compiled = step.lower(params, opt_state, batch).compile()
-        _PREPARED[key] = (compiled, (params, opt_state, batch), time.perf_counter() - t0)
+        compiled = step.lower(*args).compile()
+        _PREPARED[key] = (compiled, args, time.perf_counter() - t0)
     compiled, args, compile_s = _PREPARED[key]
     for _ in range(WARMUP):  # the host allocator reaches its steady state in a few calls
         out = compiled(*args)
@@ -162,13 +166,8 @@ def step_gflop_per_task(s: Setting, algo: str) -> float:
     task); mostly the convolutions' matrix products, identical for every
     implementation of the same algorithm.
     """
-    model = Conv4(
-        s.ways, in_shape=s.image, filters=s.filters, conv_impl="patches", rngs=nnx.Rngs(0)
-    )
-    apply_fn, params = functional(model)
-    step, opt = _jax_meta_step(apply_fn, algo, s, "vmap")
-    batch = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in make_batch(s))
-    cost = step.lower(params, opt.init(params), batch).compile().cost_analysis()
+    step, args = _build_jax_step(s, algo, "patches", "vmap")
+    cost = step.lower(*args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost["flops"]) / s.meta_batch / 1e9
 
@@ -176,11 +175,10 @@ def step_gflop_per_task(s: Setting, algo: str) -> float:
 def gemm_peak_gflops(repeats: int = 10) -> float:
     """Best sustained float32 matrix-product rate of this machine through JAX (GFLOP/s).
 
-    At JAX's default precision, as the benchmarked steps run (on recent GPUs that
-    may use TF32).
-
     The ceiling for any implementation of these steps: their work is mostly
     matrix products; the rest (patches, batch norm, elementwise) only adds time.
+    Measured at JAX's default precision, as the benchmarked steps run (on recent
+    GPUs that may use TF32).
     """
     best = 0.0
     for m, k, n in ((2048, 2048, 2048), (4096, 576, 64)):
@@ -310,10 +308,6 @@ def bench_torch(s: Setting, algo: str, style: str, repeats: int) -> dict:
     return {"compile_s": warm_s, "times_s": times, "loss": loss}
 
 
-# glibc settings equal to what ``import mamlx`` sets, as environment variables.
-TUNED_MALLOC_ENV = mamlx.runtime.MALLOC_ENV
-
-
 def torch_in_subprocess(setting: str, algo: str, style: str, repeats: int, malloc: str) -> dict:
     """Run :func:`bench_torch` in a fresh process, with glibc's default or mamlx's tuned malloc.
 
@@ -321,10 +315,10 @@ def torch_in_subprocess(setting: str, algo: str, style: str, repeats: int, mallo
     ``import mamlx``) neither helps nor hurts them unasked; both settings are
     timed and the table compares against the faster one.
     """
-    env = {k: v for k, v in os.environ.items() if k not in TUNED_MALLOC_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in mamlx.runtime.MALLOC_ENV}
     env["MAMLX_TUNE_MALLOC"] = "0"  # the worker imports mamlx; keep glibc's defaults there
     if malloc == "tuned":
-        env.update(TUNED_MALLOC_ENV)
+        env.update(mamlx.runtime.MALLOC_ENV)
     cmd = [sys.executable, __file__, "--torch-worker", f"{setting},{algo},{style}"]
     cmd += ["--repeats", str(repeats)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
@@ -413,7 +407,7 @@ def main(argv=None) -> dict:
             "min_step_s": min(r["times_s"]),
             "compile_or_warmup_s": r["compile_s"],
             "repeats": len(r["times_s"]),
-            "round_medians_s": r.get("round_medians", []),
+            "round_medians_s": r["round_medians_s"],
             "loss": r["loss"],
         }
         rows.append(row)
@@ -426,14 +420,16 @@ def main(argv=None) -> dict:
     pooled: dict = {}  # (setting, algo, impl) -> timings pooled over rounds
 
     def pool(setting, algo, impl, r):
-        p = pooled.setdefault((setting.name, algo, impl), {**r, "times_s": [], "round_medians": []})
+        p = pooled.setdefault(
+            (setting.name, algo, impl), {**r, "times_s": [], "round_medians_s": []}
+        )
         p["times_s"] += r["times_s"]
-        p["round_medians"].append(statistics.median(r["times_s"]))
+        p["round_medians_s"].append(statistics.median(r["times_s"]))
         p["loss"] = r["loss"]
         if args.rounds > 1:
             print(
-                f"  round {len(p['round_medians'])}: {setting.name} {algo} {impl} "
-                f"{setting.meta_batch / p['round_medians'][-1]:.1f} tasks/s",
+                f"  round {len(p['round_medians_s'])}: {setting.name} {algo} {impl} "
+                f"{setting.meta_batch / p['round_medians_s'][-1]:.1f} tasks/s",
                 flush=True,
             )
 
@@ -468,18 +464,15 @@ def main(argv=None) -> dict:
                 ratio = r["tasks_per_s"] / torch_best if torch_best else None
                 table.append({**r, "vs_best_torch": ratio})
             gflop = work[sname, algo]
+            torch_share = torch_best * gflop / peak if torch_best else None
             bounds.append(
                 {
                     "setting": sname,
                     "algo": algo,
                     "gflop_per_task": gflop,
                     "tasks_per_s_at_gemm_peak": peak / gflop,
-                    "best_torch_fraction_of_peak": torch_best * gflop / peak
-                    if torch_best
-                    else None,
-                    "fraction_of_peak_for_1_5x_torch": 1.5 * torch_best * gflop / peak
-                    if torch_best
-                    else None,
+                    "best_torch_fraction_of_peak": torch_share,
+                    "fraction_of_peak_for_1_5x_torch": torch_share and 1.5 * torch_share,
                 }
             )
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
