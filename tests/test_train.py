@@ -12,7 +12,7 @@ from mamlx import checkpoint
 from mamlx.algorithms import maml
 from mamlx.experiments import sinusoid_model
 from mamlx.tasks import sinusoid
-from mamlx.train import NonFiniteLossError, fit, init_state, restore
+from mamlx.train import NonFiniteLossError, fit, init_state, make_step, restore
 
 
 def setup(opt=None):
@@ -152,8 +152,19 @@ def test_bad_training_arguments():
 
 def test_init_state_strips_weak_types_so_the_step_compiles_once():
     base = maml(*sinusoid_model(), inner_lr=0.01)
-    learner = base._replace(init=lambda key: (base.init(key), jnp.asarray(0.5)))
+
+    def meta_grad(params, episodes):  # the extra leaf gets a gradient too, so it is updated
+        grads, metrics = base.meta_grad(params[0], episodes)
+        return (grads, 0.1 * params[1]), metrics
+
+    learner = base._replace(
+        init=lambda key: (base.init(key), jnp.asarray(0.5)), meta_grad=meta_grad
+    )
     assert learner.init(jax.random.PRNGKey(0))[1].weak_type
     state = init_state(learner, optax.adam(1e-3), jax.random.PRNGKey(0))
     assert not any(x.weak_type for x in jax.tree.leaves(state.params))
     assert state.params[1].dtype == jnp.float32
+    step = jax.jit(make_step(learner, sinusoid(5), optax.adam(1e-3), meta_batch=2))
+    state, _ = step(state, None)
+    step(state, None)
+    assert step._cache_size() == 1  # the updated state has the same types: no second compile
