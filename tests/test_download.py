@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import os
+import re
+import threading
 
 import numpy as np
 import pytest
@@ -79,6 +83,80 @@ def test_download_bad_partial_restarts_from_scratch(tmp_path):
     (tmp_path / "file.bin.part").write_bytes(b"garbage" * 100)
     dl.download_url(src.as_uri(), dest, sha256=sha)
     assert dest.read_bytes() == data
+
+
+@contextlib.contextmanager
+def _http_server(data: bytes, ranges: bool = True):
+    """A local HTTP server for ``data`` that honours ``Range`` (RFC 7233) if ``ranges``.
+
+    Yields ``(url, requests)``; ``requests`` collects each request's ``Range`` header.
+    """
+    requests = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            rng = self.headers.get("Range")
+            requests.append(rng)
+            start = int(re.match(r"bytes=(\d+)-", rng).group(1)) if rng and ranges else 0
+            if start >= len(data) and rng and ranges:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206 if start else 200)
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            self.wfile.write(data[start:])
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/f.bin", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["server-resumes", "server-ignores-range"])
+def test_download_http_resumes_with_range(tmp_path, ranges):
+    _, data, sha = _src(tmp_path)
+    dest, part = tmp_path / "f.bin", tmp_path / "f.bin.part"
+    part.write_bytes(data[:100_000])
+    with _http_server(data, ranges) as (url, requests):
+        dl.download_url(url, dest, sha256=sha, size=len(data))
+    assert dest.read_bytes() == data and not part.exists()
+    assert requests == ["bytes=100000-"]  # one request; a 200 answer overwrites the .part
+
+
+@pytest.mark.parametrize(
+    "part_bytes",
+    ["complete", "corrupt-full-length", "too-long"],
+)
+def test_download_http_full_length_part_does_not_get_stuck(tmp_path, part_bytes):
+    # A run killed after the copy but before the rename leaves a complete .part; resuming it
+    # asks for bytes past the end (HTTP 416). It must be checked as it is, or fetched afresh.
+    _, data, sha = _src(tmp_path)
+    dest, part = tmp_path / "f.bin", tmp_path / "f.bin.part"
+    part.write_bytes(
+        {"complete": data, "corrupt-full-length": b"x" * len(data), "too-long": data + b"xx"}[
+            part_bytes
+        ]
+    )
+    for size in (len(data), None):  # known size: no request; unknown: the server answers 416
+        dest.unlink(missing_ok=True)
+        if not part.exists():
+            part.write_bytes(b"x" * len(data))
+        with _http_server(data) as (url, requests):
+            dl.download_url(url, dest, sha256=sha, size=size)
+        assert dest.read_bytes() == data and not part.exists()
+        assert all(r is None for r in requests[1:])  # any retry starts from byte 0
 
 
 def test_download_replaces_stale_destination(tmp_path):

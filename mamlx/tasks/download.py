@@ -18,6 +18,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
@@ -95,6 +96,25 @@ def _open_url(url: str, offset: int, timeout: float):
     return resp, resumed, total
 
 
+def _open_resumable(url: str, offset: int, size: int | None, timeout: float):
+    """Like :func:`_open_url`, but a ``.part`` that already holds the whole file is not requested.
+
+    Returns ``(None, True, None)`` when the ``.part`` (``offset`` bytes) is at
+    least ``size`` long, or the server answers HTTP 416 (range not satisfiable)
+    to the resume: a run killed between the copy and the rename, or a corrupt or
+    over-long ``.part``. The caller then checks the ``.part`` as it is and, if it
+    fails, downloads once more from byte 0.
+    """
+    if offset and size is not None and offset >= size:
+        return None, True, None
+    try:
+        return _open_url(url, offset, timeout)
+    except urllib.error.HTTPError as e:
+        if offset and e.code == 416:
+            return None, True, None
+        raise
+
+
 def download_url(
     url: str,
     dest: str | os.PathLike,
@@ -108,9 +128,11 @@ def download_url(
     If ``dest`` already exists and matches ``sha256`` it is returned untouched.
     Otherwise bytes go to ``dest + ".part"``; an existing ``.part`` (from an
     interrupted run) is resumed with an HTTP ``Range`` request (or a seek, for
-    ``file://``). The finished file is checked against ``size`` and ``sha256``
-    and only then renamed to ``dest``. A resumed file that fails the check is
-    downloaded once more from scratch before giving up.
+    ``file://``); a ``.part`` that is already full length (the server answers
+    HTTP 416, or it is at least ``size`` bytes) is checked as it is. The finished
+    file is checked against ``size`` and ``sha256`` and only then renamed to
+    ``dest``. A resumed file that fails the check is downloaded once more from
+    scratch before giving up.
 
     Args:
       url: ``https://``, ``http://`` or ``file://`` URL.
@@ -140,9 +162,10 @@ def download_url(
     part = dest.with_name(dest.name + ".part")
     for attempt in range(2):
         offset = part.stat().st_size if part.is_file() else 0
-        stream, resumed, total = _open_url(url, offset, timeout)
-        with stream, open(part, "ab" if resumed else "wb") as out:
-            shutil.copyfileobj(stream, out, _CHUNK)
+        stream, resumed, total = _open_resumable(url, offset, size, timeout)
+        if stream is not None:
+            with stream, open(part, "ab" if resumed else "wb") as out:
+                shutil.copyfileobj(stream, out, _CHUNK)
         got = part.stat().st_size
         problem = None
         if size is not None and got != size:
