@@ -208,7 +208,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     print(f"training {config.task} with {config.algo} -> {run_dir}")
     validate = None
-    if isinstance(config, FewShotConfig):
+    if isinstance(config, FewShotConfig) and "val" in exp.splits:  # no val classes: no validation
         from mamlx.evaluate import make_evaluator
 
         val_eval = make_evaluator(exp.learner, exp.eval_sampler, steps=[config.eval_inner_steps])

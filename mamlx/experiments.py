@@ -133,7 +133,7 @@ class FewShotConfig:
     conv_impl: str = ""
     data_dir: str = ""
     split: str = "vinyals"
-    rotate: bool = True
+    rotate: bool = True  # only where the split's convention has rotations (Vinyals split)
     image_size: int = 28
     val_every: int = 2000
     val_tasks: int = 200
@@ -442,7 +442,12 @@ def resolve_data_dir(config: FewShotConfig) -> str | None:
 
 
 def load_fewshot_splits(config: FewShotConfig) -> dict[str, Any]:
-    """Arrays ``{"train", "val", "test"}`` of shape (classes, examples, H, W, C) on the device."""
+    """Arrays ``{"train", "val", "test"}`` of shape (classes, examples, H, W, C) on the device.
+
+    Also ``"train_rotations"``: 4 where the split's convention counts the 90-degree
+    rotations of training characters as new classes (Omniglot, Vinyals split), else 1.
+    A split may hold no classes (``val`` of Lake et al.'s background split).
+    """
     import os
 
     import jax.numpy as jnp
@@ -459,6 +464,7 @@ def load_fewshot_splits(config: FewShotConfig) -> dict[str, Any]:
         )
         split = omniglot_split(chars, config.split, seed=config.seed)
         arrays = {"train": split.train, "val": split.val, "test": split.test}
+        rotations = split.train_rotations
     else:
         if root is None:
             raise FileNotFoundError(
@@ -469,7 +475,8 @@ def load_fewshot_splits(config: FewShotConfig) -> dict[str, Any]:
             name: load_miniimagenet(root, name, size=config.image_size).images
             for name in ("train", "val", "test")
         }
-    return {k: jnp.asarray(v) for k, v in arrays.items()}
+        rotations = 1
+    return {**{k: jnp.asarray(v) for k, v in arrays.items()}, "train_rotations": rotations}
 
 
 def fewshot_learner(config: FewShotConfig, ways: int | None = None) -> MetaLearner:
@@ -539,19 +546,27 @@ def build(config: Any) -> Experiment:
         from mamlx.tasks import fewshot_sampler
 
         splits = load_fewshot_splits(config)
-        sampler = fewshot_sampler(config.ways, config.shots, config.queries, rotate=config.rotate)
+        rotate = config.rotate and splits.pop("train_rotations") > 1
+        sampler = fewshot_sampler(config.ways, config.shots, config.queries, rotate=rotate)
         eval_shots = config.eval_shots or config.shots
         eval_sampler = fewshot_sampler(config.ways, eval_shots, config.queries, rotate=False)
+        if splits["val"].shape[0] == 0:  # e.g. the background split without val alphabets
+            del splits["val"]
         for name, arr in splits.items():  # fail now (not inside jit) if a split is too small
             smp = sampler if name == "train" else eval_sampler
-            jax.eval_shape(smp.sample, jax.random.PRNGKey(0), arr)
+            try:
+                jax.eval_shape(smp.sample, jax.random.PRNGKey(0), arr)
+            except ValueError as e:
+                raise ValueError(
+                    f"{config.task} {config.split!r} split, {name} classes: {e}"
+                ) from e
         return Experiment(
             fewshot_learner(config),
             sampler,
             splits["train"],
             outer_optimizer(config),
             eval_sampler=eval_sampler,
-            splits={"val": splits["val"], "test": splits["test"]},
+            splits={k: v for k, v in splits.items() if k != "train"},
         )
     if isinstance(config, SinusoidConfig):
         apply_fn, init_fn = sinusoid_model(config.hidden)

@@ -121,6 +121,22 @@ def test_bad_fewshot_input_is_refused_and_nothing_is_written(tmp_path, data_flag
     assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == saved
 
 
+def test_background_split_trains_without_val_classes_or_rotations(tmp_path, data_flag):
+    # Lake et al.'s split: 964 background characters as drawn, no validation alphabets by default.
+    from mamlx.experiments import build
+
+    root = data_flag[1]
+    exp = build(FewShotConfig(data_dir=root, split="background", filters=8))
+    assert not exp.sampler.rotate and exp.data.shape[0] == 964
+    assert set(exp.splits) == {"test"} and exp.splits["test"].shape[0] == 659
+    vinyals = build(FewShotConfig(data_dir=root, filters=8))
+    assert vinyals.sampler.rotate and set(vinyals.splits) == {"val", "test"}
+    run = tmp_path / "bg"
+    assert main(args(run, *data_flag, "--split", "background", steps=3)) == 0
+    assert not (run / "best.npz").exists()  # nothing to validate on
+    assert main(["eval", str(run), "--tasks", "10"]) == 0
+
+
 def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="unknown algorithm"):
         FewShotConfig(algo="protomaml")
