@@ -74,6 +74,46 @@ def test_truncated_meta_gradient_matches_finite_differences(factory):
     assert jnp.zeros(()).dtype == jnp.float32  # x64 stayed scoped
 
 
+@pytest.mark.parametrize("factory", ["lstm", "meta_lstm"])
+def test_first_order_meta_gradient_counts_every_loss_of_the_truncation(factory):
+    """First order: the optimizer sees constant gradients and losses, but f(θ_1..θ_T) all count."""
+    from mamlx.optimizers.unroll import _opt_update
+
+    with jax.enable_x64(True):
+        fam = quadratic_family(3)
+        task = fam.sample(jax.random.key(0))
+        p0 = fam.init(jax.random.key(1), task)
+        loss_fn = lambda p: fam.loss(p, task)
+        if factory == "lstm":
+            mp = init_lstm_optimizer(jax.random.key(0), hidden_size=4)
+            make = lambda m: lstm_optimizer(m, output_scale=0.1)
+        else:
+            mp = init_meta_lstm(jax.random.key(0), hidden_size=4)
+            mp["input_gate"]["b"] = jnp.asarray(-3.0)
+            make = meta_lstm_optimizer
+
+        def library(m):
+            opt = make(m)
+            return jnp.mean(unroll(opt, loss_fn, p0, opt.init(p0), 4, second_order=False)[2])
+
+        def reference(m):  # a Python loop with the optimizer's inputs stopped by hand
+            opt = make(m)
+            p, st, losses = p0, opt.init(p0), []
+            for _ in range(4):
+                loss, g = jax.value_and_grad(loss_fn)(p)
+                sg = jax.lax.stop_gradient
+                upd, st = _opt_update(opt, sg(g), st, p, sg(loss))
+                p = optax.apply_updates(p, upd)
+                losses.append(loss_fn(p))
+            return jnp.mean(jnp.stack(losses))
+
+        flat = lambda t: jax.flatten_util.ravel_pytree(t)[0]
+        np.testing.assert_allclose(float(library(mp)), float(reference(mp)), rtol=1e-12)
+        got, want = flat(jax.grad(library)(mp)), flat(jax.grad(reference)(mp))
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-9, atol=1e-12)
+        assert float(jnp.linalg.norm(want)) > 0
+
+
 def test_meta_training_lowers_heldout_meta_loss():
     fam = quadratic_family(10)
     cfg = UnrollConfig(horizon=40, truncation=20, num_tasks=8)

@@ -89,9 +89,9 @@ def unroll(
     def step(carry, _):
         p, s = carry
         loss, grads = jax.value_and_grad(loss_fn)(p)
-        if not second_order:
-            loss, grads = lax.stop_gradient((loss, grads))
-        upd, s = _opt_update(opt, grads, s, p, loss)
+        # First order: the optimizer's inputs are constants; the loss returned is not.
+        seen = (loss, grads) if second_order else lax.stop_gradient((loss, grads))
+        upd, s = _opt_update(opt, seen[1], s, p, seen[0])
         p = optax.apply_updates(p, upd)
         return (p, s), loss
 
