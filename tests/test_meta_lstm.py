@@ -50,12 +50,13 @@ def test_forget_one_input_eta_is_sgd():
     assert float(jnp.max(jnp.abs(p["v"] - _params()["v"]))) > 1e-2
 
 
-def test_gates_match_numpy_reference():
+@pytest.mark.parametrize("p", [10.0, 2.0])  # preprocessing of gradient and loss alike
+def test_gates_match_numpy_reference(p):
     sig = lambda z: 1.0 / (1.0 + np.exp(-z))
     mp = init_meta_lstm(jax.random.key(1))
     mp["input_gate"]["w"] = mp["input_gate"]["w"] * 100.0  # make every input matter
     mp["forget_gate"]["w"] = mp["forget_gate"]["w"] * 100.0
-    opt = meta_lstm_optimizer(mp)
+    opt = meta_lstm_optimizer(mp) if p == 10.0 else meta_lstm_optimizer(mp, p=p)
     theta = jnp.array([0.5, -1.0, 2.0])
     state = opt.init({"t": theta})
     lay = {k: np.asarray(v, np.float64) for k, v in mp["lstm"][0].items()}
@@ -66,16 +67,17 @@ def test_gates_match_numpy_reference():
 
     def pre(x):
         x = np.asarray(x, np.float64)
-        big = np.abs(x) >= np.exp(-10.0)
+        big = np.abs(x) >= np.exp(-p)
         return np.stack(
             [
-                np.where(big, np.log(np.where(big, np.abs(x), 1)) / 10, -1),
-                np.where(big, np.sign(x), np.exp(10.0) * x),
+                np.where(big, np.log(np.where(big, np.abs(x), 1)) / p, -1),
+                np.where(big, np.sign(x), np.exp(p) * x),
             ],
             -1,
         )
 
-    for t, (g, loss) in enumerate([([0.3, -2.0, 1e-6], 1.7), ([-0.1, 0.4, 3.0], 0.02)]):
+    steps = [([0.3, -2.0, 1e-6], 1.7), ([-0.1, 0.4, 3.0], 0.02), ([0.2, 1e-3, -0.5], 0.05)]
+    for t, (g, loss) in enumerate(steps):  # with p=2, 0.02 and 1e-3 fall below e^-p
         g = np.asarray(g)
         upd, state = opt.update(
             {"t": jnp.asarray(g, jnp.float32)}, state, {"t": theta}, value=jnp.asarray(loss)

@@ -171,7 +171,7 @@ def meta_lstm_optimizer(
         del extra_args
         if params is None or value is None:
             raise ValueError("meta_lstm_optimizer.update needs params and value=loss")
-        loss_feat = preprocess_gradient(jnp.asarray(value))
+        loss_feat = preprocess_gradient(jnp.asarray(value), p)
         leaves, treedef = jax.tree.flatten(updates)
         cols = [treedef.flatten_up_to(t) for t in (params, *state)]
         outs = [leaf(g, *rest, loss_feat) for g, *rest in zip(leaves, *cols, strict=True)]
