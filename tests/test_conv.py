@@ -273,3 +273,23 @@ def test_batch_norm_matches_flax_values_running_stats_and_second_derivatives(use
         h_ref = jax.hessian(lambda v: flax(jnp.concatenate([v, x_rest])))(flat)
         np.testing.assert_allclose(h, h_ref, rtol=1e-8, atol=1e-10)
         check_grads(mine, (x.reshape(-1),), order=2, modes=["rev"], atol=1e-6, rtol=1e-6)
+
+
+def test_batch_norm_mask_takes_statistics_from_the_masked_examples_only():
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(1), (6, 3, 3, 4), jnp.float64) * 2.0 - 0.5
+        mask = jnp.array([True, False, True, True, False, True])
+        make = lambda: nnx.BatchNorm(4, momentum=0.8, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+        ours, ref = make(), make()
+        y = batch_norm(ours, x, False, mask)
+        want = ref(
+            x, use_running_average=False, mask=jnp.broadcast_to(mask[:, None, None, None], x.shape)
+        )
+        np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(ours.mean[...], ref.mean[...], rtol=1e-12)
+        np.testing.assert_allclose(ours.var[...], ref.var[...], rtol=1e-12)
+        # Masked-out examples do not move the statistics at all.
+        moved = x.at[~mask].set(100.0)
+        np.testing.assert_allclose(
+            batch_norm(make(), moved, False, mask)[mask], y[mask], rtol=1e-12
+        )

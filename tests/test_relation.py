@@ -50,6 +50,24 @@ def test_class_features_sum_or_mean_support_maps_and_predict_is_permutation_equi
     np.testing.assert_allclose(f(params, sx, pi[sy], qx)[:, pi], base, atol=1e-5)
 
 
+def test_scores_do_not_depend_on_the_number_of_empty_class_columns():
+    # Repeating the support set keeps the mean class features but adds S - N empty columns;
+    # the relation module's batch norm must see only the N x Q present pairs (as in the paper).
+    sx, sy, qx, _ = fewshot_sampler(3, 1, 3).sample(jax.random.PRNGKey(2), tiny_data())
+    learner = tiny_relation(aggregate="mean")
+    f = logits_fn(learner)
+    spread = 0.0
+    for seed in range(3):  # scaled-up weights: scores spread out instead of sitting at 0.5
+        params = jax.tree.map(lambda a: 3.0 * a, learner.init(jax.random.PRNGKey(seed)))
+        base = np.asarray(f(params, sx, sy, qx))[:, :3]
+        spread = max(spread, float(base.std()))
+        for k in (2, 5):
+            scores = np.asarray(f(params, jnp.tile(sx, (k, 1, 1, 1)), jnp.tile(sy, k), qx))
+            assert scores.shape == (9, 3 * k) and np.all(scores[:, 3:] == 0)
+            np.testing.assert_allclose(scores[:, :3], base, atol=1e-5, err_msg=f"x{k}, {seed}")
+    assert spread > 0.05  # the check had something to compare
+
+
 def test_mse_to_one_hot_targets():
     scores = jnp.asarray([[0.9, 0.2, 0.0], [0.4, 0.7, 0.0]])
     loss = relation_mse(scores, jnp.asarray([0, 1]), jnp.asarray([1.0, 1.0, 0.0]))

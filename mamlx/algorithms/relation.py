@@ -134,7 +134,14 @@ def relation(
             ],
             axis=-1,
         )
-        out = rel_fn(state.params["relation"], pairs.reshape(num_q * num_c, *pairs.shape[2:]))
+        # Batch norm sees the query-class pairs of present classes only, as in the paper
+        # (N x Q pairs): the S - N empty columns would otherwise shift its statistics.
+        present = jnp.broadcast_to(state.counts > 0, (num_q, num_c)).reshape(-1)
+        out = rel_fn(
+            state.params["relation"],
+            pairs.reshape(num_q * num_c, *pairs.shape[2:]),
+            mask=present,
+        )
         return out.reshape(num_q, num_c)
 
     def predict(state: RelationState, x: Array) -> Array:

@@ -33,7 +33,8 @@ def functional(module: nnx.Module) -> tuple[ApplyFn, Params]:
 
     Returns:
       ``(apply_fn, params)`` where ``apply_fn(params, x)`` is pure and jittable
-      and ``params`` is a nested ``dict`` of arrays.
+      and ``params`` is a nested ``dict`` of arrays Further arguments of
+      ``apply_fn`` go to the module's ``__call__``.
 
     Example:
       >>> from flax import nnx
@@ -44,10 +45,10 @@ def functional(module: nnx.Module) -> tuple[ApplyFn, Params]:
     graphdef, param_state, rest = nnx.split(module, nnx.Param, ...)
     params = nnx.to_pure_dict(param_state)
 
-    def apply_fn(p: Params, x: Array) -> Array:
+    def apply_fn(p: Params, x: Array, *args, **kwargs) -> Array:
         state = jax.tree.map(lambda v: v, param_state)
         nnx.replace_by_pure_dict(state, p)
-        return nnx.merge(graphdef, state, rest, copy=True)(x)
+        return nnx.merge(graphdef, state, rest, copy=True)(x, *args, **kwargs)
 
     return apply_fn, params
 

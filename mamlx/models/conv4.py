@@ -46,7 +46,12 @@ def max_pool_2x2(x: Array) -> Array:
     return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-def batch_norm(norm: nnx.BatchNorm, x: Array, use_running_average: bool | None = None) -> Array:
+def batch_norm(
+    norm: nnx.BatchNorm,
+    x: Array,
+    use_running_average: bool | None = None,
+    mask: Array | None = None,
+) -> Array:
     """Apply ``norm`` (an ``nnx.BatchNorm`` over the last axis) to ``x``, as ``norm(x)`` does.
 
     Same statistics (``E[x²] − E[x]²``, clipped at 0), running-average update and
@@ -58,6 +63,8 @@ def batch_norm(norm: nnx.BatchNorm, x: Array, use_running_average: bool | None =
       norm: the module holding ``scale``, ``bias`` and the running ``mean``/``var``.
       x: features, shape ``(..., C)``.
       use_running_average: ``None`` means ``norm.use_running_average``.
+      mask: optional ``(N,)`` booleans over the leading axis: batch statistics come
+        from the ``True`` examples only (all examples are normalised).
 
     Returns:
       The normalised features, shape of ``x``.
@@ -70,7 +77,12 @@ def batch_norm(norm: nnx.BatchNorm, x: Array, use_running_average: bool | None =
         mean, var = norm.mean[...].astype(dt), norm.var[...].astype(dt)
     else:
         flat = x.reshape(-1, c)
-        w = jnp.full((flat.shape[0],), 1.0 / flat.shape[0], x.dtype)
+        if mask is None:
+            w = jnp.full((flat.shape[0],), 1.0 / flat.shape[0], x.dtype)
+        else:
+            rows = jnp.broadcast_to(mask.reshape((-1,) + (1,) * (x.ndim - 2)), x.shape[:-1])
+            w = rows.reshape(-1).astype(x.dtype)
+            w = w / jnp.maximum(w.sum(), 1.0)
         mean = w @ flat
         var = jnp.maximum(w @ (flat * flat) - mean * mean, 0.0)
         m = norm.momentum
@@ -117,12 +129,15 @@ class ConvBlock(nnx.Module):
         self.transductive = transductive
         self.conv_impl = conv_impl
 
-    def __call__(self, x: Array) -> Array:
-        """Apply the block to ``(N, H, W, C)`` images."""
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        """Apply the block to ``(N, H, W, C)`` images.
+
+        ``mask`` (``(N,)`` booleans) restricts the batch statistics to some images.
+        """
         stride = 2 if self.pool == "stride" else 1
         y = conv2d(x, self.kernel[...], stride=stride, padding="SAME", impl=self.conv_impl)
         y = y + self.bias[...]
-        y = batch_norm(self.norm, y, False if self.transductive else None)
+        y = batch_norm(self.norm, y, False if self.transductive else None, mask)
         y = jax.nn.relu(y)
         return max_pool_2x2(y) if self.pool == "max" else y
 

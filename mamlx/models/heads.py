@@ -55,10 +55,11 @@ class RelationModule(nnx.Module):
         self.fc1 = nnx.Linear(filters * side_h * side_w, hidden, rngs=rngs)
         self.fc2 = nnx.Linear(hidden, 1, rngs=rngs)
 
-    def __call__(self, pairs: Array) -> Array:
+    def __call__(self, pairs: Array, mask: Array | None = None) -> Array:
+        """Relation logits of ``pairs``; batch-norm statistics over the ``mask``-ed pairs only."""
         x = pairs
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         x = jax.nn.relu(self.fc1(x.reshape(x.shape[0], -1)))
         return self.fc2(x)[:, 0]
 
