@@ -122,6 +122,19 @@ def test_uint8_input_becomes_float32_in_unit_interval(data):
     np.testing.assert_allclose(ep.query_x, ref.query_x, rtol=1e-6)
 
 
+def test_integer_dtypes_other_than_uint8_are_rejected():
+    # int64 0..255 (numpy arithmetic) used to come out near 1e-7, int8 negative.
+    img = np.random.default_rng(0).integers(0, 256, (5, 20, 8, 8, 3))
+    sampler = fewshot_sampler(2, 1, 1)
+    for dtype in (np.int64, np.int32, np.int16, np.int8, np.uint16):
+        with pytest.raises(ValueError, match=f"got dtype {np.dtype(dtype).name}.*uint8"):
+            sampler.sample(jax.random.key(0), img.astype(dtype))
+    ep = jax.jit(sampler.sample)(jax.random.key(0), img.astype(np.uint8))
+    ref = sampler.sample(jax.random.key(0), img.astype(np.float32) / 255)
+    np.testing.assert_allclose(ep.support_x, ref.support_x, rtol=1e-6)
+    assert float(ep.support_x.max()) > 0.5
+
+
 def test_works_for_rgb_non_square():
     rgb = np.random.default_rng(1).random((6, 9, 5, 8, 3), dtype=np.float32)
     ep = jax.jit(fewshot_sampler(6, 4, 5).sample)(jax.random.key(0), rgb)

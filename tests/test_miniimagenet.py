@@ -105,11 +105,14 @@ def test_bad_inputs(folder, tmp_path):
     first = made["train"][1][0]
     (imgs / first).unlink()
     with pytest.raises(FileNotFoundError, match=first):
-        load_miniimagenet(imgs, "train", csv_dir=csv_dir, cache=False)
+        load_miniimagenet(imgs, "train", csv_dir=csv_dir, cache_dir=root / "c")
     (imgs / first).write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match=f"cannot decode mini-ImageNet image .*{first}"):
-        load_miniimagenet(imgs, "train", csv_dir=csv_dir, cache=False)
-    assert not (root / "c").exists() or not list((root / "c").rglob("*.npz"))
+        load_miniimagenet(imgs, "train", csv_dir=csv_dir, cache_dir=root / "c")
+    # Both failed loads used this cache folder (and created it): it must stay empty,
+    # no cache entry and no half-written temporary file.
+    assert (root / "c" / "miniimagenet").is_dir()
+    assert not [p for p in (root / "c").rglob("*") if p.is_file()]
 
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -123,6 +126,81 @@ def test_bad_inputs(folder, tmp_path):
     (bad / "train.csv").write_text("file,class\na.jpg,n1\n")
     with pytest.raises(ValueError, match="header"):
         load_miniimagenet(imgs, "train", csv_dir=bad)
+
+
+def _write_csv(path, rows):
+    path.write_text("filename,label\n" + "".join(f"{a},{b}\n" for a, b in rows))
+
+
+def test_bad_csv_rows_name_the_file_and_line(tmp_path):
+    csv_path = tmp_path / "train.csv"
+    _write_csv(csv_path, [("a.jpg", "n1"), ("b.jpg", "n1"), ("a.jpg", "n1"), ("c.jpg", "n2")])
+    with pytest.raises(ValueError, match=r"train.csv:4: file 'a.jpg' is listed again.*line 2"):
+        read_split_csv(csv_path)
+    _write_csv(csv_path, [("a.jpg", "n1"), ("b.jpg", "n1"), ("a.jpg", "n2"), ("c.jpg", "n2")])
+    with pytest.raises(ValueError, match=r"train.csv:4: file 'a.jpg' .*'n2'.*'n1'"):
+        read_split_csv(csv_path)
+    _write_csv(csv_path, [("a.jpg", "n1"), ("b.jpg", " ")])
+    with pytest.raises(ValueError, match=r"train.csv:3: empty label"):
+        read_split_csv(csv_path)
+    _write_csv(csv_path, [("", "n1")])
+    with pytest.raises(ValueError, match=r"train.csv:2: empty file name"):
+        read_split_csv(csv_path)
+    csv_path.write_bytes("filename,label\na.jpg,n1\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"train.csv: not UTF-8"):
+        read_split_csv(csv_path)
+    # A byte-order mark (Excel's "CSV UTF-8") before a correct header is fine.
+    csv_path.write_bytes("\ufefffilename,label\na.jpg,n1\n".encode())
+    assert read_split_csv(csv_path) == {"n1": ["a.jpg"]}
+
+
+def test_split_csvs_of_one_folder_must_have_disjoint_classes(folder):
+    root, made = folder
+    csv_dir = root / "csv"
+    shared = [made["train"][0][1], made["val"][0][0]]
+    _write_csv(csv_dir / "test.csv", [(f"x{i}.jpg", c) for i, c in enumerate(shared)])
+    with pytest.raises(ValueError, match="test.csv shares classes") as err:
+        load_miniimagenet(root / "imgs", "test", csv_dir=csv_dir, cache=False)
+    assert f"1 with {csv_dir / 'train.csv'} ({shared[0]})" in str(err.value)
+    assert f"1 with {csv_dir / 'val.csv'} ({shared[1]})" in str(err.value)
+    with pytest.raises(ValueError, match=rf"train.csv shares .*test.csv \({shared[0]}\)"):
+        load_miniimagenet(root / "imgs", "train", csv_dir=csv_dir, cache=False)
+    (csv_dir / "test.csv").unlink()
+    assert load_miniimagenet(root / "imgs", "val", csv_dir=csv_dir, cache=False).images.shape[0]
+
+
+def test_cache_rebuilt_when_an_image_is_replaced(folder):
+    root, made = folder
+    args = dict(csv_dir=root / "csv", cache_dir=root / "c")
+    first = load_miniimagenet(root / "imgs", "train", **args)
+    target = root / "imgs" / made["train"][1][0]  # class 0, image 0: 84x84, colour (40, 200, 90)
+    np.testing.assert_allclose(first.images[0, 0].reshape(-1, 3).mean(0), (40, 200, 90), atol=4)
+    Image.new("RGB", (84, 84), (250, 10, 10)).save(target, quality=95)
+    again = load_miniimagenet(root / "imgs", "train", **args)
+    np.testing.assert_allclose(again.images[0, 0].reshape(-1, 3).mean(0), (250, 10, 10), atol=4)
+    np.testing.assert_array_equal(again.images[1:], first.images[1:])
+    assert len(list((root / "c" / "miniimagenet").glob("train-*.npz"))) == 1
+
+
+def test_orientation_and_channel_order_survive_loading(tmp_path):
+    # Red grows along x (columns), green along y (rows), blue is constant: a transposed,
+    # flipped or BGR image differs. Saved as PNG (lossless) so the 84x84 one is exact.
+    def gradient(w, h):
+        x, y = np.meshgrid(np.linspace(0, 250, w), np.linspace(0, 250, h))
+        return np.stack([x, y, np.full_like(x, 7)], -1).round().astype(np.uint8)
+
+    exact, big = gradient(84, 84), gradient(130, 100)
+    Image.fromarray(exact).save(tmp_path / "g0.png")
+    Image.fromarray(big).save(tmp_path / "g1.png")
+    _write_csv(tmp_path / "train.csv", [("g0.png", "n1"), ("g1.png", "n1")])
+    got = load_miniimagenet(tmp_path, "train", cache=False).images[0]
+    np.testing.assert_array_equal(got[0], exact)
+    resized = got[1].astype(float)  # 130x100 -> 84x84 by Lanczos: same orientation
+    assert np.abs(resized - exact).max() <= 8
+    red_by_column, green_by_row = resized[..., 0].mean(0), resized[..., 1].mean(1)
+    assert np.all(np.diff(red_by_column[2:-2]) > 0) and np.all(np.diff(green_by_row[2:-2]) > 0)
+    assert np.ptp(resized[..., 0].mean(1)) < 3 and np.ptp(resized[..., 1].mean(0)) < 3
+    np.testing.assert_allclose(resized[..., 2], 7, atol=1)
 
 
 def test_interrupted_build_leaves_no_cache(folder, monkeypatch):

@@ -99,6 +99,51 @@ def test_cache_is_reused_and_untrusted_cache_rebuilt(full, cache_root, omniglot_
     assert og.load_npz(entry, "anything") is None and entry.stat().st_size > 1000
 
 
+def test_corrupt_npz_files_give_clear_errors(tmp_path, omniglot_dir):
+    good = (omniglot_dir / "images_background.npz").read_bytes()
+    cases = {
+        "empty": (lambda p: p.write_bytes(b""), "corrupt or not an npz archive: .*empty"),
+        "npy": (lambda p: np.save(p.open("wb"), np.zeros((2, 3), bool)), "holds a single .npy"),
+        "truncated": (lambda p: p.write_bytes(good[:100_000]), "corrupt or not an npz archive"),
+        "text": (lambda p: p.write_bytes(b"hello world" * 10), "corrupt or not an npz archive"),
+        "no_images": (lambda p: np.savez(p, labels=np.zeros(3)), "no 'images' array"),
+    }
+    for name, (make, message) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        make(folder / "images_background.npz")
+        with pytest.raises(ValueError, match=message) as err:
+            og.load_omniglot_npz(folder, sets=("background",), cache_dir=tmp_path / "c")
+        assert str(folder / "images_background.npz") in str(err.value)
+    assert not [p for p in (tmp_path / "c").rglob("*") if p.is_file()]  # no cache written
+
+
+def test_npz_empty_sets_rejected(omniglot_dir):
+    for sets in ((), [], "background"):
+        with pytest.raises(ValueError, match="non-empty sequence of 'background'"):
+            og.load_omniglot_npz(omniglot_dir, sets=sets, cache=False)
+
+
+def test_preprocess_accepts_0_1_numbers_and_rejects_other_values(omniglot_dir):
+    with np.load(omniglot_dir / "images_background.npz") as z:
+        raw = z["images"][:2, :3]
+    want = og.preprocess_omniglot(raw)
+    for dtype in (np.uint8, np.int64, np.float32, np.float64):
+        np.testing.assert_array_equal(og.preprocess_omniglot(raw.astype(dtype)), want)
+    gray = raw.astype(np.uint8) * 255  # np.asarray of an "L" PNG
+    with pytest.raises(ValueError, match=r"dtype uint8 with values \{255\}.*gray >= 128"):
+        og.preprocess_omniglot(gray)
+    nan = raw.astype(np.float32)
+    nan[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="dtype float32 with 1 NaN values"):
+        og.preprocess_omniglot(nan)
+    nan[1, 2, 3, 4] = 0.5
+    with pytest.raises(ValueError, match=r"1 NaN values and values \{0.5\}"):
+        og.preprocess_omniglot(nan)
+    with pytest.raises(ValueError, match="got dtype <U1"):
+        og.preprocess_omniglot(np.full(raw.shape, "a"))
+
+
 def _write_zip(path, members):
     with zipfile.ZipFile(path, "w") as zf:
         for name, img in members.items():

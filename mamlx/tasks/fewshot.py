@@ -68,6 +68,17 @@ def _check(data: Array, ways: int, shots: int, queries: int, rotate: bool) -> No
         raise ValueError(f"rotate=True needs square images, got H={h}, W={w}")
 
 
+def _check_dtype(data: Array) -> None:
+    """Reject integer images other than uint8: their value range is unknown."""
+    dtype = getattr(data, "dtype", None)
+    dtype = jnp.dtype(dtype if dtype is not None else jnp.asarray(data).dtype)
+    if jnp.issubdtype(dtype, jnp.integer) and dtype != jnp.uint8:
+        raise ValueError(
+            f"integer image data must be uint8 (0..255, scaled to [0, 1]), got dtype {dtype}; "
+            "pass uint8 images or floats in [0, 1]"
+        )
+
+
 def _rotate(x: Array, k: Array) -> Array:
     """Rotate images ``x`` (..., H, W, C) by ``k`` * 90 degrees (counter-clockwise)."""
     branches = [lambda a, i=i: jnp.rot90(a, i, axes=(-3, -2)) for i in range(4)]
@@ -86,8 +97,9 @@ def fewshot_sampler(ways: int, shots: int, queries: int, *, rotate: bool = False
     * ``support_y``, ``query_y`` int32 labels: class ``i`` has label ``perm[i]``,
       ``perm`` a fresh permutation of ``0..ways-1`` per task.
 
-    Integer inputs (uint8 images) are scaled to float32 in [0, 1]; bool inputs
-    become float32 0/1; float inputs keep their dtype. With ``rotate=True`` the
+    uint8 inputs are scaled to float32 in [0, 1] (divided by 255); bool inputs
+    become float32 0/1; float inputs keep their dtype. Other integer dtypes raise
+    ``ValueError`` (their value range is unknown: pass uint8 or floats in [0, 1]). With ``rotate=True`` the
     sampler sees ``4 * classes`` classes: class index ``c + k * classes`` is
     class ``c`` rotated by ``k * 90`` degrees counter-clockwise (``jnp.rot90``),
     the Omniglot augmentation of Santoro et al. (2016) and Vinyals et al. (2016).
@@ -101,7 +113,8 @@ def fewshot_sampler(ways: int, shots: int, queries: int, *, rotate: bool = False
     Returns:
       A :class:`FewShotSampler`. Shape problems (ways larger than the number of
       classes, shots + queries larger than the examples per class, an empty
-      data array) raise ``ValueError`` when ``sample`` is called or traced.
+      data array) and integer data other than uint8 raise ``ValueError`` when
+      ``sample`` is called or traced.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -121,6 +134,7 @@ def fewshot_sampler(ways: int, shots: int, queries: int, *, rotate: bool = False
     per_class = shots + queries
 
     def sample(key: PRNGKey, data: Array) -> Episode:
+        _check_dtype(data)
         data = jnp.asarray(data)
         _check(data, ways, shots, queries, rotate)
         classes, examples = data.shape[:2]
@@ -137,8 +151,8 @@ def fewshot_sampler(ways: int, shots: int, queries: int, *, rotate: bool = False
         _, idx = jax.lax.top_k(ex_scores, per_class)
         labels = jnp.argsort(u[total + ways * examples :]).astype(jnp.int32)
         x = data[base[:, None], idx]  # (ways, K + Q, H, W, C)
-        if jnp.issubdtype(x.dtype, jnp.integer):
-            x = x.astype(jnp.float32) / jnp.float32(jnp.iinfo(x.dtype).max)
+        if x.dtype == jnp.uint8:
+            x = x.astype(jnp.float32) / jnp.float32(255)
         elif x.dtype == jnp.bool_:
             x = x.astype(jnp.float32)
         if rotate:

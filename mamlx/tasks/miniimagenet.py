@@ -11,7 +11,9 @@ Each split becomes one uint8 array ``(classes, images_per_class, 84, 84, 3)``
 (RGB, resized with a Lanczos filter as in Ravi & Larochelle's script), classes
 in order of first appearance in the CSV, images in CSV order. Arrays are cached
 in ``cache_dir("miniimagenet")``, keyed by the CSV content, the image folder, the
-size and :data:`CACHE_VERSION`.
+size and :data:`CACHE_VERSION`; the cache also records each image's size and
+modification time, and an image replaced since is read again (the cache stays
+usable when the images are deleted after it was built).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from mamlx.tasks.download import load_npz, save_npz, sha256_file
 
 __all__ = ["MiniImageNetSplit", "load_miniimagenet", "read_split_csv"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 SPLITS = ("train", "val", "test")
 
 _HOW_TO_GET = (
@@ -61,12 +63,16 @@ def read_split_csv(path: str | os.PathLike) -> dict[str, list[str]]:
     Args:
       path: the CSV file.
 
+    The file is read as UTF-8; a leading byte-order mark is ignored.
+
     Returns:
       Ordered mapping from class (in order of first appearance) to file names.
 
     Raises:
       FileNotFoundError: the CSV is missing.
-      ValueError: wrong header, no rows (empty split) or classes of unequal size.
+      ValueError: not UTF-8 text, wrong header, an empty file name or label, a file
+        name listed twice (in one class or two), no rows (empty split) or classes
+        of unequal size; row errors name the CSV and its line.
     """
     path = Path(path)
     if not path.is_file():
@@ -74,23 +80,72 @@ def read_split_csv(path: str | os.PathLike) -> dict[str, list[str]]:
             f"mini-ImageNet split file {path} not found; it is one of the Ravi & Larochelle "
             "(2017) CSVs train.csv / val.csv / test.csv"
         )
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the CSV as UTF-8"
+        ) from e
     if not rows or [c.strip() for c in rows[0]] != ["filename", "label"]:
         raise ValueError(f"{path}: expected a header 'filename,label'")
     classes: dict[str, list[str]] = {}
+    seen: dict[str, tuple[int, str]] = {}  # filename -> (line, label)
     for n, row in enumerate(rows[1:], start=2):
         if not row:
             continue
         if len(row) != 2:
             raise ValueError(f"{path}:{n}: expected 'filename,label', got {row!r}")
-        classes.setdefault(row[1].strip(), []).append(row[0].strip())
+        fname, label = row[0].strip(), row[1].strip()
+        if not fname or not label:
+            what = "file name" if not fname else "label"
+            raise ValueError(f"{path}:{n}: empty {what} in row {row!r}")
+        if fname in seen:
+            line, first = seen[fname]
+            raise ValueError(
+                f"{path}:{n}: file {fname!r} is listed again (label {label!r}; first at "
+                f"line {line} with label {first!r}); each image belongs to one row"
+            )
+        seen[fname] = (n, label)
+        classes.setdefault(label, []).append(fname)
     if not classes:
         raise ValueError(f"{path}: the split is empty (no rows)")
     sizes = {len(v) for v in classes.values()}
     if len(sizes) != 1:
         raise ValueError(f"{path}: classes have different numbers of images: {sorted(sizes)}")
     return classes
+
+
+def _check_disjoint(csv_path: Path, split: str, names: tuple[str, ...]) -> None:
+    """Raise if a class of ``split`` is also in another split CSV beside ``csv_path``."""
+    mine = set(names)
+    clashes = []
+    for other in SPLITS:
+        other_path = csv_path.with_name(f"{other}.csv")
+        if other == split or not other_path.is_file():
+            continue
+        shared = [c for c in read_split_csv(other_path) if c in mine]
+        if shared:
+            listed = ", ".join(shared[:5]) + (", ..." if len(shared) > 5 else "")
+            clashes.append(f"{len(shared)} with {other_path} ({listed})")
+    if clashes:
+        raise ValueError(
+            f"{csv_path} shares classes with the other split CSVs of its folder: "
+            f"{'; '.join(clashes)}; the train / val / test classes of mini-ImageNet must be "
+            "disjoint"
+        )
+
+
+def _file_stats(folder: Path, files: list[str]) -> np.ndarray:
+    """int64 ``(len(files), 2)``: size and mtime_ns of each file, -1 where it is missing."""
+    out = np.full((len(files), 2), -1, np.int64)
+    for i, f in enumerate(files):
+        try:
+            st = os.stat(folder / f)
+        except FileNotFoundError:
+            continue
+        out[i] = st.st_size, st.st_mtime_ns
+    return out
 
 
 def _image_folder(image_dir: Path, files: list[str]) -> Path:
@@ -142,7 +197,8 @@ def load_miniimagenet(
 
     Raises:
       FileNotFoundError: a CSV or an image is missing (names the path).
-      ValueError: unknown split, empty split, unreadable image.
+      ValueError: unknown split, a bad CSV (see :func:`read_split_csv`), a class also
+        listed in another split CSV of the same folder, an unreadable image.
 
     Example:
       >>> train = load_miniimagenet("~/data/miniimagenet", "train")  # doctest: +SKIP
@@ -155,6 +211,7 @@ def load_miniimagenet(
     csv_path = Path(csv_dir if csv_dir is not None else image_dir).expanduser() / f"{split}.csv"
     classes = read_split_csv(csv_path)
     names = tuple(classes)
+    _check_disjoint(csv_path, split, names)
     files = [f for fs in classes.values() for f in fs]
     per_class = len(files) // len(names)
     if not image_dir.is_dir():
@@ -164,16 +221,22 @@ def load_miniimagenet(
         f"miniimagenet:{split}:{sha256_file(csv_path)}:{image_dir.resolve()}"
         f";size={size};v={CACHE_VERSION}"
     )
+    folder = _image_folder(image_dir, files)
+    # Taken before the images are read, so a file changed while building is read again.
+    stats = _file_stats(folder, files)
     path = None
     if cache:
         digest = hashlib.sha256(key.encode()).hexdigest()[:20]
         path = _cache_dir("miniimagenet", root=cache_dir) / f"{split}-{digest}.npz"
         hit = load_npz(path, key)
-        if hit is not None:
-            return MiniImageNetSplit(split, hit["images"], names)
+        # Trust the cache unless an image that is still there changed since (replaced
+        # files at the same path); deleted images are fine, the cache holds them.
+        if hit is not None and hit.get("stats", np.empty(0)).shape == stats.shape:
+            present = stats[:, 0] >= 0
+            if np.array_equal(hit["stats"][present], stats[present]):
+                return MiniImageNetSplit(split, hit["images"], names)
 
-    folder = _image_folder(image_dir, files)
-    missing = [f for f in files if not (folder / f).is_file()]
+    missing = [f for f, st in zip(files, stats, strict=True) if st[0] < 0]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} of {len(files)} mini-ImageNet images listed in {csv_path} are "
@@ -188,5 +251,5 @@ def load_miniimagenet(
         list(pool.map(fill, range(len(files))))
     images = images.reshape(len(names), per_class, size, size, 3)
     if path is not None:
-        save_npz(path, key, images=images)
+        save_npz(path, key, images=images, stats=stats)
     return MiniImageNetSplit(split, images, names)

@@ -224,12 +224,42 @@ def _lanczos_matrix(size: int) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
+def _as_bool_images(raw: np.ndarray) -> np.ndarray:
+    """Check the shape of raw images and return them as bool (see preprocess_omniglot)."""
+    if raw.ndim != 4 or raw.shape[2:] != (RAW_SIZE, RAW_SIZE):
+        raise ValueError(
+            f"raw Omniglot images must have shape (characters, drawers, 105, 105), got {raw.shape}"
+        )
+    if raw.dtype == bool:
+        return raw
+    if not (np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.floating)):
+        raise ValueError(
+            f"raw Omniglot images must be bool (True = background), got dtype {raw.dtype}"
+        )
+    binary = (raw == 0) | (raw == 1)
+    if not binary.all():
+        bad = raw[~binary]
+        nans = int(np.isnan(bad).sum()) if np.issubdtype(raw.dtype, np.floating) else 0
+        found = f"{nans} NaN values" if nans else ""
+        others = np.unique(bad[~np.isnan(bad)] if nans else bad)
+        if len(others):
+            shown = ", ".join(str(v) for v in others[:5].tolist())
+            more = ", ..." if len(others) > 5 else ""
+            found += f"{' and ' if found else ''}values {{{shown}{more}}}"
+        raise ValueError(
+            f"raw Omniglot images must be bool (True = background) or hold only 0 and 1, "
+            f"got dtype {raw.dtype} with {found}; for 0/255 grayscale pass `gray >= 128`"
+        )
+    return raw.astype(bool)
+
+
 def preprocess_omniglot(raw: np.ndarray, size: int = 28) -> np.ndarray:
     """Turn raw Omniglot images into network inputs, as in MAML.
 
     Args:
       raw: bool ``(characters, drawers, 105, 105)``, ``True`` = background (white),
-        exactly as in the official PNGs and the npz arrays.
+        exactly as in the official PNGs and the npz arrays. A numeric array whose
+        values are all 0 or 1 is accepted and read as bool (1 = background).
       size: output side length (28 in MAML / Vinyals et al.).
 
     Returns:
@@ -237,13 +267,11 @@ def preprocess_omniglot(raw: np.ndarray, size: int = 28) -> np.ndarray:
       resized with a Lanczos filter on the float image, clipped to [0, 1].
 
     Raises:
-      ValueError: if ``raw`` does not have shape ``(C, D, 105, 105)``.
+      ValueError: if ``raw`` does not have shape ``(C, D, 105, 105)``, or is not
+        bool and holds values other than 0 and 1 (NaN, or 0/255 grayscale: pass
+        ``gray >= 128``).
     """
-    raw = np.asarray(raw)
-    if raw.ndim != 4 or raw.shape[2:] != (RAW_SIZE, RAW_SIZE):
-        raise ValueError(
-            f"raw Omniglot images must have shape (characters, drawers, 105, 105), got {raw.shape}"
-        )
+    raw = _as_bool_images(np.asarray(raw))
     c, d = raw.shape[:2]
     flat = raw.reshape(c * d, RAW_SIZE, RAW_SIZE)
     weights = _lanczos_matrix(size)
@@ -281,6 +309,32 @@ def _cached(key: str, size: int, cache: bool, cache_root, build) -> OmniglotChar
 # ----------------------------------------------------------------------------- npz source
 
 
+def _read_npz_images(path: Path) -> np.ndarray:
+    """The ``images`` array of an npz archive, or a ``ValueError`` naming ``path``."""
+    bad = f"{path} is corrupt or not an npz archive"
+    hint = "; replace it with a good copy of the file"
+    if path.stat().st_size == 0:
+        raise ValueError(f"{bad}: the file is empty (0 bytes){hint}")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except ValueError as e:  # numpy's own message here talks about pickles: misleading
+        raise ValueError(f"{bad}: unrecognised file format (neither .npz nor .npy){hint}") from e
+    except (EOFError, OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{bad} ({type(e).__name__}: {e}){hint}") from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(
+            f"{path} is not an npz archive: it holds a single .npy array "
+            f"({z.dtype} {z.shape}); save it with np.savez(path, images=...)"
+        )
+    with z:
+        if "images" not in z.files:
+            raise ValueError(f"{path}: no 'images' array in the npz archive (found {z.files})")
+        try:
+            return z["images"]
+        except (EOFError, OSError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+            raise ValueError(f"{bad} ({type(e).__name__}: {e}){hint}") from e
+
+
 def load_omniglot_npz(
     root: str | os.PathLike,
     *,
@@ -306,7 +360,8 @@ def load_omniglot_npz(
 
     Raises:
       FileNotFoundError: a file is missing (names the path and how to get the data).
-      ValueError: a file has the wrong shape or is corrupt.
+      ValueError: ``sets`` is empty or unknown, or a file has the wrong shape,
+        is corrupt or is not an npz archive (names the path).
 
     Example:
       >>> chars = load_omniglot_npz("data/omniglot")  # doctest: +SKIP
@@ -314,6 +369,10 @@ def load_omniglot_npz(
       (1623, 20, 28, 28, 1)
     """
     root = Path(root)
+    if isinstance(sets, str) or not sets:
+        raise ValueError(
+            f"sets={sets!r}: pass a non-empty sequence of 'background' and/or 'evaluation'"
+        )
     offsets = {"background": 1, "evaluation": NUM_BACKGROUND + 1}
     counts = {"background": NUM_BACKGROUND, "evaluation": NUM_CHARACTERS - NUM_BACKGROUND}
     paths = []
@@ -330,11 +389,7 @@ def load_omniglot_npz(
     def build():
         parts = []
         for s, p in paths:
-            try:
-                with np.load(p) as z:
-                    images = z["images"]
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-                raise ValueError(f"cannot read Omniglot arrays from {p}: {e}") from e
+            images = _read_npz_images(p)
             want = (counts[s], NUM_DRAWERS, RAW_SIZE, RAW_SIZE)
             if images.shape != want or images.dtype != bool:
                 raise ValueError(
