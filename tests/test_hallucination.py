@@ -64,3 +64,29 @@ def test_conformance_finite_differences_float64():
         check_meta_learner(
             learner, fewshot_sampler(3, 1, 2), data, num_tasks=2, check_fd=True, fd_directions=1
         )
+
+
+def test_seeds_are_drawn_from_their_own_class():
+    # Identity embedding and a zeroed generator: G(e, z) = e + 0, so every
+    # hallucination is exactly its seed's embedding, which must be a support
+    # example of its own class (K = 3 shots, so seeds are not determined).
+    learner = hallucination(lambda p, x: x, lambda k: {}, feature_dim=5, num_hallucinated=4)
+    params = learner.init(jax.random.PRNGKey(0))
+    params = {**params, "generator": jax.tree.map(jnp.zeros_like, params["generator"])}
+    rng = np.random.default_rng(0)
+    sx = rng.normal(size=(12, 5)).astype(np.float32)
+    sy = rng.permutation(np.arange(12) % 4)
+    adapt = jax.jit(learner.adapt)
+    used = set()
+    for k in range(3):
+        fake = np.asarray(adapt(params, sx, sy, key=jax.random.PRNGKey(k)).hallucinated)
+        assert fake.shape == (12, 4, 5)
+        for c in range(4):
+            for j in range(4):
+                dist = np.abs(sx - fake[c, j]).max(-1)
+                i = int(np.argmin(dist))
+                assert dist[i] < 1e-6, "a hallucination with a zero generator must equal a seed"
+                assert sy[i] == c, f"class {c} hallucination seeded from class {sy[i]}"
+                used.add(i)
+        np.testing.assert_array_equal(fake[4:], 0.0)  # absent classes hallucinate nothing
+    assert len(used) > 4, "seeds must vary among the class's support examples"

@@ -90,3 +90,27 @@ def _cast64(tree):
     from mamlx.models import tree_cast
 
     return tree_cast(tree, jnp.float64)
+
+
+def test_log_probs_match_cosine_softmax_reference_for_non_unit_embeddings():
+    # Identity embedding of random inputs with norms far from one: the attention
+    # must normalise both the query and the support embeddings.
+    rng = np.random.default_rng(0)
+    sx = 3.0 * rng.normal(size=(7, 6))
+    qx = 3.0 * rng.normal(size=(5, 6))
+    sy = np.array([0, 1, 2, 0, 1, 2, 2])
+    scale = 2.5
+    learner = matching(lambda p, x: x, lambda k: {}, scale=scale)
+    params = learner.init(jax.random.PRNGKey(0))
+    logp = np.asarray(
+        logits_fn(learner)(params, jnp.asarray(sx, jnp.float32), sy, jnp.asarray(qx, jnp.float32))
+    )
+    unit_q = qx / np.linalg.norm(qx, axis=1, keepdims=True)
+    unit_s = sx / np.linalg.norm(sx, axis=1, keepdims=True)
+    z = scale * unit_q @ unit_s.T
+    att = np.exp(z - z.max(1, keepdims=True))
+    att /= att.sum(1, keepdims=True)
+    want = np.log(np.stack([att[:, sy == c].sum(1) for c in range(3)], 1))
+    assert logp.shape == (5, 7)
+    np.testing.assert_allclose(logp[:, :3], want, rtol=1e-5, atol=1e-5)
+    assert np.all(np.isneginf(logp[:, 3:]))

@@ -134,3 +134,30 @@ def test_conformance_episode_pairs_finite_differences_float64():
         check_meta_learner(
             learner, fewshot_sampler(3, 2, 2), data, num_tasks=2, check_fd=True, fd_directions=1
         )
+
+
+def test_same_logit_is_weighted_l1_distance_of_embeddings():
+    # A deterministic (batch-independent) embedding f(x) = tanh(x W), so the
+    # reference bias + Σ_j α_j |f(x1)_j − f(x2)_j| can be computed by hand.
+    def embed_fn(p, x):
+        return jnp.tanh(x.reshape(x.shape[0], -1) @ p["w"])
+
+    def init_fn(k):
+        return {"w": jax.random.normal(k, (6, 4))}
+
+    net = siamese_net(embed_fn, init_fn, feature_dim=4)
+    params = net.init(jax.random.PRNGKey(0))
+    params["weight"] = jnp.asarray([0.7, -1.3, 0.4, -0.9])  # mixed signs
+    params["bias"] = jnp.asarray(0.25)
+    rng = np.random.default_rng(1)
+    x1 = rng.normal(size=(5, 6)).astype(np.float32)
+    x2 = rng.normal(size=(5, 6)).astype(np.float32)
+    w = np.asarray(params["embed"]["w"], np.float64)
+    f1, f2 = np.tanh(x1 @ w), np.tanh(x2 @ w)
+    want = 0.25 + np.abs(f1 - f2) @ np.array([0.7, -1.3, 0.4, -0.9])
+    got = jax.jit(net.same_logit)(params, x1, x2)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(net.same(params, x1, x2), 1 / (1 + np.exp(-want)), rtol=1e-5)
+    # pair_logits (the classification path) agrees on the matched pairs.
+    e1, e2 = embed_fn(params["embed"], x1), embed_fn(params["embed"], x2)
+    np.testing.assert_allclose(np.diag(net.pair_logits(params, e1, e2)), got, rtol=1e-5, atol=1e-5)
