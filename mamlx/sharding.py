@@ -1,15 +1,15 @@
 """Data parallelism over tasks: the task axis of a meta-batch is sharded over devices.
 
 One code path serves 1 to N devices (and several hosts): parameters and optimizer
-state are replicated, the sampled task batch is constrained to be split along its
-leading (task) axis, and XLA's SPMD partitioner inserts the all-reduce of the
-meta-gradient. On CPU, emulate devices with
+state are replicated, the sampled task batch is split along its leading (task)
+axis, each device computes the learner's meta-gradient over its own tasks (with
+``vmap`` or ``lax.map``, as the learner says) and the per-device means are
+averaged (an all-reduce). On CPU, emulate devices with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,21 +62,50 @@ def check_divisible(meta_batch: int, mesh: Mesh) -> None:
         )
 
 
+def sharded_meta_grad(meta_grad, mesh: Mesh):
+    """``meta_grad(params, episodes)`` over a task batch split across ``mesh``.
+
+    Each device runs ``meta_grad`` on its ``meta_batch / devices`` tasks, then the
+    gradients and metrics are averaged over devices (``lax.pmean``). Equal to the
+    single-device ``meta_grad`` for learners whose meta-gradient and metrics are
+    means over tasks (every mamlx learner). Written with ``shard_map`` rather than
+    left to XLA's partitioner, which gathers the whole batch onto every device when
+    the learner loops over tasks (``task_map="map"``).
+
+    Args:
+      meta_grad: a learner's ``meta_grad``.
+      mesh: a mesh from :func:`task_mesh`.
+
+    Returns:
+      A function with ``meta_grad``'s signature, to call inside ``jit``.
+    """
+
+    def local(params, episodes):
+        # Per-device copies: otherwise differentiating with respect to the replicated
+        # params inside shard_map sums the inner-loop gradients over all devices' tasks.
+        params = jax.lax.pcast(params, AXIS, to="varying")
+        return jax.lax.pmean(meta_grad(params, episodes), AXIS)
+
+    spec = PartitionSpec(AXIS)
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(PartitionSpec(), spec), out_specs=PartitionSpec()
+    )
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Place a pytree (params, optimizer state, dataset) on every device of ``mesh``."""
     return jax.device_put(tree, replicated(mesh))
 
 
-def initialize_distributed() -> bool:
-    """Call ``jax.distributed.initialize()`` when launched as one of several processes.
+def initialize_distributed() -> int:
+    """Call ``jax.distributed.initialize()`` for a multi-host launch.
 
-    Detects the usual launch variables (``JAX_COORDINATOR_ADDRESS``, SLURM, Open MPI,
-    TPU pods auto-detect through JAX itself). Returns whether it initialised.
+    JAX finds the coordinator itself on TPU pods, under SLURM and Open MPI, or from
+    ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``; it
+    raises if it cannot. Run checkpoints and logs are then written by process 0 only.
+
+    Returns:
+      The number of processes.
     """
-    launched = any(
-        os.environ.get(v)
-        for v in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
-    )
-    if launched:
-        jax.distributed.initialize()
-    return bool(launched)
+    jax.distributed.initialize()
+    return jax.process_count()

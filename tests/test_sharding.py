@@ -35,6 +35,15 @@ SCRIPT = textwrap.dedent(
                                        jax.device_put(eps, sharding.by_task(mesh)))
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g4)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
+    # task_map="map": each device loops over its own tasks, the batch is never gathered
+    lm = maml(*sinusoid_model((16,)), inner_lr=0.01, inner_steps=2, task_map="map")
+    sharded_map = jax.jit(make_step(lm, sinusoid(5), opt, 8, mesh))
+    hlo = sharded_map.lower(sharding.replicate(state, mesh), None).compile().as_text()
+    assert "all-gather" not in hlo, "the task batch was gathered onto every device"
+    s1m, _ = jax.jit(make_step(lm, sinusoid(5), opt, 8))(state, None)
+    s4m, _ = sharded_map(sharding.replicate(state, mesh), None)
+    for a, b in zip(jax.tree.leaves(s1m.params), jax.tree.leaves(s4m.params)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
     # whole training loop through fit, 1 vs 4 devices
     f1 = fit(learner, sinusoid(5), opt, steps=20, meta_batch=8, state=state, progress=False)
     f4 = fit(learner, sinusoid(5), opt, steps=20, meta_batch=8, state=state, progress=False,
