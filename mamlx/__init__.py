@@ -26,7 +26,7 @@ from mamlx.algorithms import (
     siamese,
 )
 from mamlx.episodes import Episode, check_episode, num_query, num_support, num_tasks
-from mamlx.evaluate import evaluate, mean_ci
+from mamlx.evaluate import evaluate, make_evaluator, mean_ci
 from mamlx.experiments import SinusoidConfig, build
 from mamlx.inner import adapt
 from mamlx.models import MLP, ConvEmbedding, functional, model
@@ -86,6 +86,7 @@ __all__ = [
     "check_episode",
     "checkpoint",
     "evaluate",
+    "make_evaluator",
     "fit",
     "fomaml",
     "functional",

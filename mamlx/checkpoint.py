@@ -58,6 +58,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
+def _host_copy(v: Any) -> np.ndarray:
+    """A numpy copy of a leaf; a replicated array of several hosts is read from this host."""
+    if isinstance(v, jax.Array) and not v.is_fully_addressable:
+        if not v.sharding.is_fully_replicated:
+            raise ValueError("checkpoints hold replicated arrays; got one sharded across hosts")
+        return np.asarray(v.addressable_data(0))
+    return np.asarray(v)
+
+
 def save(path: str | os.PathLike, tree: Any, metadata: dict | None = None) -> Path:
     """Save a pytree of arrays atomically to ``path`` (an ``.npz`` file).
 
@@ -70,7 +79,7 @@ def save(path: str | os.PathLike, tree: Any, metadata: dict | None = None) -> Pa
       The path written.
     """
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    arrays = {f"leaf:{jax.tree_util.keystr(p)}": np.asarray(v) for p, v in leaves}
+    arrays = {f"leaf:{jax.tree_util.keystr(p)}": _host_copy(v) for p, v in leaves}
     meta = {"format": FORMAT, **(metadata or {})}
     arrays["__meta__"] = np.array(json.dumps(meta))
     atomic_write_bytes(path, lambda f: np.savez(f, **arrays))

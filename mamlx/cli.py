@@ -29,7 +29,15 @@ from mamlx.experiments import (
     preset_config,
 )
 
-RUN_FLAGS = ("out", "resume", "chunk", "checkpoint_every", "progress", "compile_cache")
+# How a run is executed (not what it computes): saved in RUN_DIR/run.json, restored on resume.
+RUN_DEFAULTS = {
+    "chunk": 200,
+    "checkpoint_every": 5000,
+    "devices": 1,
+    "distributed": False,
+    "progress": True,
+    "compile_cache": True,
+}
 
 
 def enable_compilation_cache(path: str | None = None) -> None:
@@ -65,42 +73,70 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         parser.add_argument(flag, **kw)
 
 
-def _add_run_flags(parser: argparse.ArgumentParser, with_resume: bool = True) -> None:
-    parser.add_argument("--out", help="run directory (default: runs/<task>-<algo>-<seed>)")
-    if with_resume:
-        parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    parser.add_argument("--chunk", type=int, default=200, help="meta-steps per compiled call")
+def _add_run_flags(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    """Flags of how a run executes. ``default=argparse.SUPPRESS`` on the task sub-parsers,
+    so they never overwrite a value given before the task name (``train --resume X task``)."""
+    d = RUN_DEFAULTS
+    parser.add_argument(
+        "--resume", metavar="RUN_DIR", default=default, help="continue the run in RUN_DIR"
+    )
+    parser.add_argument(
+        "--chunk", type=int, default=default, help=f"meta-steps per compiled call ({d['chunk']})"
+    )
     parser.add_argument(
         "--devices",
         type=int,
-        default=1,
-        help="shard the task batch over this many devices (0: all devices of all hosts)",
+        default=default,
+        help="shard the task batch over this many devices (0: all devices of all hosts; "
+        "default 1, all with --distributed)",
     )
     parser.add_argument(
         "--distributed",
         action="store_true",
+        default=default,
         help="call jax.distributed.initialize() first (multi-host launch)",
     )
-    parser.add_argument("--checkpoint-every", type=int, default=5000)
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=default, help=f"({d['checkpoint_every']})"
+    )
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=default)
     parser.add_argument(
         "--compile-cache",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="use JAX's persistent compilation cache",
+        default=default,
+        help="use JAX's persistent compilation cache (default: on)",
     )
+
+
+def _run_settings(args: argparse.Namespace, run_dir: Path, resume: bool) -> argparse.Namespace:
+    """Defaults, then (on resume) the run's saved ``run.json``, then the flags given."""
+    settings = dict(RUN_DEFAULTS)
+    saved = run_dir / "run.json"
+    if resume and saved.is_file():
+        settings.update(json.loads(saved.read_text()))
+    given = {k: getattr(args, k, None) for k in RUN_DEFAULTS}
+    settings.update({k: v for k, v in given.items() if v is not None})
+    if given["devices"] is None and settings["distributed"] and not saved.is_file():
+        settings["devices"] = 0  # a multi-host launch shards over every device by default
+    for name in ("chunk", "checkpoint_every"):
+        if settings[name] <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {settings[name]}")
+    if settings["devices"] < 0:
+        raise ValueError(f"--devices must be >= 0 (0: all devices), got {settings['devices']}")
+    return argparse.Namespace(**settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mamlx", description="Meta-learning in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="meta-train a learner on a task distribution")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    _add_run_flags(train)
     tasks = train.add_subparsers(dest="task")
     for name, cls in CONFIGS.items():
         p = tasks.add_parser(name, help=(cls.__doc__ or "").splitlines()[0])
         _add_config_flags(p, cls)
-        _add_run_flags(p)
+        p.add_argument("--out", help="run directory (default: runs/<task>-<algo>-<seed>)")
+        _add_run_flags(p, default=argparse.SUPPRESS)
     ev = sub.add_parser("eval", help="evaluate trained runs on held-out tasks")
     ev.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     ev.add_argument(
@@ -149,17 +185,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.task is None:  # `mamlx train --resume RUN_DIR`
         run_dir = Path(args.resume)
         config = _load_run_config(run_dir)
-        run = argparse.Namespace(
-            chunk=200,
-            checkpoint_every=5000,
-            progress=True,
-            compile_cache=True,
-            devices=1,
-            distributed=False,
-        )
     else:
         config, given = _config_from_args(args.task, args)
-        run = args
         if args.resume and args.out and Path(args.resume) != Path(args.out):
             raise ValueError("--resume RUN_DIR and --out disagree; give one of them")
         run_dir = Path(args.resume or args.out or f"runs/{args.task}-{config.algo}-{config.seed}")
@@ -176,10 +203,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                     + ", ".join(f"{k}: saved {a!r} vs given {b!r}" for k, (a, b) in diff.items())
                 )
             config = saved
+    resume = bool(args.resume)
+    run = _run_settings(args, run_dir, resume)
     if run.compile_cache:
         enable_compilation_cache()
     exists = (run_dir / "config.json").exists() or checkpoint.latest_checkpoint(run_dir)
-    resume = bool(getattr(args, "resume", None))
     if exists and not resume:
         raise ValueError(
             f"run directory {run_dir} already holds a run; use --resume {run_dir} or another --out"
@@ -201,11 +229,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if restored is not None:
             state = restored
         print(f"resuming {run_dir} at step {int(state.step)} of {config.steps}")
-    else:
+    elif jax.process_index() == 0:  # one writer per run, also on several hosts
         run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write_text(
             run_dir / "config.json", json.dumps(config.to_dict(), indent=2)
         )
+        checkpoint.atomic_write_text(run_dir / "run.json", json.dumps(vars(run), indent=2))
     print(f"training {config.task} with {config.algo} -> {run_dir}")
     validate = None
     if isinstance(config, FewShotConfig) and "val" in exp.splits:  # no val classes: no validation
@@ -261,10 +290,11 @@ def _load_trained(run_dir: Path, best: bool = True):
     template = training.init_state(exp.learner, exp.optimizer, jax.random.PRNGKey(config.seed))
     if best and (run_dir / "best.npz").is_file():
         return config, exp, checkpoint.load(run_dir / "best.npz", template)[0]
-    state = training.restore(run_dir, template)
-    if state is None:
+    latest = checkpoint.latest_checkpoint(run_dir)
+    if latest is None:
         raise ValueError(f"{run_dir} has no checkpoint yet; train it first")
-    return config, exp, state
+    # Read only: the run may still be training (``restore`` would rewrite its metrics log).
+    return config, exp, checkpoint.load(latest, template)[0]
 
 
 def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
@@ -323,11 +353,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             eval_fewshot(rd, args)
             continue
         config, exp, state = _load_trained(rd)
-        args.tasks = args.tasks or 1000
+        num_tasks = args.tasks or 1000
         name = f"{config.algo} ({rd.name})"
         results: dict = {}
         print(
-            f"\n{name}: query MSE ± 95% CI over {args.tasks} held-out tasks, step {int(state.step)}"
+            f"\n{name}: query MSE ± 95% CI over {num_tasks} held-out tasks, step {int(state.step)}"
         )
         print(
             "  K  " + "".join(f"{f'{s} steps':>17}" for s in (0, 1, 5, 10) if s <= args.max_steps)
@@ -339,7 +369,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 state.params,
                 sampler,
                 key=jax.random.fold_in(key, k),
-                num_tasks=args.tasks,
+                num_tasks=num_tasks,
                 steps=range(args.max_steps + 1),
             )
             results[k] = {s: res[s]["loss"] for s in res}
@@ -353,7 +383,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             rd / "eval.json",
             json.dumps(
                 {
-                    "tasks": args.tasks,
+                    "tasks": num_tasks,
                     "seed": args.seed,
                     "step": int(state.step),
                     "mse": {
@@ -388,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return cmd_train(args)
         return cmd_eval(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, OSError, FloatingPointError) as e:  # OSError: files, downloads
         print(f"mamlx: error: {e}", file=sys.stderr)
         return 2
 

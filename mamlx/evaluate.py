@@ -22,7 +22,7 @@ def mean_ci(values: Any, z: float = 1.96) -> tuple[float, float]:
     the few-shot literature's "accuracy ± 95% CI over 600 tasks".
 
     Example:
-      >>> mean_ci([1.0, 2.0, 3.0])
+      >>> mean_ci([1.0, 2.0, 3.0])  # doctest: +ELLIPSIS
       (2.0, 1.1316...)
     """
     v = np.asarray(values, dtype=np.float64).ravel()

@@ -455,13 +455,21 @@ def load_fewshot_splits(config: FewShotConfig) -> dict[str, Any]:
     from mamlx.tasks import load_miniimagenet, load_omniglot, omniglot_split
 
     root = resolve_data_dir(config)
+    if root is not None and not os.path.isdir(root):  # a typo, not a place to download to
+        raise FileNotFoundError(f"data folder {root} does not exist")
     if config.task == "omniglot":
         npz = root and os.path.isfile(os.path.join(root, "images_background.npz"))
-        chars = (
-            load_omniglot("npz", root, size=config.image_size)
-            if npz
-            else load_omniglot("zip", root, download=True, size=config.image_size)
-        )
+        if npz:
+            chars = load_omniglot("npz", root, size=config.image_size)
+        else:
+            try:
+                chars = load_omniglot("zip", root, download=True, size=config.image_size)
+            except OSError as e:
+                where = root or "the mamlx cache"
+                raise OSError(
+                    f"Omniglot is not in {where} (images_background.npz or the official zips) "
+                    f"and could not be downloaded: {e}"
+                ) from e
         split = omniglot_split(chars, config.split, seed=config.seed)
         arrays = {"train": split.train, "val": split.val, "test": split.test}
         rotations = split.train_rotations

@@ -1,4 +1,7 @@
-"""Figures a person would rather look at than read (matplotlib, headless)."""
+"""Figures a person would rather look at than read (matplotlib, headless).
+
+Figures are drawn on a ``matplotlib.figure.Figure`` of their own, never through
+pyplot's global state, so a notebook's backend is left as it was."""
 
 from __future__ import annotations
 
@@ -11,15 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from mamlx.types import PRNGKey
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_sinusoid_fits(
@@ -41,13 +35,15 @@ def plot_sinusoid_fits(
       steps: adaptation steps to draw besides the pre-update fit.
       curves: optional ``{name: {steps: (mse, ci)}}`` drawn as MSE-vs-steps panel.
     """
-    plt = _pyplot()
+    from matplotlib.figure import Figure
+
     k_task, k_pts = jax.random.split(key)
     amp, phase = sampler.sample_params(k_task)
     ep = sampler.episode(k_pts, amp, phase)
     xs = jnp.linspace(*sampler.x_range, 200)[:, None]
     ncols = len(runs) + (1 if curves else 0)
-    fig, axes = plt.subplots(1, ncols, figsize=(4.5 * ncols, 3.6), squeeze=False)
+    fig = Figure(figsize=(4.5 * ncols, 3.6))
+    axes = fig.subplots(1, ncols, squeeze=False)
     for ax, (name, learner, params) in zip(axes[0], runs, strict=False):
         ax.plot(xs[:, 0], amp * jnp.sin(xs[:, 0] + phase), "k-", lw=2, label="ground truth")
         for s, style in zip((0, *steps), (":", "--", "-", "-."), strict=False):
@@ -75,4 +71,3 @@ def plot_sinusoid_fits(
         ax.set_title("MSE ± 95% CI")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

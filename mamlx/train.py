@@ -51,11 +51,14 @@ def init_state(learner: MetaLearner, optimizer: optax.GradientTransformation, ke
     Args:
       learner: any :class:`~mamlx.algorithms.MetaLearner`.
       optimizer: the outer (meta) optimizer.
-      key: a ``jax.random.PRNGKey`` (uint32 array).
+      key: a ``jax.random.PRNGKey`` (uint32 array) or a typed ``jax.random.key``;
+        the state holds its raw key data, which checkpoints store as plain arrays.
 
     Returns:
       A :class:`TrainState` at step 0.
     """
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
     k_init, k_train = jax.random.split(key)
     # Strong types: a weak-typed leaf (from a Python scalar) would become strong after
     # the first update and make the compiled step trace and compile a second time.
@@ -75,7 +78,8 @@ def make_step(
     The step samples ``meta_batch`` tasks with ``sampler.sample_batch(key, data,
     meta_batch)``, computes ``learner.meta_grad`` and applies the optimizer:
     φ ← φ + optimizer(∇_φ Σ_i L_i(φ)). With a ``mesh`` (see
-    :func:`mamlx.sharding.task_mesh`) the task batch is split over its devices.
+    :func:`mamlx.sharding.task_mesh`) the task batch is split over its devices and
+    each device maps the learner over its own tasks (:func:`mamlx.sharding.sharded_meta_grad`).
     """
     if isinstance(meta_batch, bool) or not isinstance(meta_batch, int) or meta_batch <= 0:
         raise ValueError(f"meta_batch must be a positive int, got {meta_batch!r}")
@@ -85,9 +89,13 @@ def make_step(
     def step(state: TrainState, data: Any) -> tuple[TrainState, Metrics]:
         key, k_tasks = jax.random.split(state.key)
         episodes = sampler.sample_batch(k_tasks, data, meta_batch)
-        if mesh is not None:
+        if mesh is None:
+            grads, metrics = learner.meta_grad(state.params, episodes)
+        else:
             episodes = sharding.shard_tasks(episodes, mesh)
-        grads, metrics = learner.meta_grad(state.params, episodes)
+            grads, metrics = sharding.sharded_meta_grad(learner.meta_grad, mesh)(
+                state.params, episodes
+            )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(state.step + 1, params, opt_state, key), metrics
@@ -179,6 +187,8 @@ def fit(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True)
+    if run_dir is not None and jax.process_index() != 0:
+        run_dir = None  # several hosts: process 0 writes the log and the checkpoints
     metrics_file = Path(run_dir) / "metrics.jsonl" if run_dir else None
     try:
         while int(state.step) < steps:
@@ -247,19 +257,24 @@ def _keep_best(run_dir, state: TrainState, val: dict) -> None:
 def restore(run_dir: str | os.PathLike, template: TrainState) -> TrainState | None:
     """Load the newest checkpoint of ``run_dir`` into ``template``'s structure, or ``None``.
 
-    Metrics logged after that checkpoint are dropped from ``metrics.jsonl`` so a
-    resumed run's log reads as one run.
+    Metrics logged after that checkpoint (all of them if there is none) are dropped
+    from ``metrics.jsonl`` so a resumed run's log reads as one run; a line cut short
+    by a kill is dropped too.
     """
     path = checkpoint.latest_checkpoint(run_dir)
-    if path is None:
-        return None
-    state, meta = checkpoint.load(path, template)
+    state, step = None, 0
+    if path is not None:
+        state, meta = checkpoint.load(path, template)
+        step = meta["step"]
     metrics_file = Path(run_dir) / "metrics.jsonl"
-    if metrics_file.is_file():
-        kept = [
-            line
-            for line in metrics_file.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= meta["step"]
-        ]
+    if metrics_file.is_file() and jax.process_index() == 0:
+        kept = []
+        for line in metrics_file.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # empty, or the last line of a killed run
+            if record.get("step", 0) <= step:
+                kept.append(line)
         checkpoint.atomic_write_text(metrics_file, "".join(x + "\n" for x in kept))
     return state

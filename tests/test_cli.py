@@ -80,3 +80,82 @@ def test_unknown_algorithm_and_bad_values_are_refused(tmp_path, capsys):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert main(["eval", str(tmp_path / "missing")]) == 2
     assert "not a mamlx run directory" in capsys.readouterr().err
+
+
+def _killed_run(run, monkeypatch, *extra, before_first_checkpoint=False):
+    """Train 60 steps (checkpoint every 20), killed at the first checkpoint."""
+    from mamlx import checkpoint
+
+    real_save = checkpoint.save_step
+
+    def killed(run_dir, step, tree, **kw):
+        if not before_first_checkpoint:
+            real_save(run_dir, step, tree, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(run, "--steps", "60", *extra)
+    monkeypatch.undo()
+
+
+def _logged_steps(run):
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_restores_the_run_settings_in_either_flag_order(tmp_path, monkeypatch):
+    from mamlx import checkpoint
+
+    monkeypatch.chdir(tmp_path)  # the default run folder would appear here
+    for run, resume in [
+        (tmp_path / "a", lambda r: ["train", "--resume", str(r)]),
+        (tmp_path / "b", lambda r: ["train", "--resume", str(r), "sinusoid"]),
+    ]:
+        _killed_run(run, monkeypatch)
+        assert [s for s, _ in checkpoint.list_checkpoints(run)] == [20]
+        assert json.loads((run / "run.json").read_text())["checkpoint_every"] == 20
+        assert main(resume(run)) == 0
+        # checkpoint_every 20 and chunk 20 came back from run.json (the defaults are 5000, 200)
+        assert [s for s, _ in checkpoint.list_checkpoints(run)] == [20, 40, 60]
+        assert _logged_steps(run) == [20, 40, 60]
+    assert not (tmp_path / "runs").exists()  # `--resume X sinusoid` did not start a new run
+
+
+def test_resume_log_has_each_step_once(tmp_path, monkeypatch):
+    # killed before any checkpoint: the logged chunk is dropped, the run starts over
+    run = tmp_path / "early"
+    _killed_run(run, monkeypatch, before_first_checkpoint=True)
+    assert _logged_steps(run) == [20]
+    assert main(["train", "--resume", str(run)]) == 0
+    assert _logged_steps(run) == [20, 40, 60]
+    # a log line cut short by the kill does not block the resume
+    run = tmp_path / "cut"
+    _killed_run(run, monkeypatch)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 40, "sec')
+    assert main(["train", "--resume", str(run)]) == 0
+    assert _logged_steps(run) == [20, 40, 60]
+
+
+def test_eval_reads_a_run_without_rewriting_its_log(tmp_path):
+    from mamlx import checkpoint
+
+    run = tmp_path / "run"
+    assert train(run, "--steps", "60") == 0
+    checkpoint.latest_checkpoint(run).unlink()  # as if the run were still training
+    log = (run / "metrics.jsonl").read_bytes()
+    assert main(["eval", str(run), "--tasks", "5", "--max-steps", "1", "--shots", "5"]) == 0
+    assert (run / "metrics.jsonl").read_bytes() == log
+    assert json.loads((run / "eval.json").read_text())["step"] == 40
+
+
+def test_bad_run_flags_and_data_folders_leave_nothing(tmp_path, capsys):
+    assert train(tmp_path / "a", "--chunk", "0") == 2
+    assert "--chunk must be positive" in capsys.readouterr().err
+    assert train(tmp_path / "b", "--devices", "-1") == 2
+    assert "--devices must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    missing = tmp_path / "nope"
+    rc = main(["train", "omniglot", "--data-dir", str(missing), "--out", str(tmp_path / "c")])
+    assert rc == 2 and f"data folder {missing} does not exist" in capsys.readouterr().err
+    assert not missing.exists() and not (tmp_path / "c").exists()

@@ -168,3 +168,28 @@ def test_init_state_strips_weak_types_so_the_step_compiles_once():
     state, _ = step(state, None)
     step(state, None)
     assert step._cache_size() == 1  # the updated state has the same types: no second compile
+
+
+def test_typed_keys_train_and_checkpoint_like_raw_keys(tmp_path):
+    learner, opt, raw = setup()
+    typed = init_state(learner, opt, jax.random.key(0))
+    assert trees_equal(typed, raw)  # the state holds the key's raw data
+    done = run(typed, learner, opt, 6, run_dir=tmp_path, chunk=3, checkpoint_every=3)
+    assert trees_equal(restore(tmp_path, raw), done)
+
+
+def test_figures_leave_the_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+
+    from mamlx.plots import plot_sinusoid_fits
+
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")  # stands in for a notebook's inline backend
+    try:
+        learner, _, state = setup()
+        path = tmp_path / "fits.png"
+        plot_sinusoid_fits([("maml", learner, state.params)], sinusoid(5), jax.random.key(1), path)
+        assert path.read_bytes()[:4] == b"\x89PNG"
+        assert matplotlib.get_backend() == "pdf"
+    finally:
+        matplotlib.use(before)
