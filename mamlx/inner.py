@@ -13,11 +13,14 @@ so backward memory grows with one step's activations instead of all of them.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mamlx.types import Array, Params
@@ -26,16 +29,45 @@ LossFn = Callable[[Params, Array, Array], Array]
 InnerOpt = float | optax.GradientTransformation
 
 
+def check_positive(value: Any, name: str) -> float:
+    """Validate a finite, positive real number (not a bool) and return it as a float.
+
+    Args:
+      value: the argument's value (Python or NumPy scalar).
+      name: how the error message names the argument.
+
+    Returns:
+      ``float(value)``.
+
+    Raises:
+      ValueError: for a bool, a non-number, NaN, ±inf, zero or a negative value.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+    return float(value)
+
+
 def as_optimizer(opt: InnerOpt) -> optax.GradientTransformation:
-    """Turn an inner learning rate into ``optax.sgd``; pass transformations through."""
+    """Turn an inner learning rate into ``optax.sgd``; pass transformations through.
+
+    Raises:
+      ValueError: if ``opt`` is neither an optax transformation nor a finite
+        positive number (bools, NaN and inf are rejected).
+    """
     if isinstance(opt, optax.GradientTransformation):
         return opt
-    if isinstance(opt, (int, float)):
-        if not opt > 0:
-            raise ValueError(f"inner learning rate must be positive, got {opt}")
-        return optax.sgd(float(opt))
+    if isinstance(opt, (bool, np.bool_)):
+        raise ValueError(
+            f"inner learning rate (inner_lr / inner_opt) must be a number or an optax "
+            f"transformation, got the bool {opt!r}"
+        )
+    if isinstance(opt, numbers.Real):
+        return optax.sgd(check_positive(opt, "inner learning rate (inner_lr / inner_opt)"))
     raise ValueError(
-        f"inner optimizer must be a learning rate or an optax transformation, got {opt!r}"
+        f"inner optimizer (inner_lr / inner_opt) must be a learning rate or an optax "
+        f"transformation, got {opt!r}"
     )
 
 

@@ -9,18 +9,57 @@ import optax
 from mamlx.types import Array, Metrics
 
 
+def _check_labels(logits: Array, labels: Array, name: str) -> None:
+    """Require ``labels.shape == logits.shape[:-1]`` (static shapes: fine under jit and vmap)."""
+    logits_shape, labels_shape = jnp.shape(logits), jnp.shape(labels)
+    if len(logits_shape) < 1 or labels_shape != logits_shape[:-1]:
+        raise ValueError(
+            f"{name}: integer labels of shape {labels_shape} do not match logits of shape "
+            f"{logits_shape}; labels must have the logits' shape without the class axis "
+            f"({logits_shape[:-1]})"
+        )
+
+
 def mse(pred: Array, y: Array) -> Array:
-    """Mean squared error, the sine-wave regression loss of Finn et al. (2017)."""
+    """Mean squared error, the sine-wave regression loss of Finn et al. (2017).
+
+    Args:
+      pred: predictions.
+      y: targets of exactly ``pred``'s shape.
+
+    Returns:
+      The mean of ``(pred - y)²`` over all elements.
+
+    Raises:
+      ValueError: if the shapes differ (e.g. ``(S, 1)`` predictions and ``(S,)``
+        targets, which would otherwise broadcast to an ``(S, S)`` mean).
+    """
+    if jnp.shape(pred) != jnp.shape(y):
+        raise ValueError(
+            f"mse: predictions of shape {jnp.shape(pred)} and targets of shape {jnp.shape(y)} "
+            "differ; they would broadcast silently, so reshape the targets to the model's "
+            "output shape"
+        )
     return jnp.mean(jnp.square(pred - y))
 
 
 def cross_entropy(logits: Array, labels: Array) -> Array:
-    """Mean softmax cross-entropy with integer class labels."""
+    """Mean softmax cross-entropy with integer class labels.
+
+    Raises:
+      ValueError: if ``labels.shape != logits.shape[:-1]``.
+    """
+    _check_labels(logits, labels, "cross_entropy")
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
 def accuracy(logits: Array, labels: Array) -> Array:
-    """Fraction of arg-max predictions equal to the integer labels."""
+    """Fraction of arg-max predictions equal to the integer labels.
+
+    Raises:
+      ValueError: if ``labels.shape != logits.shape[:-1]``.
+    """
+    _check_labels(logits, labels, "accuracy")
     return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
 
 

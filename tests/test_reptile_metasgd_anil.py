@@ -155,3 +155,85 @@ def test_non_transductive_prediction_ignores_other_queries():
         first = learner.predict(state, ep.query_x[:2])
         same = np.allclose(full[:2], first, atol=1e-5)
         assert same == (not transductive)
+
+
+def _mse_loss(apply_fn):
+    return lambda p, x, y: jnp.mean((apply_fn(p, x) - y) ** 2)
+
+
+def _max_abs_diff(a, b):
+    return max(
+        float(jnp.max(jnp.abs(x - y)))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+def test_anil_first_order_meta_gradient_is_query_gradient_at_adapted_params():
+    """First order: the head's inner gradient is a constant, so ∂h'/∂(body, h) = (0, I) and
+    the meta-gradient is ∇L_query at (body, h') for body and head alike."""
+    with jax.enable_x64(True):
+        apply_fn, init_fn = sinusoid_model((8,))
+        params = tree_cast(init_fn(jax.random.PRNGKey(0)), jnp.float64)
+        eps = tree_cast(sinusoid(5).sample_batch(jax.random.PRNGKey(3), None, 2), jnp.float64)
+        alpha, steps = 0.1, 2
+        loss = _mse_loss(apply_fn)
+        make = lambda fo: anil(
+            apply_fn,
+            lambda k: params,
+            inner_lr=alpha,
+            inner_steps=steps,
+            is_head=head_by_path("layers", 1),
+            first_order=fo,
+        )
+        refs = []
+        for i in range(2):
+            ep = jax.tree.map(lambda a, i=i: a[i], eps)
+            adapted = jax.tree.map(lambda a: a, params)
+            for _ in range(steps):  # SGD on the head (layers[1]) only
+                g = jax.grad(loss)(adapted, ep.support_x, ep.support_y)
+                adapted["layers"][1] = jax.tree.map(
+                    lambda h, gh: h - alpha * gh, adapted["layers"][1], g["layers"][1]
+                )
+            refs.append(jax.grad(loss)(adapted, ep.query_x, ep.query_y))
+        want = jax.tree.map(lambda a, b: (a + b) / 2, *refs)
+        g_fo, _ = jax.jit(make(True).meta_grad)(params, eps)
+        for a, b in zip(jax.tree.leaves(g_fo), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        g_so, _ = jax.jit(make(False).meta_grad)(params, eps)
+        assert _max_abs_diff(g_so, g_fo) > 1e-3  # second order keeps ∂h'/∂(body, h)
+
+
+def test_metasgd_first_order_meta_gradient_matches_hand_written_rule():
+    """First order stops gradients through the inner gradients g_k only; the update
+    −α ⊙ g_k stays differentiable in α. So with θ_{k+1} = θ_k − α ⊙ g_k and G = ∇L_query(θ_K):
+    d/dθ = G and d/dα = −G ⊙ Σ_k g_k."""
+    with jax.enable_x64(True):
+        apply_fn, init_fn = sinusoid_model((8,))
+        eps = tree_cast(sinusoid(5).sample_batch(jax.random.PRNGKey(3), None, 2), jnp.float64)
+        steps = 2
+        loss = _mse_loss(apply_fn)
+        make = lambda fo: metasgd(
+            apply_fn, init_fn, inner_lr=0.05, inner_steps=steps, first_order=fo
+        )
+        meta = tree_cast(make(True).init(jax.random.PRNGKey(0)), jnp.float64)
+        rng = np.random.default_rng(0)  # distinct per-parameter rates
+        meta["lr"] = jax.tree.map(lambda a: a * rng.uniform(0.5, 1.5, a.shape), meta["lr"])
+        refs = []
+        for i in range(2):
+            ep = jax.tree.map(lambda a, i=i: a[i], eps)
+            theta, g_sum = meta["params"], jax.tree.map(jnp.zeros_like, meta["params"])
+            for _ in range(steps):
+                g = jax.grad(loss)(theta, ep.support_x, ep.support_y)
+                theta = jax.tree.map(lambda t, a, gk: t - a * gk, theta, meta["lr"], g)
+                g_sum = jax.tree.map(jnp.add, g_sum, g)
+            g_query = jax.grad(loss)(theta, ep.query_x, ep.query_y)
+            refs.append(
+                {"params": g_query, "lr": jax.tree.map(lambda q, s: -q * s, g_query, g_sum)}
+            )
+        want = jax.tree.map(lambda a, b: (a + b) / 2, *refs)
+        g_fo, _ = jax.jit(make(True).meta_grad)(meta, eps)
+        for a, b in zip(jax.tree.leaves(g_fo), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        g_so, _ = jax.jit(make(False).meta_grad)(meta, eps)
+        assert _max_abs_diff(g_so["params"], g_fo["params"]) > 1e-3
+        assert _max_abs_diff(g_so["lr"], g_fo["lr"]) > 1e-3

@@ -161,3 +161,22 @@ def test_same_logit_is_weighted_l1_distance_of_embeddings():
     # pair_logits (the classification path) agrees on the matched pairs.
     e1, e2 = embed_fn(params["embed"], x1), embed_fn(params["embed"], x2)
     np.testing.assert_allclose(np.diag(net.pair_logits(params, e1, e2)), got, rtol=1e-5, atol=1e-5)
+
+
+def test_pair_sampler_scales_uint8_and_bool_and_rejects_other_integer_images():
+    data = np.zeros((3, 2, 2, 2, 1), np.uint8)
+    data[:, :, 0, 0, 0] = 255
+    data[:, :, 0, 1, 0] = 51
+    sampler = pair_sampler(4)
+    pairs = jax.jit(sampler.sample)(jax.random.key(0), data)
+    assert pairs.x1.dtype == jnp.float32
+    np.testing.assert_allclose(pairs.x1[:, 0, 0, 0], 1.0)  # 255 / 255, not 255 / iinfo.max
+    np.testing.assert_allclose(pairs.x2[:, 0, 1, 0], 0.2, rtol=1e-6)
+    bools = sampler.sample(jax.random.key(0), data > 100)
+    assert bools.x1.dtype == jnp.float32
+    np.testing.assert_array_equal(bools.x1[:, 0, :, 0], [[1.0, 0.0]] * 4)
+    for dtype in (np.int64, np.int32, np.int16, np.int8, np.uint16):
+        with pytest.raises(ValueError, match=f"got dtype {np.dtype(dtype).name}.*uint8"):
+            sampler.sample(jax.random.key(0), data.astype(dtype))
+        with pytest.raises(ValueError, match=f"got dtype {np.dtype(dtype).name}"):
+            sampler.sample_batch(jax.random.key(0), data.astype(dtype), 2)

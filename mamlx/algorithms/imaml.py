@@ -11,6 +11,11 @@ back-propagating through the inner steps:
 
 solved with conjugate gradients on Hessian-vector products. Memory is constant in
 the number of inner steps (nothing is stored for the backward pass).
+
+The meta-gradient is ``learner.meta_grad`` (the implicit one above). ``learner.outer_loss``
+is for evaluation and metrics only: the inner loop starts from and is anchored to
+``stop_gradient(φ)``, so ``jax.grad(learner.outer_loss)`` is exactly zero, not the
+meta-gradient.
 """
 
 from __future__ import annotations
@@ -91,12 +96,20 @@ def imaml(
       transductive: see :func:`mamlx.algorithms.maml.make_predict`.
 
     Returns:
-      A :class:`MetaLearner` whose ``meta_grad`` is the implicit meta-gradient.
+      A :class:`MetaLearner` whose ``meta_grad`` is the implicit meta-gradient,
+      averaged over the task batch. Its ``outer_loss`` (query loss after the inner
+      loop) is for evaluation and metrics only: its gradient with respect to the
+      meta-parameters is exactly zero (the inner loop is anchored to
+      ``stop_gradient(φ)``), so train with ``meta_grad``, never with
+      ``jax.grad(outer_loss)``.
     """
     check_inner_args(inner_steps, inner_lr, task_map)
-    inner.check_steps(cg_steps, "cg_steps")
-    if not lam > 0:
-        raise ValueError(f"lam must be positive, got {lam}")
+    if inner.check_steps(cg_steps, "cg_steps") < 1:
+        raise ValueError(
+            f"cg_steps must be >= 1 (zero conjugate-gradient iterations give an all-zero "
+            f"meta-gradient), got {cg_steps}"
+        )
+    lam = inner.check_positive(lam, "lam")
 
     support_loss = support_loss_fn(apply_fn, loss_fn)
 
@@ -124,7 +137,23 @@ def imaml(
 
     adapt, predict = make_predict(apply_fn, adapt_params, transductive)
 
-    outer_loss = query_outer_loss(adapt, predict, loss_fn)
+    query_loss_after_adapt = query_outer_loss(adapt, predict, loss_fn)
+
+    def outer_loss(meta_params, episode: Episode):
+        """Query loss and metrics after the proximal inner loop, for evaluation only.
+
+        Not differentiable in the meta-parameters: ``jax.grad`` of it is exactly
+        zero because the inner loop is anchored to ``stop_gradient(meta_params)``.
+        The iMAML meta-gradient is ``meta_grad`` (implicit function theorem).
+
+        Args:
+          meta_params: meta-parameters φ.
+          episode: one task's support and query data.
+
+        Returns:
+          ``(loss, metrics)`` on the query set.
+        """
+        return query_loss_after_adapt(meta_params, episode)
 
     def task_grad(meta_params, episode: Episode):
         sx, sy = episode.support_x, episode.support_y

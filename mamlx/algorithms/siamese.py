@@ -28,6 +28,7 @@ from mamlx.algorithms.protonet import class_counts, mask_absent
 from mamlx.episodes import Episode
 from mamlx.losses import accuracy
 from mamlx.models.adapter import ApplyFn
+from mamlx.tasks.fewshot import _check_dtype
 from mamlx.types import Array, Params, PRNGKey
 
 __all__ = [
@@ -68,8 +69,10 @@ def pair_sampler(pairs: int, *, rotate: bool = False) -> PairSampler:
     pairs are two distinct examples of one class and the rest examples of two
     distinct classes (uniform over classes and examples). Pure JAX: jittable and
     vmappable; ``sample_batch(key, data, n)`` adds a leading axis of ``n``
-    batches (so it plugs into :func:`mamlx.fit`). Integer images are scaled to
-    [0, 1]; ``rotate=True`` treats 90-degree rotations as new classes, as
+    batches (so it plugs into :func:`mamlx.fit`). ``uint8`` images are scaled
+    to [0, 1] (divided by 255), bool images become 0 / 1, floats are used as they
+    are; other integer dtypes raise a ``ValueError`` (their value range is
+    unknown). ``rotate=True`` treats 90-degree rotations as new classes, as
     :func:`mamlx.tasks.fewshot_sampler` does.
 
     Args:
@@ -90,6 +93,7 @@ def pair_sampler(pairs: int, *, rotate: bool = False) -> PairSampler:
     pairs, rotate = int(pairs), bool(rotate)
 
     def sample(key: PRNGKey, data: Array) -> Pairs:
+        _check_dtype(data)
         data = jnp.asarray(data)
         if data.ndim != 5 or data.shape[0] < 2 or data.shape[1] < 2:
             raise ValueError(
@@ -110,8 +114,8 @@ def pair_sampler(pairs: int, *, rotate: bool = False) -> PairSampler:
 
         def images(cls, ex):
             x = data[cls % classes, ex]
-            if jnp.issubdtype(x.dtype, jnp.integer):
-                x = x.astype(jnp.float32) / jnp.float32(jnp.iinfo(x.dtype).max)
+            if x.dtype == jnp.uint8:
+                x = x.astype(jnp.float32) / jnp.float32(255)
             elif x.dtype == jnp.bool_:
                 x = x.astype(jnp.float32)
             if rotate:
