@@ -554,7 +554,8 @@ def build(config: Any) -> Experiment:
         from mamlx.tasks import fewshot_sampler
 
         splits = load_fewshot_splits(config)
-        rotate = config.rotate and splits.pop("train_rotations") > 1
+        rotations = splits.pop("train_rotations")
+        rotate = config.rotate and rotations > 1
         sampler = fewshot_sampler(config.ways, config.shots, config.queries, rotate=rotate)
         eval_shots = config.eval_shots or config.shots
         eval_sampler = fewshot_sampler(config.ways, eval_shots, config.queries, rotate=False)

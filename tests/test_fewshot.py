@@ -131,6 +131,8 @@ def test_background_split_trains_without_val_classes_or_rotations(tmp_path, data
     assert set(exp.splits) == {"test"} and exp.splits["test"].shape[0] == 659
     vinyals = build(FewShotConfig(data_dir=root, filters=8))
     assert vinyals.sampler.rotate and set(vinyals.splits) == {"val", "test"}
+    plain = build(FewShotConfig(data_dir=root, filters=8, rotate=False))
+    assert not plain.sampler.rotate and set(plain.splits) == {"val", "test"}
     run = tmp_path / "bg"
     assert main(args(run, *data_flag, "--split", "background", steps=3)) == 0
     assert not (run / "best.npz").exists()  # nothing to validate on
