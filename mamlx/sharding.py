@@ -92,6 +92,30 @@ def sharded_meta_grad(meta_grad, mesh: Mesh):
     )
 
 
+def _varying_axes(x: Any) -> set:
+    mat = getattr(jax.typeof(x), "manual_axis_type", None)
+    return set(getattr(mat, "varying", None) or ())
+
+
+def varying_like(tree: Any, *inputs: Any) -> Any:
+    """``tree`` marked as varying over the manual mesh axes its ``inputs`` vary over.
+
+    Inside ``shard_map`` (see :func:`sharded_meta_grad`) a per-device task batch
+    varies across devices; a scan carry or recurrent state started from constant
+    zeros must have the type of the values computed from that batch. Outside
+    ``shard_map``: ``tree`` as is.
+    """
+    axes: set = set()
+    for leaf in jax.tree.leaves(inputs):
+        axes |= _varying_axes(leaf)
+
+    def cast(t):
+        missing = axes - _varying_axes(t)
+        return jax.lax.pcast(t, tuple(sorted(missing)), to="varying") if missing else t
+
+    return jax.tree.map(cast, tree) if axes else tree
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Place a pytree (params, optimizer state, dataset) on every device of ``mesh``."""
     return jax.device_put(tree, replicated(mesh))

@@ -44,6 +44,28 @@ SCRIPT = textwrap.dedent(
     s4m, _ = sharded_map(sharding.replicate(state, mesh), None)
     for a, b in zip(jax.tree.leaves(s1m.params), jax.tree.leaves(s4m.params)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
+    # learners with recurrent state started from zeros (meta-LSTM, matching's full-context
+    # embeddings) run per device too (one task map each: the state is the same under both)
+    import sys
+    sys.path.insert(0, "tests")
+    from metric_helpers import tiny_conv, tiny_data
+    from mamlx.algorithms import matching, meta_lstm
+    from mamlx.tasks import fewshot_sampler
+    images = tiny_data()
+    cases = [
+        (meta_lstm(*sinusoid_model((8,)), inner_steps=2, init_lr=0.01), sinusoid(5), None),
+        (matching(*tiny_conv(), fce_steps=2, feature_dim=16, task_map="map"),
+         fewshot_sampler(3, 1, 2), images),
+    ]
+    sgd = optax.sgd(0.1)  # Adam's first step would blow up rounding noise in zero gradients
+    for lr, sampler, data in cases:
+        st = init_state(lr, sgd, jax.random.PRNGKey(0))
+        one, m1 = jax.jit(make_step(lr, sampler, sgd, 8))(st, data)
+        four, m4 = jax.jit(make_step(lr, sampler, sgd, 8, mesh))(
+            sharding.replicate(st, mesh), data)
+        np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
     # whole training loop through fit, 1 vs 4 devices
     f1 = fit(learner, sinusoid(5), opt, steps=20, meta_batch=8, state=state, progress=False)
     f4 = fit(learner, sinusoid(5), opt, steps=20, meta_batch=8, state=state, progress=False,

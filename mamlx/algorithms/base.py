@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from mamlx import inner
 from mamlx.episodes import Episode
 from mamlx.losses import task_metrics
+from mamlx.sharding import varying_like
 from mamlx.types import Array, Metrics, Params, PRNGKey
 
 TASK_MAPS = ("vmap", "map", "auto")
@@ -79,22 +80,6 @@ def mean_metrics(metrics: Metrics) -> Metrics:
     return jax.tree.map(jnp.mean, metrics)
 
 
-def _varying_like(tree, *inputs):
-    """``tree`` marked as varying over the manual mesh axes its ``inputs`` vary over.
-
-    Inside ``shard_map`` (see :func:`mamlx.sharding.sharded_meta_grad`) a per-device
-    task batch varies across devices; a scan carry started from constant zeros must
-    have the same type as the per-task results added to it. Outside: ``tree`` as is.
-    """
-    axes: set = set()
-    for leaf in jax.tree.leaves(inputs):
-        mat = getattr(jax.typeof(leaf), "manual_axis_type", None)
-        axes |= set(getattr(mat, "varying", None) or ())
-    if not axes:
-        return tree
-    return jax.tree.map(lambda t: jax.lax.pcast(t, tuple(sorted(axes)), to="varying"), tree)
-
-
 def map_tasks_mean(fn: Callable, meta_params: Params, episodes: Episode, task_map: str = "vmap"):
     """Mean over tasks of ``fn(meta_params, episode) -> (tree, metrics)``.
 
@@ -118,7 +103,7 @@ def map_tasks_mean(fn: Callable, meta_params: Params, episodes: Episode, task_ma
         tree, metrics = fn(meta_params, episode)
         return jax.tree.map(jnp.add, total, tree), metrics
 
-    zeros = _varying_like(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), episodes)
+    zeros = varying_like(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), episodes)
     total, metrics = jax.lax.scan(body, zeros, episodes)
     return jax.tree.map(lambda t: t / n, total), mean_metrics(metrics)
 

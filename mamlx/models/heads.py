@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mamlx.models.embedding import ConvBlock, pooled_size
+from mamlx.sharding import varying_like
 from mamlx.types import Array
 
 
@@ -103,7 +104,7 @@ class FullContextEmbedding(nnx.Module):
         self.steps = steps
 
     def _run(self, cell: nnx.LSTMCell, xs: Array) -> Array:
-        zero = jnp.zeros(xs.shape[-1], xs.dtype)
+        zero = varying_like(jnp.zeros(xs.shape[-1], xs.dtype), xs)
         return jax.lax.scan(lambda carry, x: cell(carry, x), (zero, zero), xs)[1]
 
     def __call__(self, inputs: tuple[Array, Array]) -> tuple[Array, Array]:
@@ -112,8 +113,7 @@ class FullContextEmbedding(nnx.Module):
         bwd = self._run(self.backward, support[::-1])[::-1]
         g = support + fwd + bwd
         h = query
-        c = jnp.zeros_like(query)
-        r = jnp.zeros_like(query)
+        c = r = varying_like(jnp.zeros_like(query), query, support)
         for _ in range(self.steps):
             (c, h), _ = self.attend((c, h), jnp.concatenate([query, r], axis=-1))
             h = h + query

@@ -31,6 +31,7 @@ import optax
 from jax import lax
 
 from mamlx.optimizers.lstm import init_lstm_layers, lstm_cell, preprocess_gradient
+from mamlx.sharding import varying_like
 from mamlx.types import Array, Params, PRNGKey
 
 
@@ -142,6 +143,8 @@ def meta_lstm_optimizer(
     def init_fn(params: Params) -> MetaLSTMState:
         z = jax.tree.map(lambda x: jnp.zeros((*jnp.shape(x), hidden), jnp.result_type(x)), params)
         g0 = jax.tree.map(jnp.zeros_like, params)
+        # Per-device state when the params are per-device (task batches under shard_map).
+        z, g0 = varying_like((z, g0), params)
         return MetaLSTMState(h=z, c=z, input_gate=g0, forget_gate=g0)
 
     def leaf(g, theta, h, c, i_prev, f_prev, loss_feat):
