@@ -92,7 +92,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, default: Any = None) -> None
     )
     parser.add_argument(
         "--distributed",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=default,
         help="call jax.distributed.initialize() first (multi-host launch)",
     )
@@ -234,6 +234,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint.atomic_write_text(
             run_dir / "config.json", json.dumps(config.to_dict(), indent=2)
         )
+    if jax.process_index() == 0:  # the settings in force, for the next resume
         checkpoint.atomic_write_text(run_dir / "run.json", json.dumps(vars(run), indent=2))
     print(f"training {config.task} with {config.algo} -> {run_dir}")
     validate = None

@@ -274,7 +274,7 @@ def restore(run_dir: str | os.PathLike, template: TrainState) -> TrainState | No
                 record = json.loads(line)
             except ValueError:
                 continue  # empty, or the last line of a killed run
-            if record.get("step", 0) <= step:
+            if isinstance(record, dict) and record.get("step", 0) <= step:
                 kept.append(line)
         checkpoint.atomic_write_text(metrics_file, "".join(x + "\n" for x in kept))
     return state

@@ -119,6 +119,10 @@ def test_resume_restores_the_run_settings_in_either_flag_order(tmp_path, monkeyp
         assert [s for s, _ in checkpoint.list_checkpoints(run)] == [20, 40, 60]
         assert _logged_steps(run) == [20, 40, 60]
     assert not (tmp_path / "runs").exists()  # `--resume X sinusoid` did not start a new run
+    # flags given on resume win and are kept for the next resume; --distributed can be undone
+    assert main(["train", "--resume", str(run), "--chunk", "7", "--no-distributed"]) == 0
+    saved = json.loads((run / "run.json").read_text())
+    assert saved["chunk"] == 7 and saved["checkpoint_every"] == 20 and not saved["distributed"]
 
 
 def test_resume_log_has_each_step_once(tmp_path, monkeypatch):

@@ -207,3 +207,15 @@ def test_npz_cache_roundtrip_and_untrusted_files(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         dl.save_npz(other, "k", x=x)
     assert os.listdir(tmp_path / "sub") == []
+
+
+def test_download_http_unverifiable_full_part_starts_over(tmp_path):
+    # Without a size or checksum a .part the server calls complete (HTTP 416) cannot be
+    # checked, so it is not trusted: the file is fetched again from byte 0.
+    _, data, _ = _src(tmp_path)
+    dest, part = tmp_path / "f.bin", tmp_path / "f.bin.part"
+    part.write_bytes(b"x" * len(data))
+    with _http_server(data) as (url, requests):
+        dl.download_url(url, dest)
+    assert dest.read_bytes() == data and not part.exists()
+    assert requests == [f"bytes={len(data)}-", None]

@@ -64,7 +64,8 @@ def batch_norm(
       x: features, shape ``(..., C)``.
       use_running_average: ``None`` means ``norm.use_running_average``.
       mask: optional ``(N,)`` booleans over the leading axis: batch statistics come
-        from the ``True`` examples only (all examples are normalised).
+        from the ``True`` examples only (all examples are normalised). At least one
+        must be ``True`` (all ``False`` gives mean 0 and variance 0).
 
     Returns:
       The normalised features, shape of ``x``.

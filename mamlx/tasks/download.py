@@ -96,14 +96,15 @@ def _open_url(url: str, offset: int, timeout: float):
     return resp, resumed, total
 
 
-def _open_resumable(url: str, offset: int, size: int | None, timeout: float):
+def _open_resumable(url: str, offset: int, size: int | None, timeout: float, checked: bool):
     """Like :func:`_open_url`, but a ``.part`` that already holds the whole file is not requested.
 
     Returns ``(None, True, None)`` when the ``.part`` (``offset`` bytes) is at
     least ``size`` long, or the server answers HTTP 416 (range not satisfiable)
     to the resume: a run killed between the copy and the rename, or a corrupt or
     over-long ``.part``. The caller then checks the ``.part`` as it is and, if it
-    fails, downloads once more from byte 0.
+    fails, downloads once more from byte 0. Without a size or checksum to check it
+    against (``checked=False``) such a ``.part`` is not trusted: it starts over.
     """
     if offset and size is not None and offset >= size:
         return None, True, None
@@ -111,7 +112,7 @@ def _open_resumable(url: str, offset: int, size: int | None, timeout: float):
         return _open_url(url, offset, timeout)
     except urllib.error.HTTPError as e:
         if offset and e.code == 416:
-            return None, True, None
+            return (None, True, None) if checked else _open_url(url, 0, timeout)
         raise
 
 
@@ -162,7 +163,8 @@ def download_url(
     part = dest.with_name(dest.name + ".part")
     for attempt in range(2):
         offset = part.stat().st_size if part.is_file() else 0
-        stream, resumed, total = _open_resumable(url, offset, size, timeout)
+        checked = size is not None or sha256 is not None
+        stream, resumed, total = _open_resumable(url, offset, size, timeout, checked)
         if stream is not None:
             with stream, open(part, "ab" if resumed else "wb") as out:
                 shutil.copyfileobj(stream, out, _CHUNK)
