@@ -227,3 +227,19 @@ def test_sampler_on_miniimagenet_arrays(folder):
     assert ep.support_x.shape == (3, 84, 84, 3) and ep.support_x.dtype == np.float32
     assert float(ep.query_x.max()) <= 1.0
     shutil.rmtree(root / "imgs")
+
+
+def test_experiment_builds_from_a_data_folder(tmp_path, miniimagenet_dir, monkeypatch):
+    # The CLI's path: one folder with the three split CSVs and the images.
+    from mamlx.experiments import MiniImageNetConfig, build
+
+    monkeypatch.setenv("MAMLX_CACHE", str(tmp_path / "cache"))
+    for split in ("train", "val", "test"):
+        _build(tmp_path, miniimagenet_dir / f"{split}.csv", split, 2, "flat")
+        shutil.copy(tmp_path / "csv" / f"{split}.csv", tmp_path / "imgs" / f"{split}.csv")
+    config = MiniImageNetConfig(data_dir=str(tmp_path / "imgs"), ways=2, queries=2, filters=4)
+    exp = build(config)
+    assert not exp.sampler.rotate and set(exp.splits) == {"val", "test"}
+    assert exp.data.shape == (2, PER_CLASS, 84, 84, 3)
+    ep = exp.sampler.sample(jax.random.PRNGKey(0), exp.data)
+    assert ep.support_x.shape == (2, 84, 84, 3) and ep.query_x.shape == (4, 84, 84, 3)
