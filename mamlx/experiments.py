@@ -553,7 +553,7 @@ def build(config: Any) -> Experiment:
     if isinstance(config, FewShotConfig):
         from mamlx.tasks import fewshot_sampler
 
-        splits = load_fewshot_splits(config)
+        splits = dict(load_fewshot_splits(config))
         rotations = splits.pop("train_rotations")
         rotate = config.rotate and rotations > 1
         sampler = fewshot_sampler(config.ways, config.shots, config.queries, rotate=rotate)

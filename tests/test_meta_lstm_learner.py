@@ -255,6 +255,7 @@ def test_tiny_fake_miniimagenet_run(tmp_path, monkeypatch):
         s: jax.random.uniform(jax.random.key(i), (6, 16, 32, 32, 3))
         for i, s in enumerate(("train", "val", "test"))
     }
+    fake["train_rotations"] = 1
     monkeypatch.setattr(experiments, "load_fewshot_splits", lambda config: fake)
     config = preset_config(
         "meta-lstm-mini-5w1s",
