@@ -42,7 +42,9 @@ def check_positive(value: Any, name: str) -> float:
     Raises:
       ValueError: for a bool, a non-number, NaN, ±inf, zero or a negative value.
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a finite positive number, got the bool {value!r}")
+    if not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a finite positive number, got {value!r}")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be positive and finite, got {value!r}")
@@ -58,12 +60,7 @@ def as_optimizer(opt: InnerOpt) -> optax.GradientTransformation:
     """
     if isinstance(opt, optax.GradientTransformation):
         return opt
-    if isinstance(opt, (bool, np.bool_)):
-        raise ValueError(
-            f"inner learning rate (inner_lr / inner_opt) must be a number or an optax "
-            f"transformation, got the bool {opt!r}"
-        )
-    if isinstance(opt, numbers.Real):
+    if isinstance(opt, (numbers.Real, np.bool_)):
         return optax.sgd(check_positive(opt, "inner learning rate (inner_lr / inner_opt)"))
     raise ValueError(
         f"inner optimizer (inner_lr / inner_opt) must be a learning rate or an optax "

@@ -28,7 +28,7 @@ from mamlx.algorithms.protonet import class_counts, mask_absent
 from mamlx.episodes import Episode
 from mamlx.losses import accuracy
 from mamlx.models.adapter import ApplyFn
-from mamlx.tasks.fewshot import _check_dtype
+from mamlx.tasks.fewshot import check_image_dtype, images_as_float, rotate_images
 from mamlx.types import Array, Params, PRNGKey
 
 __all__ = [
@@ -93,7 +93,7 @@ def pair_sampler(pairs: int, *, rotate: bool = False) -> PairSampler:
     pairs, rotate = int(pairs), bool(rotate)
 
     def sample(key: PRNGKey, data: Array) -> Pairs:
-        _check_dtype(data)
+        check_image_dtype(data)
         data = jnp.asarray(data)
         if data.ndim != 5 or data.shape[0] < 2 or data.shape[1] < 2:
             raise ValueError(
@@ -113,19 +113,8 @@ def pair_sampler(pairs: int, *, rotate: bool = False) -> PairSampler:
         )
 
         def images(cls, ex):
-            x = data[cls % classes, ex]
-            if x.dtype == jnp.uint8:
-                x = x.astype(jnp.float32) / jnp.float32(255)
-            elif x.dtype == jnp.bool_:
-                x = x.astype(jnp.float32)
-            if rotate:
-                turn = cls // classes
-                x = jax.vmap(
-                    lambda img, t: jax.lax.switch(
-                        t, [lambda a, i=i: jnp.rot90(a, i, axes=(0, 1)) for i in range(4)], img
-                    )
-                )(x, turn)
-            return x
+            x = images_as_float(data[cls % classes, ex])
+            return jax.vmap(rotate_images)(x, cls // classes) if rotate else x
 
         x1 = images(a, e1)
         return Pairs(x1, images(b, e2), same.astype(x1.dtype))

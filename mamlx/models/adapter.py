@@ -33,7 +33,7 @@ def functional(module: nnx.Module) -> tuple[ApplyFn, Params]:
 
     Returns:
       ``(apply_fn, params)`` where ``apply_fn(params, x)`` is pure and jittable
-      and ``params`` is a nested ``dict`` of arrays Further arguments of
+      and ``params`` is a nested ``dict`` of arrays. Further arguments of
       ``apply_fn`` go to the module's ``__call__``.
 
     Example:

@@ -68,7 +68,7 @@ def _check(data: Array, ways: int, shots: int, queries: int, rotate: bool) -> No
         raise ValueError(f"rotate=True needs square images, got H={h}, W={w}")
 
 
-def _check_dtype(data: Array) -> None:
+def check_image_dtype(data: Array) -> None:
     """Reject integer images other than uint8: their value range is unknown."""
     dtype = getattr(data, "dtype", None)
     dtype = jnp.dtype(dtype if dtype is not None else jnp.asarray(data).dtype)
@@ -79,7 +79,16 @@ def _check_dtype(data: Array) -> None:
         )
 
 
-def _rotate(x: Array, k: Array) -> Array:
+def images_as_float(x: Array) -> Array:
+    """uint8 images scaled to float32 in [0, 1], bool to float32 0/1, floats as they are."""
+    if x.dtype == jnp.uint8:
+        return x.astype(jnp.float32) / jnp.float32(255)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.float32)
+    return x
+
+
+def rotate_images(x: Array, k: Array) -> Array:
     """Rotate images ``x`` (..., H, W, C) by ``k`` * 90 degrees (counter-clockwise)."""
     branches = [lambda a, i=i: jnp.rot90(a, i, axes=(-3, -2)) for i in range(4)]
     return jax.lax.switch(k, branches, x)
@@ -98,9 +107,9 @@ def fewshot_sampler(ways: int, shots: int, queries: int, *, rotate: bool = False
       ``perm`` a fresh permutation of ``0..ways-1`` per task.
 
     uint8 inputs are scaled to float32 in [0, 1] (divided by 255); bool inputs
-    become float32 0/1; float inputs keep their dtype. Other integer dtypes raise
-    ``ValueError`` (their value range is unknown: pass uint8 or floats in [0, 1]). With ``rotate=True`` the
-    sampler sees ``4 * classes`` classes: class index ``c + k * classes`` is
+    become float32 0/1; float inputs keep their dtype (:func:`images_as_float`).
+    Other integer dtypes raise ``ValueError`` (their value range is unknown: pass
+    uint8 or floats in [0, 1]). With ``rotate=True`` the sampler sees ``4 * classes`` classes: class index ``c + k * classes`` is
     class ``c`` rotated by ``k * 90`` degrees counter-clockwise (``jnp.rot90``),
     the Omniglot augmentation of Santoro et al. (2016) and Vinyals et al. (2016).
 
@@ -134,7 +143,7 @@ def fewshot_sampler(ways: int, shots: int, queries: int, *, rotate: bool = False
     per_class = shots + queries
 
     def sample(key: PRNGKey, data: Array) -> Episode:
-        _check_dtype(data)
+        check_image_dtype(data)
         data = jnp.asarray(data)
         _check(data, ways, shots, queries, rotate)
         classes, examples = data.shape[:2]
@@ -150,13 +159,9 @@ def fewshot_sampler(ways: int, shots: int, queries: int, *, rotate: bool = False
         ex_scores = u[total : total + ways * examples].reshape(ways, examples)
         _, idx = jax.lax.top_k(ex_scores, per_class)
         labels = jnp.argsort(u[total + ways * examples :]).astype(jnp.int32)
-        x = data[base[:, None], idx]  # (ways, K + Q, H, W, C)
-        if x.dtype == jnp.uint8:
-            x = x.astype(jnp.float32) / jnp.float32(255)
-        elif x.dtype == jnp.bool_:
-            x = x.astype(jnp.float32)
+        x = images_as_float(data[base[:, None], idx])  # (ways, K + Q, H, W, C)
         if rotate:
-            x = jax.vmap(_rotate)(x, turns)
+            x = jax.vmap(rotate_images)(x, turns)
         rest = x.shape[2:]
         return Episode(
             support_x=x[:, :shots].reshape((ways * shots, *rest)),
