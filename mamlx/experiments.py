@@ -27,6 +27,8 @@ from mamlx.algorithms import (
 )
 from mamlx.algorithms.base import TASK_MAPS, resolve_task_map  # noqa: F401 - re-exported
 from mamlx.models import MLP, model
+from mamlx.models.conv import IMPLS as CONV_IMPLS
+from mamlx.models.conv import default_impl
 from mamlx.tasks import sinusoid
 
 SINUSOID_ALGOS = {"maml": maml, "fomaml": fomaml, "pretrain": pretrain}
@@ -108,6 +110,7 @@ class FewShotConfig:
     input gate (learning rate, in (0, 1)), ``lstm_hidden`` as the meta-learner LSTM's
     width, and ``second_order`` for the exact meta-gradient. ``clip_norm > 0`` clips
     the meta-gradient's global norm before the outer optimizer (any algorithm).
+    ``conv_impl=""`` picks the convolution by algorithm and backend (:func:`conv_default`).
     """
 
     algo: str = "maml"
@@ -173,6 +176,7 @@ class FewShotConfig:
             "meta_lr_schedule": ("constant", "linear"),
             "task_map": TASK_MAPS,
             "split": ("vinyals", "background", "ravi"),
+            "conv_impl": ("", *CONV_IMPLS),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -487,6 +491,17 @@ def load_fewshot_splits(config: FewShotConfig) -> dict[str, Any]:
     return {**{k: jnp.asarray(v) for k, v in arrays.items()}, "train_rotations": rotations}
 
 
+def conv_default(algo: str) -> str:
+    """The convolution of a few-shot algorithm when ``conv_impl`` is not given.
+
+    Every algorithm here but ANIL adapts the convolutions per task, so their
+    kernels carry the task axis under ``vmap``
+    (:func:`mamlx.models.conv.default_impl` with ``batched_kernels``); ANIL adapts
+    the head only and gets the backend's default.
+    """
+    return default_impl(batched_kernels=algo != "anil")
+
+
 def fewshot_learner(config: FewShotConfig, ways: int | None = None) -> MetaLearner:
     """The learner of a few-shot configuration (Conv-4 with a head of ``ways`` logits)."""
 
@@ -495,7 +510,7 @@ def fewshot_learner(config: FewShotConfig, ways: int | None = None) -> MetaLearn
     ways = ways or config.ways
     channels = 1 if config.task == "omniglot" else 3
     shape = (config.image_size, config.image_size, channels)
-    impl = config.conv_impl or None
+    impl = config.conv_impl or conv_default(config.algo)
     apply_fn, init_fn = model(
         lambda rngs: Conv4(
             ways,

@@ -156,8 +156,10 @@ def test_vmap_per_task_kernels(impl):
 def test_default_impl_and_switch(monkeypatch):
     assert default_impl("cpu") == "patches"
     assert default_impl("gpu") == "xla"
+    assert default_impl("gpu", batched_kernels=True) == "patches"
     monkeypatch.setenv("MAMLX_CONV_IMPL", "xla")
     assert default_impl("cpu") == "xla"
+    assert default_impl("gpu", batched_kernels=True) == "xla"  # the user's choice wins
     conv_lib.set_default_impl("patches_autodiff")
     try:
         assert default_impl("gpu") == "patches_autodiff"
@@ -293,3 +295,32 @@ def test_batch_norm_mask_takes_statistics_from_the_masked_examples_only():
         np.testing.assert_allclose(
             batch_norm(make(), moved, False, mask)[mask], y[mask], rtol=1e-12
         )
+
+
+def test_fewshot_learners_pick_the_convolution_by_algorithm(monkeypatch):
+    """On GPU, learners that adapt the convolutions per task use patches (grouped
+    convolutions are slow there too); ANIL, whose body is shared, keeps cuDNN's."""
+    from mamlx import Episode
+    from mamlx.experiments import FewShotConfig, conv_default, fewshot_learner
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # only traced below
+    assert conv_default("maml") == conv_default("reptile") == "patches"
+    assert conv_default("anil") == "xla"
+    x = jnp.zeros((2, 8, 8, 1))  # one task of 2 examples
+    y = jnp.zeros((2,), jnp.int32)
+    for algo, xla_conv in (("maml", False), ("meta-lstm", False), ("anil", True)):
+        cfg = FewShotConfig(algo=algo, ways=2, filters=4, image_size=8, inner_lr=0.1)
+        learner = fewshot_learner(cfg)
+        params = learner.init(jax.random.PRNGKey(0))
+        jaxpr = str(jax.make_jaxpr(learner.outer_loss)(params, Episode(x, y, x, y)))
+        assert ("conv_general_dilated" in jaxpr) == xla_conv, algo
+        cfg = FewShotConfig(
+            algo=algo, ways=2, filters=4, image_size=8, inner_lr=0.1, conv_impl="xla"
+        )
+        learner = fewshot_learner(cfg)
+        jaxpr = str(
+            jax.make_jaxpr(learner.outer_loss)(
+                learner.init(jax.random.PRNGKey(0)), Episode(x, y, x, y)
+            )
+        )
+        assert "conv_general_dilated" in jaxpr, algo  # an explicit choice is kept

@@ -47,8 +47,9 @@ def set_default_impl(impl: str | None) -> None:
     """Set the implementation used when ``conv2d`` is called without ``impl``.
 
     Args:
-        impl: One of :data:`IMPLS`, or ``None`` for the per-backend default
-            (``'patches'`` on CPU, ``'xla'`` on GPU and TPU). The environment
+        impl: One of :data:`IMPLS`, or ``None`` for the default of
+            :func:`default_impl` (``'patches'`` on CPU and for per-task
+            kernels, ``'xla'`` for shared kernels on GPU and TPU). The environment
             variable ``MAMLX_CONV_IMPL`` gives the same choice without code.
     """
     global _default_impl
@@ -57,16 +58,23 @@ def set_default_impl(impl: str | None) -> None:
     _default_impl = impl
 
 
-def default_impl(backend: str | None = None) -> str:
+def default_impl(backend: str | None = None, *, batched_kernels: bool = False) -> str:
     """Return the implementation ``conv2d`` uses by default on ``backend``.
 
     Args:
         backend: A JAX backend name; ``None`` means ``jax.default_backend()``.
+        batched_kernels: Whether the kernels will carry a task axis under
+            ``vmap`` (learners that adapt the convolutions per task: MAML,
+            Reptile, Meta-SGD, the meta-LSTM). XLA turns those into grouped
+            convolutions, slow on every backend measured, so ``'patches'`` is
+            the default for them everywhere (H200, Omniglot 5-way 1-shot MAML
+            step: 2.3x faster than cuDNN's grouped convolution, see
+            ``benchmarks/results/throughput_gpu_h200.md``).
 
     Returns:
         The value set by :func:`set_default_impl`, else ``$MAMLX_CONV_IMPL``,
-        else ``'patches'`` on CPU and ``'xla'`` elsewhere (cuDNN and the TPU
-        convolution units beat matrix products there).
+        else ``'patches'`` on CPU or for batched kernels, and ``'xla'`` for
+        shared kernels on GPU and TPU (cuDNN and the TPU convolution units).
     """
     if _default_impl is not None:
         return _default_impl
@@ -75,6 +83,8 @@ def default_impl(backend: str | None = None) -> str:
         if env not in IMPLS:
             raise ValueError(f"MAMLX_CONV_IMPL={env!r}; choose from {IMPLS}")
         return env
+    if batched_kernels:
+        return "patches"
     return "patches" if (backend or jax.default_backend()) == "cpu" else "xla"
 
 
