@@ -81,6 +81,7 @@ SETTINGS = {
 }
 ALGOS = ("maml", "fomaml", "reptile")
 META_LR = 1e-3
+MALLOCS = {"both": ("default", "tuned"), "default": ("default",), "tuned": ("tuned",)}
 WARMUP = 3  # untimed calls before timing, for every implementation
 
 
@@ -326,9 +327,12 @@ def torch_in_subprocess(setting: str, algo: str, style: str, repeats: int, mallo
 
 
 def default_variants() -> str:
-    """The backend's default convolution, vectorized and (on CPU) looped over tasks."""
-    impl = default_impl()
-    return f"{impl}/vmap,{impl}/map" if jax.default_backend() == "cpu" else f"{impl}/vmap"
+    """The default convolution for per-task kernels, vectorized and (on CPU) looped over
+    tasks; elsewhere also XLA's own (cuDNN's grouped convolution) for comparison."""
+    impl = default_impl(batched_kernels=True)
+    if jax.default_backend() == "cpu":
+        return f"{impl}/vmap,{impl}/map"
+    return f"{impl}/vmap" + (",xla/vmap" if impl != "xla" else "")
 
 
 # --------------------------------------------------------------------------------------
@@ -358,6 +362,10 @@ def machine_info() -> dict:
     return info
 
 
+def _percent(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="3 repeats instead of 10")
@@ -378,6 +386,21 @@ def main(argv=None) -> dict:
         "(drift of a shared machine then hits all implementations alike)",
     )
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument(
+        "--ceiling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure the matrix-product peak and each step's work (XLA cost analysis) for the "
+        "ceiling table (default: on CPU only; on a GPU it costs minutes of compilation and the "
+        "steps are far from any GEMM peak)",
+    )
+    ap.add_argument(
+        "--torch-malloc",
+        choices=("both", "default", "tuned"),
+        default="both",
+        help="glibc malloc settings the torch peers run under (default: both, each its own row; "
+        "on a GPU the host allocator hardly matters)",
+    )
     ap.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput"))
     args = ap.parse_args(argv)
@@ -389,20 +412,22 @@ def main(argv=None) -> dict:
     variants = (args.jax_variants or default_variants()).split(",")
     rows = []
     load_start = machine_info()["load_avg_1m"]
-    peak = gemm_peak_gflops()
-    print(f"float32 matrix-product peak through JAX: {peak:.0f} GFLOP/s", flush=True)
+    ceiling = jax.default_backend() == "cpu" if args.ceiling is None else args.ceiling
+    peak = gemm_peak_gflops() if ceiling else None
+    if peak:
+        print(f"float32 matrix-product peak through JAX: {peak:.0f} GFLOP/s", flush=True)
     work = {}  # (setting, algo) -> GFLOP per task
 
     def record(setting, algo, impl, r):
         med = statistics.median(r["times_s"])
-        gflop = work[setting.name, algo]
+        gflop = work.get((setting.name, algo))
         row = {
             "setting": setting.name,
             "algo": algo,
             "impl": impl,
             "tasks_per_s": setting.meta_batch / med,
             "gflop_per_task": gflop,
-            "fraction_of_gemm_peak": setting.meta_batch / med * gflop / peak,
+            "fraction_of_gemm_peak": setting.meta_batch / med * gflop / peak if peak else None,
             "median_step_s": med,
             "min_step_s": min(r["times_s"]),
             "compile_or_warmup_s": r["compile_s"],
@@ -426,18 +451,18 @@ def main(argv=None) -> dict:
         p["times_s"] += r["times_s"]
         p["round_medians_s"].append(statistics.median(r["times_s"]))
         p["loss"] = r["loss"]
-        if args.rounds > 1:
-            print(
-                f"  round {len(p['round_medians_s'])}: {setting.name} {algo} {impl} "
-                f"{setting.meta_batch / p['round_medians_s'][-1]:.1f} tasks/s",
-                flush=True,
-            )
+        print(  # progress, so that a run cut off by a time limit still shows what it measured
+            f"  round {len(p['round_medians_s'])}: {setting.name} {algo} {impl} "
+            f"{setting.meta_batch / p['round_medians_s'][-1]:.1f} tasks/s "
+            f"(compile/warm-up {r['compile_s']:.1f} s, {time.strftime('%H:%M:%S')})",
+            flush=True,
+        )
 
     for _ in range(args.rounds):
         for sname in args.settings.split(","):
             s = SETTINGS[sname]
             for algo in args.algos.split(","):
-                if (sname, algo) not in work:
+                if ceiling and (sname, algo) not in work:
                     work[sname, algo] = step_gflop_per_task(s, algo)
                 for v in variants:
                     impl, task_map = v.split("/")
@@ -445,7 +470,7 @@ def main(argv=None) -> dict:
                     pool(s, algo, f"jax[{impl}/{task_map}]", r)
                 if not args.no_torch:
                     for style in ("loop", "vmap"):
-                        for malloc in ("default", "tuned"):
+                        for malloc in MALLOCS[args.torch_malloc]:
                             r = torch_in_subprocess(sname, algo, style, repeats, malloc)
                             suffix = "" if malloc == "default" else "+tuned-malloc"
                             pool(s, algo, f"torch-{style}{suffix}", r)
@@ -463,6 +488,8 @@ def main(argv=None) -> dict:
             for r in sel:
                 ratio = r["tasks_per_s"] / torch_best if torch_best else None
                 table.append({**r, "vs_best_torch": ratio})
+            if not ceiling:
+                continue
             gflop = work[sname, algo]
             torch_share = torch_best * gflop / peak if torch_best else None
             bounds.append(
@@ -507,27 +534,31 @@ def main(argv=None) -> dict:
         spread = f"{min(per_round):.1f}–{max(per_round):.1f}" if len(per_round) > 1 else "-"
         md.append(
             f"| {r['setting']} | {r['algo']} | {r['impl']} | {r['tasks_per_s']:.1f} | {spread} "
-            f"| {ratio} | {100 * r['fraction_of_gemm_peak']:.0f}% "
+            f"| {ratio} | {_percent(r['fraction_of_gemm_peak'])} "
             f"| {r['median_step_s'] * 1e3:.0f} | {r['compile_or_warmup_s']:.1f} |"
         )
-    md += [
-        "",
-        f"## Ceiling: float32 matrix-product peak {peak:.0f} GFLOP/s "
-        "(measured through JAX, default precision)",
-        "",
-        "Work per task from XLA's cost analysis of the step; at the peak rate a step "
-        "could not run faster than work / peak, whatever the implementation.",
-        "",
-        "| setting | algo | GFLOP/task | tasks/s at peak | best torch, % of peak "
-        "| 1.5x best torch needs |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
+    md += (
+        []
+        if not ceiling
+        else [
+            "",
+            f"## Ceiling: float32 matrix-product peak {peak:.0f} GFLOP/s "
+            "(measured through JAX, default precision)",
+            "",
+            "Work per task from XLA's cost analysis of the step; at the peak rate a step "
+            "could not run faster than work / peak, whatever the implementation.",
+            "",
+            "| setting | algo | GFLOP/task | tasks/s at peak | best torch, % of peak "
+            "| 1.5x best torch needs |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+    )
     for b in bounds:
         tb, need = b["best_torch_fraction_of_peak"], b["fraction_of_peak_for_1_5x_torch"]
         md.append(
             f"| {b['setting']} | {b['algo']} | {b['gflop_per_task']:.2f} "
             f"| {b['tasks_per_s_at_gemm_peak']:.0f} "
-            f"| {'-' if tb is None else f'{100 * tb:.0f}%'} "
+            f"| {_percent(tb)} "
             f"| {'-' if need is None else f'{100 * need:.0f}% of peak'} |"
         )
     print("\n".join(md[6:]))
