@@ -4,19 +4,40 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mamlx.types import Array, Metrics
 
 
 def _check_labels(logits: Array, labels: Array, name: str) -> None:
-    """Require ``labels.shape == logits.shape[:-1]`` (static shapes: fine under jit and vmap)."""
+    """Require ``labels.shape == logits.shape[:-1]`` and, for concrete labels, ``0 <= labels < C``.
+
+    The shape check is static (fine under jit and vmap). The range check needs the
+    label values, so it runs only when they are concrete (eager calls, or labels
+    closed over at trace time): traced labels are not checked, which keeps the
+    compiled path free of host callbacks.
+    """
     logits_shape, labels_shape = jnp.shape(logits), jnp.shape(labels)
     if len(logits_shape) < 1 or labels_shape != logits_shape[:-1]:
         raise ValueError(
             f"{name}: integer labels of shape {labels_shape} do not match logits of shape "
             f"{logits_shape}; labels must have the logits' shape without the class axis "
             f"({logits_shape[:-1]})"
+        )
+    if isinstance(labels, jax.core.Tracer):
+        return  # traced (jit, vmap, scan): no host round trip; fit() reports NaN losses
+    num_classes = logits_shape[-1]
+    values = np.asarray(labels)
+    bad = np.unique(values[(values < 0) | (values >= num_classes)])
+    if bad.size:
+        shown = (
+            bad.tolist() if bad.size <= 10 else f"{bad[:10].tolist()} (and {bad.size - 10} more)"
+        )
+        raise ValueError(
+            f"{name}: label value(s) {shown} out of range for logits with {num_classes} "
+            f"classes; integer labels must lie in [0, {num_classes}) (a label >= the number "
+            "of classes gives a NaN loss, a negative one silently reads the wrong class)"
         )
 
 
@@ -47,7 +68,8 @@ def cross_entropy(logits: Array, labels: Array) -> Array:
     """Mean softmax cross-entropy with integer class labels.
 
     Raises:
-      ValueError: if ``labels.shape != logits.shape[:-1]``.
+      ValueError: if ``labels.shape != logits.shape[:-1]``, or if concrete (not
+        traced) labels lie outside ``[0, logits.shape[-1])``.
     """
     _check_labels(logits, labels, "cross_entropy")
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
@@ -57,7 +79,8 @@ def accuracy(logits: Array, labels: Array) -> Array:
     """Fraction of arg-max predictions equal to the integer labels.
 
     Raises:
-      ValueError: if ``labels.shape != logits.shape[:-1]``.
+      ValueError: if ``labels.shape != logits.shape[:-1]``, or if concrete (not
+        traced) labels lie outside ``[0, logits.shape[-1])``.
     """
     _check_labels(logits, labels, "accuracy")
     return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
@@ -90,6 +113,3 @@ def task_metrics(pred: Array, y: Array, loss_fn=None) -> tuple[Array, Metrics]:
 def is_finite(x: Array) -> Array:
     """True where every element of ``x`` is finite."""
     return jnp.all(jnp.isfinite(x))
-
-
-del jax

@@ -36,13 +36,25 @@ class TrainState(NamedTuple):
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Raised when the meta-loss (or the parameters) become NaN or infinite."""
+    """Raised when the meta-loss (or the parameters) become NaN or infinite.
+
+    The message names the step and the likely causes: class labels outside
+    ``[0, ways)`` (not range-checked inside the compiled loop), a too-high
+    learning rate, or non-finite inputs.
+    """
 
     def __init__(self, step: int, checkpoint_path: Path | None = None):
         self.step = step
         self.checkpoint_path = checkpoint_path
         where = f"; last good state saved at {checkpoint_path}" if checkpoint_path else ""
-        super().__init__(f"meta-loss became non-finite at step {step}{where}")
+        super().__init__(
+            f"meta-loss became non-finite at step {step}{where}. Likely causes: integer "
+            "class labels outside [0, ways) from the sampler or data (a label >= the number "
+            "of classes makes the cross-entropy NaN; labels are traced in the compiled loop, "
+            "so the loss cannot check their range: learner.outer_loss(params, episode) on one "
+            "sampled episode, without jit, names bad labels), a learning rate too high "
+            "(divergence), or NaN/inf in the inputs"
+        )
 
 
 def init_state(learner: MetaLearner, optimizer: optax.GradientTransformation, key) -> TrainState:

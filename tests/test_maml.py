@@ -216,3 +216,28 @@ def test_classification_loss_rejects_labels_not_matching_logits():
             accuracy(logits, bad)
         with pytest.raises(ValueError, match=shape):
             jax.jit(task_metrics)(logits, bad)
+
+
+def test_classification_loss_rejects_out_of_range_labels_eagerly():
+    from mamlx.losses import accuracy, cross_entropy, task_metrics
+
+    logits = jnp.asarray([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
+    # 3 gave a NaN loss (take_along_axis fills), -1 silently read the last class.
+    for bad in ([0, 3], [-1, 1], np.asarray([7, 3], np.int32)):
+        values = sorted({int(v) for v in bad if not 0 <= v < 3})
+        want = re.escape(str(values))
+        for fn in (cross_entropy, accuracy, task_metrics):
+            with pytest.raises(ValueError, match=f"{want}.*3 classes.*\\[0, 3\\)"):
+                fn(logits, jnp.asarray(bad))
+    # Concrete labels inside a traced function (e.g. grad w.r.t. the logits) are checked too.
+    with pytest.raises(ValueError, match=r"\[3\]"):
+        jax.grad(lambda z: cross_entropy(z, jnp.asarray([0, 3])))(logits)
+    # Under jit the labels are traced: no check and no host callback in the compiled code.
+    jaxpr = str(jax.make_jaxpr(task_metrics)(logits, jnp.asarray([0, 2])))
+    assert "callback" not in jaxpr
+    loss, _ = jax.jit(task_metrics)(logits, jnp.asarray([0, 3]))
+    assert not np.isfinite(loss)  # the training loop reports it (NonFiniteLossError)
+    good = np.asarray([0, 2])  # in range: eager and jit agree
+    np.testing.assert_allclose(
+        cross_entropy(logits, good), jax.jit(cross_entropy)(logits, good), rtol=1e-6
+    )

@@ -102,6 +102,43 @@ def test_nan_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(good.params))
 
 
+class OutOfRangeLabels:
+    """A few-shot sampler whose query labels are shifted past the number of ways."""
+
+    def __init__(self, sampler, shift):
+        self.sampler, self.shift = sampler, shift
+
+    def sample_batch(self, key, data, num_tasks):
+        episodes = self.sampler.sample_batch(key, data, num_tasks)
+        return episodes._replace(query_y=episodes.query_y + self.shift)
+
+
+def test_nan_loss_error_names_out_of_range_labels_as_a_likely_cause():
+    from metric_helpers import tiny_conv, tiny_data
+
+    from mamlx.algorithms import protonet
+    from mamlx.tasks import fewshot_sampler
+
+    learner, opt = protonet(*tiny_conv()), optax.adam(1e-3)
+    # Labels are traced inside the compiled loop, so the loss cannot check their
+    # range; the non-finite-loss error must point at them instead.
+    with pytest.raises(NonFiniteLossError, match=r"step 1\b") as err:
+        fit(
+            learner,
+            OutOfRangeLabels(fewshot_sampler(3, 1, 2), 100),
+            opt,
+            steps=2,
+            meta_batch=2,
+            state=init_state(learner, opt, jax.random.PRNGKey(0)),
+            data=tiny_data(),
+            chunk=2,
+            progress=False,
+        )
+    msg = str(err.value)
+    assert "labels outside [0, ways)" in msg, msg
+    assert "learning rate" in msg and "inputs" in msg, msg
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     learner, opt, state = setup()
     path = checkpoint.save_step(tmp_path, 1, state)
