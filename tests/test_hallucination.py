@@ -90,3 +90,32 @@ def test_seeds_are_drawn_from_their_own_class():
                 used.add(i)
         np.testing.assert_array_equal(fake[4:], 0.0)  # absent classes hallucinate nothing
     assert len(used) > 4, "seeds must vary among the class's support examples"
+
+
+def test_predictions_are_invariant_to_the_order_of_the_support_set():
+    # Permuting the support examples together with their labels is the same task:
+    # the hallucinated seeds, noise, prototypes, predictions and loss must not change.
+    from mamlx import Episode
+
+    embed_fn, init_fn = tiny_conv()
+    learner = hallucination(embed_fn, init_fn, feature_dim=16, num_hallucinated=3)
+    params = learner.init(jax.random.PRNGKey(0))
+    sx, sy, qx, qy = fewshot_sampler(4, 3, 2).sample(jax.random.PRNGKey(3), tiny_data())
+    adapt, predict = jax.jit(learner.adapt), jax.jit(learner.predict)
+    loss = jax.jit(learner.outer_loss)
+    for key in (None, jax.random.PRNGKey(7)):
+        ref = adapt(params, sx, sy, key=key)
+        ref_logits = predict(ref, qx)
+        ref_loss, _ = loss(params, Episode(sx, sy, qx, qy))
+        for seed in range(3):
+            perm = np.random.default_rng(seed).permutation(sx.shape[0])
+            got = adapt(params, sx[perm], sy[perm], key=key)
+            np.testing.assert_allclose(got.hallucinated, ref.hallucinated, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(
+                got.proto.prototypes, ref.proto.prototypes, rtol=1e-5, atol=1e-5
+            )
+            np.testing.assert_allclose(
+                predict(got, qx)[:, :4], ref_logits[:, :4], rtol=1e-5, atol=1e-5
+            )
+            got_loss, _ = loss(params, Episode(sx[perm], sy[perm], qx, qy))
+            np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-5)

@@ -12,10 +12,15 @@ MLP([e, z])`` (our parametrisation: hallucinations start near their seed).
 Seeds are drawn uniformly among the class's support examples. With
 ``num_hallucinated=0`` the learner is exactly a Prototypical Network.
 
+Order of the support set: a few-shot learner must not depend on it. Seeds are
+chosen by scores keyed on each example's contents (:func:`seed_scores`) and the
+noise is indexed by (class, slot), so permuting ``support_x`` and ``support_y``
+together gives the same hallucinations and predictions (up to float rounding).
+
 Noise: ``adapt(..., key=None)`` takes an optional PRNG key; without one (as in
 :func:`mamlx.evaluate` and the training loop) the key is derived from the
-support set's contents, so every task gets its own noise and results stay
-deterministic functions of the episode.
+support set's contents, taken as a set (:func:`episode_key`), so every task gets
+its own noise and results stay deterministic functions of the episode.
 """
 
 from __future__ import annotations
@@ -42,7 +47,14 @@ from mamlx.models.adapter import ApplyFn, model
 from mamlx.models.mlp import MLP
 from mamlx.types import Array, Params, PRNGKey
 
-__all__ = ["HallucinationState", "episode_key", "hallucinate", "hallucination"]
+__all__ = [
+    "HallucinationState",
+    "episode_key",
+    "example_hashes",
+    "hallucinate",
+    "hallucination",
+    "seed_scores",
+]
 
 
 class HallucinationState(NamedTuple):
@@ -52,27 +64,89 @@ class HallucinationState(NamedTuple):
     hallucinated: Array
 
 
-def episode_key(x: Array, seed: int = 0) -> PRNGKey:
-    """A PRNG key derived from an array's contents (a different key per support set).
+_GOLDEN = 2654435761  # Knuth's multiplicative constant, 2**32 / golden ratio
+_SALTS = (0x9E3779B9, 0x7F4A7C15)  # two independent 32-bit hashes: a 64-bit example id
 
-    Hashes the float32 bit patterns with wrapping integer sums (one plain, one
-    position-weighted), so the key is exactly reproducible under ``jit``,
-    ``vmap`` and eager execution.
+
+def _fmix32(h: Array) -> Array:
+    """MurmurHash3's 32-bit finaliser: a bijective, well-mixing map of uint32 words."""
+    h = h ^ (h >> jnp.uint32(16))
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> jnp.uint32(13))
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> jnp.uint32(16))
+
+
+def example_hashes(x: Array) -> Array:
+    """``(N, 2)`` uint32 content hashes of the examples ``x[i]`` (a 64-bit id per example).
+
+    Each row depends only on that example's float32 bit pattern, not on its
+    position, so permuting ``x`` along the first axis permutes the hashes the same
+    way. Wrapping integer sums make it exact under ``jit``, ``vmap`` and eager
+    execution.
+
+    Example:
+      >>> h = example_hashes(jnp.array([[1.0, 2.0], [3.0, 4.0]]))
+      >>> h.shape, bool((example_hashes(jnp.array([[3.0, 4.0]]))[0] == h[1]).all())
+      ((2, 2), True)
+    """
+    x = jax.lax.stop_gradient(jnp.asarray(x)).astype(jnp.float32)
+    n = x.shape[0] if x.ndim else 1
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(n, -1)
+    pos = jnp.arange(bits.shape[1], dtype=jnp.uint32) * jnp.uint32(_GOLDEN)
+    cols = [
+        _fmix32(jnp.sum(_fmix32(bits ^ (pos + jnp.uint32(salt))), axis=1, dtype=jnp.uint32))
+        for salt in _SALTS
+    ]
+    return jnp.stack(cols, axis=-1)
+
+
+def episode_key(x: Array, seed: int = 0) -> PRNGKey:
+    """A PRNG key derived from a support set's contents, independent of its order.
+
+    The per-example hashes of :func:`example_hashes` are combined with wrapping
+    integer sums, which are commutative: the key is a function of the *set* of
+    examples ``x[i]`` (the same for any permutation along the first axis) and is
+    exactly reproducible under ``jit``, ``vmap`` and eager execution.
 
     Example:
       >>> a = episode_key(jnp.ones(3)); b = episode_key(jnp.zeros(3))
       >>> bool((jax.random.key_data(a) != jax.random.key_data(b)).any())
       True
+      >>> x, data = jnp.arange(6.0).reshape(3, 2), jax.random.key_data
+      >>> bool((data(episode_key(x)) == data(episode_key(x[::-1]))).all())
+      True
     """
-    # Integer sums wrap modulo 2**32 and are associative, so the key is the same
-    # under jit, eager execution and any reduction order (float sums are not).
-    bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(x).astype(jnp.float32), jnp.uint32)
-    bits = bits.reshape(-1)
-    weights = (jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761)) | jnp.uint32(1)
+    # Integer sums wrap modulo 2**32 and are associative and commutative, so the
+    # key is the same under any reduction order and any order of the examples.
+    h = _fmix32(example_hashes(x) + jnp.uint32(_GOLDEN))
     key = jax.random.key(seed)
-    for h in (jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * weights, dtype=jnp.uint32)):
-        key = jax.random.fold_in(key, h)
+    for total in jnp.sum(h, axis=0, dtype=jnp.uint32):
+        key = jax.random.fold_in(key, total)
     return key
+
+
+def seed_scores(key: PRNGKey, x: Array, m: int) -> Array:
+    """``(N, m)`` uniforms, one per example and hallucination slot, keyed by content.
+
+    The score of example ``i`` in slot ``j`` depends only on ``key``, ``j`` and the
+    contents of ``x[i]`` (:func:`example_hashes`), never on ``i``: the arg-max over
+    a class's examples picks the same seed example whatever the order of the
+    support set, and, since distinct examples get independent uniforms, it is a
+    uniform draw among the class's examples.
+
+    Example:
+      >>> x = jnp.arange(6.0).reshape(3, 2)
+      >>> s = seed_scores(jax.random.key(0), x, 4)
+      >>> s.shape, bool((seed_scores(jax.random.key(0), x[::-1], 4) == s[::-1]).all())
+      ((3, 4), True)
+    """
+
+    def one(h: Array) -> Array:
+        k = jax.random.fold_in(jax.random.fold_in(key, h[0]), h[1])
+        return jax.random.uniform(k, (m,))
+
+    return jax.vmap(one)(example_hashes(x))
 
 
 def hallucinate(gen_fn: ApplyFn, gen_params: Params, seeds: Array, noise: Array) -> Array:
@@ -160,9 +234,11 @@ def hallucination(
         if m:
             key = episode_key(support_x) if key is None else key
             k_seed, k_noise = jax.random.split(key)
-            # Uniform seed among the class's support examples: arg-max of masked uniforms.
-            u = jax.random.uniform(k_seed, (num_c, m, emb.shape[0]))
-            seed_idx = jnp.argmax(jnp.where(onehot.T[:, None, :] > 0, u, -1.0), axis=-1)
+            # Uniform seed among the class's support examples: arg-max of masked
+            # uniforms keyed by each example's contents, not its position, so a
+            # permutation of the support set picks the same seeds (noise is per class).
+            u = seed_scores(k_seed, support_x, m).T  # (m, S)
+            seed_idx = jnp.argmax(jnp.where(onehot.T[:, None, :] > 0, u[None], -1.0), axis=-1)
             z = jax.random.normal(k_noise, (num_c, m, noise_dim), emb.dtype)
             fake = hallucinate(gen_fn, meta_params["generator"], emb[seed_idx], z)
             present = (counts > 0).astype(emb.dtype)[:, None, None]
