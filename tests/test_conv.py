@@ -157,6 +157,7 @@ def test_default_impl_and_switch(monkeypatch):
     assert default_impl("cpu") == "patches"
     assert default_impl("gpu") == "xla"
     assert default_impl("gpu", batched_kernels=True) == "patches"
+    assert default_impl("tpu", batched_kernels=True) == "xla"  # not measured there
     monkeypatch.setenv("MAMLX_CONV_IMPL", "xla")
     assert default_impl("cpu") == "xla"
     assert default_impl("gpu", batched_kernels=True) == "xla"  # the user's choice wins

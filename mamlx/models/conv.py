@@ -48,8 +48,8 @@ def set_default_impl(impl: str | None) -> None:
 
     Args:
         impl: One of :data:`IMPLS`, or ``None`` for the default of
-            :func:`default_impl` (``'patches'`` on CPU and for per-task
-            kernels, ``'xla'`` for shared kernels on GPU and TPU). The environment
+            :func:`default_impl` (``'patches'`` on CPU and for per-task kernels
+            on GPU, ``'xla'`` otherwise). The environment
             variable ``MAMLX_CONV_IMPL`` gives the same choice without code.
     """
     global _default_impl
@@ -66,15 +66,15 @@ def default_impl(backend: str | None = None, *, batched_kernels: bool = False) -
         batched_kernels: Whether the kernels will carry a task axis under
             ``vmap`` (learners that adapt the convolutions per task: MAML,
             Reptile, Meta-SGD, the meta-LSTM). XLA turns those into grouped
-            convolutions, slow on every backend measured, so ``'patches'`` is
-            the default for them everywhere (H200, Omniglot 5-way 1-shot MAML
-            step: 2.3x faster than cuDNN's grouped convolution, see
-            ``benchmarks/results/throughput_gpu_h200.md``).
+            convolutions, slow on CPU and GPU, so ``'patches'`` is their default
+            there (H200, Omniglot 5-way 1-shot MAML step: 2.3x faster than
+            cuDNN's grouped convolution, ``benchmarks/results/throughput_gpu_h200.md``).
+            TPUs were not measured and keep ``'xla'``.
 
     Returns:
         The value set by :func:`set_default_impl`, else ``$MAMLX_CONV_IMPL``,
-        else ``'patches'`` on CPU or for batched kernels, and ``'xla'`` for
-        shared kernels on GPU and TPU (cuDNN and the TPU convolution units).
+        else ``'patches'`` on CPU, and on GPU for batched kernels; ``'xla'``
+        otherwise (cuDNN for shared kernels on GPU, the TPU convolution units).
     """
     if _default_impl is not None:
         return _default_impl
@@ -83,9 +83,10 @@ def default_impl(backend: str | None = None, *, batched_kernels: bool = False) -
         if env not in IMPLS:
             raise ValueError(f"MAMLX_CONV_IMPL={env!r}; choose from {IMPLS}")
         return env
-    if batched_kernels:
+    backend = backend or jax.default_backend()
+    if backend == "cpu" or (batched_kernels and backend != "tpu"):
         return "patches"
-    return "patches" if (backend or jax.default_backend()) == "cpu" else "xla"
+    return "xla"
 
 
 def _pads(
