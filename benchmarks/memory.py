@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mamlx.algorithms import imaml, maml  # noqa: E402
 from mamlx.models import model  # noqa: E402
+from mamlx.models.conv import default_impl  # noqa: E402
 from mamlx.models.conv4 import Conv4  # noqa: E402
 from mamlx.tasks import fewshot_sampler  # noqa: E402
 
@@ -55,7 +56,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     apply_fn, init_fn = model(
-        lambda rngs: Conv4(5, in_shape=(28, 28, 1), filters=args.filters, rngs=rngs)
+        lambda rngs: Conv4(
+            5,
+            in_shape=(28, 28, 1),
+            filters=args.filters,
+            conv_impl=default_impl(batched_kernels=True),  # as training MAML builds it
+            rngs=rngs,
+        )
     )
     params = init_fn(jax.random.PRNGKey(0))
     data = jax.random.uniform(jax.random.PRNGKey(1), (50, 20, 28, 28, 1))

@@ -24,27 +24,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from mamlx.algorithms import meta_lstm_gate_trace  # noqa: E402
 from mamlx.cli import _load_trained  # noqa: E402
-from mamlx.experiments import fewshot_learner  # noqa: E402
-from mamlx.models import model  # noqa: E402
-from mamlx.models.conv4 import Conv4  # noqa: E402
+from mamlx.experiments import fewshot_learner, fewshot_model  # noqa: E402
 
 
 def learner_apply_fn(config):
-    """The Conv-4 ``apply_fn`` of a few-shot configuration (as in ``fewshot_learner``)."""
-    channels = 1 if config.task == "omniglot" else 3
-    shape = (config.image_size, config.image_size, channels)
-    apply_fn, _ = model(
-        lambda rngs: Conv4(
-            config.ways,
-            in_shape=shape,
-            filters=config.filters,
-            pool=config.pool,
-            transductive=True,
-            conv_impl=config.conv_impl or None,
-            rngs=rngs,
-        )
-    )
-    return apply_fn
+    """The Conv-4 ``apply_fn`` of a few-shot configuration (the one ``fewshot_learner`` uses)."""
+    return fewshot_model(config)[0]
 
 
 def main(argv=None) -> int:

@@ -491,29 +491,32 @@ def load_fewshot_splits(config: FewShotConfig) -> dict[str, Any]:
     return {**{k: jnp.asarray(v) for k, v in arrays.items()}, "train_rotations": rotations}
 
 
-def conv_default(algo: str) -> str:
+PER_TASK_KERNEL_ALGOS = ("maml", "fomaml", "reptile", "metasgd", "meta-lstm")
+
+
+def conv_default(algo: str, task_map: str = "auto") -> str:
     """The convolution of a few-shot algorithm when ``conv_impl`` is not given.
 
-    Every algorithm here but ANIL adapts the convolutions per task, so their
-    kernels carry the task axis under ``vmap``
-    (:func:`mamlx.models.conv.default_impl` with ``batched_kernels``); ANIL adapts
-    the head only and gets the backend's default.
+    MAML, first-order MAML, Reptile, Meta-SGD and the meta-LSTM adapt the
+    convolutions per task, so with ``vmap`` over tasks their kernels carry the
+    task axis (:func:`mamlx.models.conv.default_impl` with ``batched_kernels``).
+    ANIL adapts the head only, and ``task_map="map"`` runs one task at a time:
+    those get the backend's default.
     """
-    return default_impl(batched_kernels=algo != "anil")
+    batched = algo in PER_TASK_KERNEL_ALGOS and resolve_task_map(task_map) == "vmap"
+    return default_impl(batched_kernels=batched)
 
 
-def fewshot_learner(config: FewShotConfig, ways: int | None = None) -> MetaLearner:
-    """The learner of a few-shot configuration (Conv-4 with a head of ``ways`` logits)."""
-
+def fewshot_model(config: FewShotConfig, ways: int | None = None):
+    """``(apply_fn, init_fn)`` of the Conv-4 of a few-shot configuration."""
     from mamlx.models.conv4 import Conv4
 
-    ways = ways or config.ways
     channels = 1 if config.task == "omniglot" else 3
     shape = (config.image_size, config.image_size, channels)
-    impl = config.conv_impl or conv_default(config.algo)
-    apply_fn, init_fn = model(
+    impl = config.conv_impl or conv_default(config.algo, config.task_map)
+    return model(
         lambda rngs: Conv4(
-            ways,
+            ways or config.ways,
             in_shape=shape,
             filters=config.filters,
             pool=config.pool,
@@ -522,6 +525,11 @@ def fewshot_learner(config: FewShotConfig, ways: int | None = None) -> MetaLearn
             rngs=rngs,
         )
     )
+
+
+def fewshot_learner(config: FewShotConfig, ways: int | None = None) -> MetaLearner:
+    """The learner of a few-shot configuration (Conv-4 with a head of ``ways`` logits)."""
+    apply_fn, init_fn = fewshot_model(config, ways)
     common = dict(task_map=config.task_map, transductive=config.transductive)
     if config.algo == "reptile":
         inner_opt = (

@@ -307,6 +307,8 @@ def test_fewshot_learners_pick_the_convolution_by_algorithm(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # only traced below
     assert conv_default("maml") == conv_default("reptile") == "patches"
     assert conv_default("anil") == "xla"
+    assert conv_default("maml", task_map="map") == "xla"  # one task at a time: shared kernels
+    assert conv_default("protonet") == "xla"  # not a per-task-kernel learner
     x = jnp.zeros((2, 8, 8, 1))  # one task of 2 examples
     y = jnp.zeros((2,), jnp.int32)
     for algo, xla_conv in (("maml", False), ("meta-lstm", False), ("anil", True)):

@@ -177,7 +177,11 @@ class Conv4(nnx.Module):
             pool: ``'stride'`` or ``'max'``, see :class:`ConvBlock`.
             blocks: Number of conv blocks.
             transductive: Batch norm uses batch statistics in eval mode too (MAML).
-            conv_impl: Convolution implementation, see :func:`~mamlx.models.conv.conv2d`.
+            conv_impl: Convolution implementation, see :func:`~mamlx.models.conv.conv2d`
+                (``None``: :func:`~mamlx.models.conv.default_impl`, which is XLA's on
+                GPU; for a learner that adapts the kernels per task under ``vmap``
+                pass ``default_impl(batched_kernels=True)``, as
+                :func:`mamlx.experiments.fewshot_model` does).
             rngs: Random number streams for initialisation.
         """
         h, w, c = in_shape
