@@ -10,8 +10,9 @@
 # Usage (repository root, data copied to .gpu_data/omniglot): bash benchmarks/gpu_session.sh OUTDIR
 set -u
 OUT=${1:-${OUT:-/tmp/gpu_out}}
-R=/tmp/gpu_results  # everything but the log, packed into OUT/results.tar at the end (8-file limit)
-mkdir -p "$OUT" "$R"
+R=/tmp/gpu_results  # result files, packed into OUT/results.tar after each step (8-file limit)
+rm -rf "$R"; mkdir -p "$OUT" "$R"
+pack() { tar -cf "$OUT/results.tar.part" -C "$R" . && mv "$OUT/results.tar.part" "$OUT/results.tar"; }
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 MAMLX_CACHE=/tmp/mamlx_cache
 TRAIN_LIMIT=${TRAIN_LIMIT:-0}
 CPU_LIMIT=${CPU_LIMIT:-380}
@@ -32,7 +33,7 @@ log "CPU throughput on cores 0,1 (background, at most ${CPU_LIMIT}s)"
       --settings "$s" --out "$R/throughput_cpu2_$s"
     echo "cpu throughput $s exit $?"
   done
-) > /tmp/cpu_tp.log 2>&1 &
+) > "$OUT/cpu_log.txt" 2>&1 &  # in OUT: comes back even if the call is cut off
 CPU_PID=$!
 log "GPU throughput vs PyTorch CUDA"
 end=$(( $(date +%s) + GPU_LIMIT ))
@@ -41,6 +42,7 @@ for s in $SETTINGS; do
   taskset -c "$GPU_CORES" timeout "$left" python3 benchmarks/throughput.py --repeats 20 \
     --torch-malloc default --settings "$s" --out "$R/throughput_gpu_$s"
   log "GPU throughput $s exit $?"
+  pack
 done
 if [ "$TRAIN_LIMIT" -gt 0 ]; then
   log "$PRESET preset on the GPU (limit ${TRAIN_LIMIT}s)"
@@ -53,7 +55,7 @@ if [ "$TRAIN_LIMIT" -gt 0 ]; then
   taskset -c "$GPU_CORES" timeout 60 python3 -m mamlx.cli eval /tmp/$PRESET --tasks 600 \
     && cp /tmp/$PRESET/eval.json "$R/${PRESET}_eval.json"
 fi
-wait $CPU_PID; cat /tmp/cpu_tp.log | grep -v "^ *round" | tail -n 60
-cp /tmp/cpu_tp.log "$R/"; tar -cf "$OUT/results.tar" -C "$R" .
+wait $CPU_PID; grep -v "^ *round" "$OUT/cpu_log.txt" | tail -n 60
+pack
 log "done"
 } 2>&1 | tee "$OUT/log.txt"

@@ -175,7 +175,11 @@ def write_results(out, rows, logs, cfg, steps, n_test, quick, t_start, select_ev
         + (
             "Learned optimizers: the meta-params with the lowest mean final loss on the "
             "validation tasks, scored every "
-            + ", ".join(f"{v} meta-steps ({k})" for k, v in sorted(select_every.items()))
+            + ", ".join(
+                f"{v} meta-steps ({k})"
+                for k, v in sorted(select_every.items())
+                if any(r[0] == k for r in rows)
+            )
             + " (the R&L meta-LSTM every half as many), not the last.  "
             if select_every
             else " "

@@ -318,6 +318,7 @@ def torch_in_subprocess(setting: str, algo: str, style: str, repeats: int, mallo
     """
     env = {k: v for k, v in os.environ.items() if k not in mamlx.runtime.MALLOC_ENV}
     env["MAMLX_TUNE_MALLOC"] = "0"  # the worker imports mamlx; keep glibc's defaults there
+    env["JAX_PLATFORMS"] = "cpu"  # the worker's JAX must not open the GPU (torch times there)
     if malloc == "tuned":
         env.update(mamlx.runtime.MALLOC_ENV)
     cmd = [sys.executable, __file__, "--torch-worker", f"{setting},{algo},{style}"]
