@@ -47,7 +47,7 @@ import optax
 
 from mamlx.algorithms import hallucination, matching, protonet, relation, siamese
 from mamlx.algorithms.siamese import pair_sampler
-from mamlx.evaluate import mean_ci
+from mamlx.evaluation import mean_ci
 from mamlx.models import ConvEmbedding, model
 from mamlx.tasks import fewshot_sampler, load_omniglot, omniglot_split
 from mamlx.train import init_state, make_step

@@ -26,7 +26,7 @@ from mamlx.algorithms import (
     siamese,
 )
 from mamlx.episodes import Episode, check_episode, num_query, num_support, num_tasks
-from mamlx.evaluate import evaluate, make_evaluator, mean_ci
+from mamlx.evaluation import evaluate, make_evaluator, mean_ci
 from mamlx.experiments import SinusoidConfig, build
 from mamlx.inner import adapt
 from mamlx.models import MLP, ConvEmbedding, functional, model

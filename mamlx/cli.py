@@ -239,7 +239,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {config.task} with {config.algo} -> {run_dir}")
     validate = None
     if isinstance(config, FewShotConfig) and "val" in exp.splits:  # no val classes: no validation
-        from mamlx.evaluate import make_evaluator
+        from mamlx.evaluation import make_evaluator
 
         val_eval = make_evaluator(exp.learner, exp.eval_sampler, steps=[config.eval_inner_steps])
         val_key = jax.random.PRNGKey(config.seed + 7919)
@@ -302,7 +302,7 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
     """Accuracy ± 95% CI on held-out test classes, as the papers report it."""
     import jax
 
-    from mamlx.evaluate import evaluate
+    from mamlx.evaluation import evaluate
 
     config, exp, state = _load_trained(run_dir)
     tasks = args.tasks or config.eval_tasks
@@ -340,7 +340,7 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
 def cmd_eval(args: argparse.Namespace) -> int:
     import jax
 
-    from mamlx.evaluate import evaluate
+    from mamlx.evaluation import evaluate
     from mamlx.plots import plot_sinusoid_fits
     from mamlx.tasks import sinusoid
 

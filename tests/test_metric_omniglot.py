@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from mamlx.algorithms import protonet
-from mamlx.evaluate import evaluate
+from mamlx.evaluation import evaluate
 from mamlx.models import ConvEmbedding, model
 from mamlx.tasks import fewshot_sampler, load_omniglot, omniglot_split
 from mamlx.train import fit, init_state

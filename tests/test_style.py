@@ -30,3 +30,16 @@ def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
+
+
+def test_no_submodule_is_hidden_by_a_top_level_name():
+    """``import mamlx.x as m`` must give the module ``mamlx/x.py``, not a function exported
+    as ``mamlx.x`` (the evaluation module was once shadowed by ``mamlx.evaluate``)."""
+    modules = {m.name for m in pkgutil.iter_modules(mamlx.__path__)}
+    for name in modules:
+        importlib.import_module(f"mamlx.{name}")
+        attr = getattr(mamlx, name)
+        assert attr is importlib.import_module(f"mamlx.{name}"), (
+            f"mamlx.{name} is {attr!r}, not the submodule mamlx/{name}"
+        )
+    assert callable(mamlx.evaluate) and not isinstance(mamlx.evaluate, type(mamlx))
