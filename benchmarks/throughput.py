@@ -397,7 +397,7 @@ def main(argv=None) -> dict:
     )
     ap.add_argument(
         "--torch-malloc",
-        choices=("both", "default", "tuned"),
+        choices=tuple(MALLOCS),
         default="both",
         help="glibc malloc settings the torch peers run under (default: both, each its own row; "
         "on a GPU the host allocator hardly matters)",

@@ -117,9 +117,13 @@ def episode_key(x: Array, seed: int = 0) -> PRNGKey:
       >>> bool((data(episode_key(x)) == data(episode_key(x[::-1]))).all())
       True
     """
+    return _key_from_hashes(example_hashes(x), seed)
+
+
+def _key_from_hashes(hashes: Array, seed: int = 0) -> PRNGKey:
     # Integer sums wrap modulo 2**32 and are associative and commutative, so the
     # key is the same under any reduction order and any order of the examples.
-    h = _fmix32(example_hashes(x) + jnp.uint32(_GOLDEN))
+    h = _fmix32(hashes + jnp.uint32(_GOLDEN))
     key = jax.random.key(seed)
     for total in jnp.sum(h, axis=0, dtype=jnp.uint32):
         key = jax.random.fold_in(key, total)
@@ -141,12 +145,15 @@ def seed_scores(key: PRNGKey, x: Array, m: int) -> Array:
       >>> s.shape, bool((seed_scores(jax.random.key(0), x[::-1], 4) == s[::-1]).all())
       ((3, 4), True)
     """
+    return _scores_from_hashes(key, example_hashes(x), m)
 
+
+def _scores_from_hashes(key: PRNGKey, hashes: Array, m: int) -> Array:
     def one(h: Array) -> Array:
         k = jax.random.fold_in(jax.random.fold_in(key, h[0]), h[1])
         return jax.random.uniform(k, (m,))
 
-    return jax.vmap(one)(example_hashes(x))
+    return jax.vmap(one)(hashes)
 
 
 def hallucinate(gen_fn: ApplyFn, gen_params: Params, seeds: Array, noise: Array) -> Array:
@@ -232,12 +239,13 @@ def hallucination(
         num_c = onehot.shape[1]
         fake = jnp.zeros((num_c, m, emb.shape[-1]), emb.dtype)
         if m:
-            key = episode_key(support_x) if key is None else key
+            hashes = example_hashes(support_x)  # once, for the default key and the seeds
+            key = _key_from_hashes(hashes) if key is None else key
             k_seed, k_noise = jax.random.split(key)
             # Uniform seed among the class's support examples: arg-max of masked
             # uniforms keyed by each example's contents, not its position, so a
             # permutation of the support set picks the same seeds (noise is per class).
-            u = seed_scores(k_seed, support_x, m).T  # (m, S)
+            u = _scores_from_hashes(k_seed, hashes, m).T  # (m, S), as seed_scores
             seed_idx = jnp.argmax(jnp.where(onehot.T[:, None, :] > 0, u[None], -1.0), axis=-1)
             z = jax.random.normal(k_noise, (num_c, m, noise_dim), emb.dtype)
             fake = hallucinate(gen_fn, meta_params["generator"], emb[seed_idx], z)
