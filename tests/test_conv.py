@@ -1,5 +1,7 @@
 """Tests for mamlx.models.conv (conv2d implementations) and mamlx.models.conv4."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,6 +95,35 @@ def test_check_grads_order2_float64(stride, padding, cin):
         c = jax.random.normal(jax.random.key(2), cols.shape, jnp.float64)
         _, vjp = jax.vjp(lambda x: im2col(x, (3, 3), stride=stride, padding=padding), x)
         np.testing.assert_allclose(jnp.vdot(cols, c), jnp.vdot(x, vjp(c)[0]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("cin", [2, 4], ids=["taps-major", "pixel-major"])
+def test_forward_mode_works_with_patches_autodiff_and_is_refused_by_patches(cin):
+    # The module docstring's promise: forward mode (jvp, jacfwd, hessian) through
+    # 'patches_autodiff' and 'xla'; 'patches' (custom VJP) is reverse mode only.
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (2, 6, 6, cin), jnp.float64)
+        w = jax.random.normal(jax.random.key(1), (3, 3, cin, 3), jnp.float64)
+        conv = lambda impl: lambda x, w: conv2d(x, w, stride=2, impl=impl)
+        check_grads(conv("patches_autodiff"), (x, w), order=2, modes=["fwd", "rev"])
+        loss = lambda f: lambda xw: jnp.sum(jnp.tanh(f(*xw)) ** 2)
+        keys = jax.random.split(jax.random.key(2))
+        v = tuple(
+            jax.random.normal(k, a.shape, jnp.float64) for k, a in zip(keys, (x, w), strict=True)
+        )
+        hvp = lambda f: jax.jvp(jax.grad(loss(f)), ((x, w),), (v,))[1]  # forward-over-reverse
+        want = hvp(conv("xla"))
+        close = lambda a, b: jax.tree.map(
+            lambda p, q: np.testing.assert_allclose(p, q, 1e-10), a, b
+        )
+        close(hvp(conv("patches_autodiff")), want)
+        vdot = lambda a, b: sum(jnp.vdot(p, q) for p, q in zip(a, b, strict=True))
+        close(jax.grad(lambda xw: vdot(jax.grad(loss(conv("patches")))(xw), v))((x, w)), want)
+        if cin * 9 > conv_lib.TAPS_MAJOR_MAX_COLUMNS:  # the custom-VJP (pixel-major) path
+            with pytest.raises(TypeError, match="forward-mode"):
+                hvp(conv("patches"))
+        else:  # few channels: plain slices, forward mode works
+            close(hvp(conv("patches")), want)
 
 
 def test_taps_major_and_pixel_major_patches_agree_to_second_order():
@@ -252,8 +283,10 @@ def test_batch_norm_matches_flax_values_running_stats_and_second_derivatives(use
             bn = nnx.BatchNorm(4, momentum=0.8, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
             bn.scale[...] = jnp.arange(1.0, 5.0, dtype=jnp.float64)
             bn.bias[...] = jnp.linspace(-1.0, 1.0, 4, dtype=jnp.float64)
-            bn.mean[...] = jnp.full((4,), 0.3, jnp.float64)
-            bn.var[...] = jnp.full((4,), 2.0, jnp.float64)
+            # Flax keeps the batch statistics in float32: replace them (a float64 write
+            # into them is a deprecated narrowing scatter)
+            bn.mean.set_value(jnp.full((4,), 0.3, jnp.float64))
+            bn.var.set_value(jnp.full((4,), 2.0, jnp.float64))
             return bn
 
         ours, ref = make(), make()
@@ -282,7 +315,13 @@ def test_batch_norm_mask_takes_statistics_from_the_masked_examples_only():
     with jax.enable_x64(True):
         x = jax.random.normal(jax.random.key(1), (6, 3, 3, 4), jnp.float64) * 2.0 - 0.5
         mask = jnp.array([True, False, True, True, False, True])
-        make = lambda: nnx.BatchNorm(4, momentum=0.8, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+
+        def make():  # float64 batch statistics (Flax keeps them in float32)
+            bn = nnx.BatchNorm(4, momentum=0.8, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+            bn.mean.set_value(jnp.zeros(4, jnp.float64))
+            bn.var.set_value(jnp.ones(4, jnp.float64))
+            return bn
+
         ours, ref = make(), make()
         y = batch_norm(ours, x, False, mask)
         want = ref(
@@ -296,6 +335,14 @@ def test_batch_norm_mask_takes_statistics_from_the_masked_examples_only():
         np.testing.assert_allclose(
             batch_norm(make(), moved, False, mask)[mask], y[mask], rtol=1e-12
         )
+        # Flax's default float32 statistics stay float32 under float64 inputs, and the
+        # update is cast explicitly (no narrowing scatter, which JAX deprecates)
+        bn = nnx.BatchNorm(4, momentum=0.8, rngs=nnx.Rngs(0))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            batch_norm(bn, x, False, mask)
+        assert bn.mean[...].dtype == bn.var[...].dtype == jnp.float32
+        np.testing.assert_allclose(bn.mean[...], ours.mean[...], rtol=1e-6)
 
 
 def test_fewshot_learners_pick_the_convolution_by_algorithm(monkeypatch):

@@ -19,6 +19,16 @@ images) the patches are built taps-major instead, ``(kh * kw * Cin, N * Ho * Wo)
 so that the weight gradient is a plain matrix product (that layer's weight
 gradient runs 2x faster on CPU, see :func:`_conv_taps_major`).
 
+Forward mode: JAX cannot apply ``jax.jvp`` (nor ``jax.jacfwd``, ``jax.hessian``,
+``jax.linearize``) to a custom-VJP function, so ``'patches'`` supports reverse
+mode of any order and ``vmap`` only: a layer with ``kh * kw * Cin`` above 32
+raises JAX's ``TypeError: can't apply forward-mode autodiff (jvp) to a
+custom_vjp function`` (the taps-major first layer is plain slices). For forward mode pick
+``'patches_autodiff'`` (the same patches through plain autodiff; 5-12% slower
+MAML steps on CPU) or ``'xla'``: ``impl=``, :func:`set_default_impl` or
+``MAMLX_CONV_IMPL``. (A forward-mode rule would need a custom transpose for the
+tangent, which JAX offers only without a batching rule.)
+
 Example:
     >>> import jax.numpy as jnp
     >>> x = jnp.ones((2, 28, 28, 1)); w = jnp.ones((3, 3, 1, 64))
@@ -277,9 +287,10 @@ def conv2d(
         stride: Stride in both spatial dimensions.
         padding: ``'SAME'``, ``'VALID'`` or two ``(low, high)`` pairs.
         impl: ``'xla'`` (``lax.conv_general_dilated``), ``'patches'`` (im2col
-            with a fused custom-VJP adjoint, then a matrix product) or
-            ``'patches_autodiff'`` (same, but plain autodiff through the
-            slices; kept for comparison). ``None`` picks :func:`default_impl`.
+            with a fused custom-VJP adjoint, then a matrix product; reverse
+            mode only, see the module docstring) or ``'patches_autodiff'``
+            (same, but plain autodiff through the slices: forward mode too).
+            ``None`` picks :func:`default_impl`.
         precision: Passed to the convolution or matrix product.
 
     Returns:

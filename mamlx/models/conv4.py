@@ -87,8 +87,9 @@ def batch_norm(
         mean = w @ flat
         var = jnp.maximum(w @ (flat * flat) - mean * mean, 0.0)
         m = norm.momentum
-        norm.mean[...] = jax.lax.stop_gradient(m * norm.mean[...] + (1 - m) * mean)
-        norm.var[...] = jax.lax.stop_gradient(m * norm.var[...] + (1 - m) * var)
+        for stat, batch in ((norm.mean, mean), (norm.var, var)):  # kept in the stat's dtype
+            old = stat[...]
+            stat[...] = jax.lax.stop_gradient(m * old + (1 - m) * batch).astype(old.dtype)
     mul = jax.lax.rsqrt(var + norm.epsilon)
     if norm.scale is not None:
         mul = mul * norm.scale[...]
