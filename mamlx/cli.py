@@ -27,6 +27,7 @@ from mamlx.experiments import (
     build,
     config_from_dict,
     preset_config,
+    resolved_settings,
 )
 
 # How a run is executed (not what it computes): saved in RUN_DIR/run.json, restored on resume.
@@ -112,8 +113,8 @@ def _run_settings(args: argparse.Namespace, run_dir: Path, resume: bool) -> argp
     """Defaults, then (on resume) the run's saved ``run.json``, then the flags given."""
     settings = dict(RUN_DEFAULTS)
     saved = run_dir / "run.json"
-    if resume and saved.is_file():
-        settings.update(json.loads(saved.read_text()))
+    if resume and saved.is_file():  # "resolved" (what this machine chose) is not a setting
+        settings.update({k: v for k, v in json.loads(saved.read_text()).items() if k in settings})
     given = {k: getattr(args, k, None) for k in RUN_DEFAULTS}
     settings.update({k: v for k, v in given.items() if v is not None})
     if given["devices"] is None and settings["distributed"] and not saved.is_file():
@@ -124,6 +125,20 @@ def _run_settings(args: argparse.Namespace, run_dir: Path, resume: bool) -> argp
     if settings["devices"] < 0:
         raise ValueError(f"--devices must be >= 0 (0: all devices), got {settings['devices']}")
     return argparse.Namespace(**settings)
+
+
+def _note_resolved_changes(path: Path, resolved: dict) -> None:
+    """Say when a resumed run resolves its defaults differently (e.g. now on another backend)."""
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text()).get("resolved", {})
+    changed = {k: (before[k], v) for k, v in resolved.items() if k in before and before[k] != v}
+    if {"conv_impl", "task_map"} & changed.keys():
+        print(
+            "note: this run now resolves "
+            + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            + " (the same function; float rounding differs from the earlier steps)"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,8 +249,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint.atomic_write_text(
             run_dir / "config.json", json.dumps(config.to_dict(), indent=2)
         )
+    resolved = resolved_settings(config)
+    _note_resolved_changes(run_dir / "run.json", resolved)
     if jax.process_index() == 0:  # the settings in force, for the next resume
-        checkpoint.atomic_write_text(run_dir / "run.json", json.dumps(vars(run), indent=2))
+        record = {**vars(run), "resolved": resolved}
+        checkpoint.atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2))
     print(f"training {config.task} with {config.algo} -> {run_dir}")
     validate = None
     if isinstance(config, FewShotConfig) and "val" in exp.splits:  # no val classes: no validation

@@ -507,6 +507,26 @@ def conv_default(algo: str, task_map: str = "auto") -> str:
     return default_impl(batched_kernels=batched)
 
 
+def resolved_settings(config: Any) -> dict:
+    """What a configuration leaves to the machine, as resolved on this one.
+
+    ``config.json`` keeps what a run computes (``task_map="auto"``, ``conv_impl=""``);
+    this gives what those defaults became here: the backend and devices, the task
+    map and, for few-shot runs, the convolution. The CLI saves it in ``run.json``.
+    """
+    device = jax.devices()[0]
+    out = {
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "jax": jax.__version__,
+        "task_map": resolve_task_map(config.task_map),
+    }
+    if isinstance(config, FewShotConfig):
+        out["conv_impl"] = config.conv_impl or conv_default(config.algo, config.task_map)
+    return out
+
+
 def fewshot_model(config: FewShotConfig, ways: int | None = None):
     """``(apply_fn, init_fn)`` of the Conv-4 of a few-shot configuration."""
     from mamlx.models.conv4 import Conv4

@@ -10,7 +10,14 @@ import pytest
 from mamlx import Episode, checkpoint
 from mamlx.algorithms import anil, fomaml, maml, metasgd, reptile
 from mamlx.cli import main
-from mamlx.experiments import PRESETS, FewShotConfig, preset_config, resolve_task_map
+from mamlx.experiments import (
+    CONV_IMPLS,
+    PRESETS,
+    FewShotConfig,
+    conv_default,
+    preset_config,
+    resolve_task_map,
+)
 from mamlx.models import model
 from mamlx.models.conv4 import Conv4
 from mamlx.tasks import fewshot_sampler
@@ -78,8 +85,15 @@ def data_flag(omniglot_dir):
     return ["--data-dir", str(omniglot_dir)]
 
 
-def test_kill_and_resume_is_bit_identical(tmp_path, data_flag, monkeypatch):
+def test_kill_and_resume_is_bit_identical(tmp_path, data_flag, monkeypatch, capsys):
     assert main(args(tmp_path / "full", *data_flag)) == 0
+    # run.json records what config.json's defaults became on this machine
+    config = json.loads((tmp_path / "full" / "config.json").read_text())
+    assert (config["task_map"], config["conv_impl"]) == ("auto", "")
+    resolved = json.loads((tmp_path / "full" / "run.json").read_text())["resolved"]
+    assert resolved["task_map"] == resolve_task_map("auto") in ("map", "vmap")
+    assert resolved["conv_impl"] == conv_default(config["algo"], "auto") in CONV_IMPLS
+    assert resolved["backend"] == jax.default_backend()
     real_save = checkpoint.save_step
 
     def killed_after_first(run_dir, step, tree, **kw):
@@ -91,7 +105,17 @@ def test_kill_and_resume_is_bit_identical(tmp_path, data_flag, monkeypatch):
         main(args(tmp_path / "killed", *data_flag))
     monkeypatch.undo()
     assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "killed")] == [3]
+    # as if the killed run had started on a machine that resolved another convolution
+    run_json = tmp_path / "killed" / "run.json"
+    saved = json.loads(run_json.read_text())
+    other = next(i for i in CONV_IMPLS if i != resolved["conv_impl"])
+    run_json.write_text(
+        json.dumps({**saved, "resolved": {**saved["resolved"], "conv_impl": other}})
+    )
+    capsys.readouterr()
     assert main(["train", "--resume", str(tmp_path / "killed")]) == 0
+    assert f"conv_impl {other!r} -> {resolved['conv_impl']!r}" in capsys.readouterr().out
+    assert json.loads(run_json.read_text())["resolved"]["conv_impl"] == resolved["conv_impl"]
     a = np.load(checkpoint.latest_checkpoint(tmp_path / "full"))
     b = np.load(checkpoint.latest_checkpoint(tmp_path / "killed"))
     assert sorted(a.files) == sorted(b.files)
