@@ -158,7 +158,7 @@ def plot_meta_lstm_gates(trace: dict, path: str | Path, title: str = "") -> None
     plt.close(fig)
 
 
-def write_results(out, rows, logs, cfg, steps, n_test, quick, t_start, select_every):
+def write_results(out, rows, logs, cfg, steps, n_test, quick, t_start, select_every, seeds=(0,)):
     """Write the Markdown table (called after each family, so partial runs keep results)."""
     dev = jax.devices()[0]
     lr_grid = ", ".join(f"{x:g}" for x in LRS)
@@ -184,16 +184,21 @@ def write_results(out, rows, logs, cfg, steps, n_test, quick, t_start, select_ev
             if select_every
             else " "
         ),
+        f"Meta-training seeds: {', '.join(map(str, seeds))} (a learned row's losses are the mean "
+        "over seeds, with each seed's final loss in the last column; the baselines do not "
+        "depend on the seed).  ",
         f"Evaluation: {n_test} held-out tasks (never seen in meta-training or tuning). "
         f"Baseline lr tuned per setting on separate validation tasks over {lr_grid} "
         "by mean final loss. `final` = mean loss after the last step; `avg` = mean loss "
         "over steps 1..T.",
         "",
-        "| family | setting | optimizer | lr | final loss | avg loss |",
-        "|---|---|---|---|---|---|",
+        "| family | setting | optimizer | lr | final loss | avg loss | final loss per seed |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for fam_name, setting, label, lr, final, avg in rows:
-        lines.append(f"| {fam_name} | {setting} | {label} | {lr} | {final:.4g} | {avg:.4g} |")
+    for fam_name, setting, label, lr, final, avg, spread in rows:
+        lines.append(
+            f"| {fam_name} | {setting} | {label} | {lr} | {final:.4g} | {avg:.4g} | {spread} |"
+        )
     lines += ["", "Meta-training log (meta-step, meta-loss, seconds):", ""]
     for name, log in logs.items():
         entries = [f"({i}, {v:.3g}, {t:.0f}s)" for i, v, t in log if i != "selected"]
@@ -213,6 +218,12 @@ def main():
     ap.add_argument("--quick", action="store_true", help="few meta-steps, fewer tasks")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--meta-steps", type=int, default=None, help="override meta-steps")
+    ap.add_argument(
+        "--seeds",
+        default="0",
+        help="comma list of meta-training seeds (initialisation and task draws); learned "
+        "rows give the mean over seeds and each seed's final loss",
+    )
     ap.add_argument(
         "--families", default="quadratic,mlp,sine", help="comma list of task families to run"
     )
@@ -252,12 +263,16 @@ def main():
     if unknown:
         raise SystemExit(f"unknown families {sorted(unknown)}; choose from {sorted(families)}")
     families = {k: v for k, v in families.items() if k in args.families.split(",")}
+    seeds = [int(x) for x in args.seeds.split(",")]
     rows, logs, t_start = [], {}, time.time()
 
     def record(fam_name, setting, label, lr, curves):
-        final, avg = summarize(curves)
+        """One table row; ``curves`` is one array, or one per seed (mean over seeds)."""
+        per_seed = [summarize(c) for c in (curves if isinstance(curves, list) else [curves])]
+        final, avg = (float(np.mean(v)) for v in zip(*per_seed, strict=True))
+        spread = " / ".join(f"{f:.3g}" for f, _ in per_seed) if len(per_seed) > 1 else ""
         lr = lr if isinstance(lr, str) else f"{lr:g}"
-        rows.append((fam_name, setting, label, lr, final, avg))
+        rows.append((fam_name, setting, label, lr, final, avg, spread))
         print(f"  {fam_name:9s} {setting:14s} {label:22s} lr={lr}: final {final:.4g} avg {avg:.4g}")
 
     for fam_name, fam in families.items():
@@ -275,14 +290,19 @@ def main():
             return (every, val)
 
         every = select_every.get(fam_name, 0)
-        mp, logs[fam_name] = meta_train(
-            lstm_optimizer,
-            init_lstm_optimizer(jax.random.key(0)),
-            fam,
-            steps[fam_name],
-            cfg,
-            select=selection(lstm_optimizer, every),
-        )
+        tag = lambda name, seed: name if seed == seeds[0] else f"{name} (seed {seed})"
+        mps = []
+        for seed in seeds:
+            mp, logs[tag(fam_name, seed)] = meta_train(
+                lstm_optimizer,
+                init_lstm_optimizer(jax.random.key(seed)),
+                fam,
+                steps[fam_name],
+                cfg,
+                seed=seed,
+                select=selection(lstm_optimizer, every),
+            )
+            mps.append(mp)
         settings = [("T=100", fam, horizon), ("T=200 (2x)", fam, 2 * horizon)]
         if fam_name == "mlp":
             settings.append(("wider MLP 40", mlp_classifier_family(hidden=(40,)), horizon))
@@ -292,24 +312,29 @@ def main():
             # Exact meta-gradients for the R&L rule: with the paper's first-order
             # approximation the input gate is pushed past SGD's stability limit on these
             # ill-conditioned quadratics and the meta-loss diverges (results/learned_optimizers.md).
-            rl_mp, logs["quadratic meta-LSTM"] = meta_train(
-                meta_lstm_optimizer,
-                init_meta_lstm(jax.random.key(0)),
-                fam,
-                steps[fam_name] // 2,
-                dataclasses.replace(cfg, second_order=True),
-                select=selection(meta_lstm_optimizer, every and max(1, every // 2)),
-            )
-            extra["meta-LSTM (R&L)"] = lambda: meta_lstm_optimizer(rl_mp)
+            rl_mps = []
+            for seed in seeds:
+                rl_mp, logs[tag("quadratic meta-LSTM", seed)] = meta_train(
+                    meta_lstm_optimizer,
+                    init_meta_lstm(jax.random.key(seed)),
+                    fam,
+                    steps[fam_name] // 2,
+                    dataclasses.replace(cfg, second_order=True),
+                    seed=seed,
+                    select=selection(meta_lstm_optimizer, every and max(1, every // 2)),
+                )
+                rl_mps.append(rl_mp)
+            rl_mp = rl_mps[0]  # the gate plot's
+            extra["meta-LSTM (R&L)"] = (meta_lstm_optimizer, rl_mps)
+        learned_rules = {"LSTM (learned)": (lstm_optimizer, mps), **extra}
         for setting, f, T in settings:
             plots = {}
-            learned = curves_for(lambda: lstm_optimizer(mp), f, TEST_KEY, n_test, T)
-            record(fam_name, setting, "LSTM (learned)", "-", learned)
-            plots["LSTM (learned)"] = learned
-            for label, make in extra.items():
-                c = curves_for(make, f, TEST_KEY, n_test, T)
-                record(fam_name, setting, label, "-", c)
-                plots[label] = c
+            for label, (factory, params) in learned_rules.items():
+                per_seed = [
+                    curves_for(lambda m=m: factory(m), f, TEST_KEY, n_test, T) for m in params
+                ]
+                record(fam_name, setting, label, "-", per_seed)
+                plots[label] = np.concatenate(per_seed)  # the mean curve over seeds and tasks
             for name in BASELINES:
                 lr, c = tuned_baseline(name, f, n_test, T)
                 record(fam_name, setting, name, lr, c)
@@ -330,7 +355,7 @@ def main():
                 "Ravi-Larochelle gates, meta-trained on 10-d quadratics",
             )
 
-        write_results(out, rows, logs, cfg, steps, n_test, quick, t_start, select_every)
+        write_results(out, rows, logs, cfg, steps, n_test, quick, t_start, select_every, seeds)
 
 
 if __name__ == "__main__":
