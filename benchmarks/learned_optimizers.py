@@ -91,10 +91,10 @@ def meta_train(factory, init_mp, family, steps, cfg, lr=3e-3, seed=0, log_every=
     return mp, log
 
 
-def curves_for(make_opt, family, key, num_tasks, horizon):
-    """Loss curves ``(tasks, horizon+1)`` of ``make_opt()`` as a numpy array."""
-    fn = jax.jit(lambda k: evaluate_optimizer(make_opt(), family, k, num_tasks, horizon))
-    return np.asarray(fn(key))
+def learned_curves(factory, meta_params, family, key, num_tasks, horizon):
+    """Loss curves of ``factory(m)`` for each ``m`` in ``meta_params`` (one compilation)."""
+    fn = jax.jit(lambda m, k: evaluate_optimizer(factory(m), family, k, num_tasks, horizon))
+    return [np.asarray(fn(m, key)) for m in meta_params]
 
 
 def tuned_baseline(name, family, num_tasks, horizon):
@@ -184,21 +184,27 @@ def write_results(out, rows, logs, cfg, steps, n_test, quick, t_start, select_ev
             if select_every
             else " "
         ),
-        f"Meta-training seeds: {', '.join(map(str, seeds))} (a learned row's losses are the mean "
-        "over seeds, with each seed's final loss in the last column; the baselines do not "
-        "depend on the seed).  ",
+        *(
+            [
+                f"Meta-training seeds: {', '.join(map(str, seeds))} (a learned row's losses are "
+                "the mean over seeds, with each seed's final loss in the last column; the "
+                "baselines do not depend on the seed).  "
+            ]
+            if len(seeds) > 1
+            else []
+        ),
         f"Evaluation: {n_test} held-out tasks (never seen in meta-training or tuning). "
         f"Baseline lr tuned per setting on separate validation tasks over {lr_grid} "
         "by mean final loss. `final` = mean loss after the last step; `avg` = mean loss "
         "over steps 1..T.",
         "",
-        "| family | setting | optimizer | lr | final loss | avg loss | final loss per seed |",
-        "|---|---|---|---|---|---|---|",
+        "| family | setting | optimizer | lr | final loss | avg loss |"
+        + (" final loss per seed |" if len(seeds) > 1 else ""),
+        "|---|---|---|---|---|---|" + ("---|" if len(seeds) > 1 else ""),
     ]
     for fam_name, setting, label, lr, final, avg, spread in rows:
-        lines.append(
-            f"| {fam_name} | {setting} | {label} | {lr} | {final:.4g} | {avg:.4g} | {spread} |"
-        )
+        row = f"| {fam_name} | {setting} | {label} | {lr} | {final:.4g} | {avg:.4g} |"
+        lines.append(row + (f" {spread} |" if len(seeds) > 1 else ""))
     lines += ["", "Meta-training log (meta-step, meta-loss, seconds):", ""]
     for name, log in logs.items():
         entries = [f"({i}, {v:.3g}, {t:.0f}s)" for i, v, t in log if i != "selected"]
@@ -264,6 +270,8 @@ def main():
         raise SystemExit(f"unknown families {sorted(unknown)}; choose from {sorted(families)}")
     families = {k: v for k, v in families.items() if k in args.families.split(",")}
     seeds = [int(x) for x in args.seeds.split(",")]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds repeats a seed: {args.seeds}")
     rows, logs, t_start = [], {}, time.time()
 
     def record(fam_name, setting, label, lr, curves):
@@ -290,10 +298,10 @@ def main():
             return (every, val)
 
         every = select_every.get(fam_name, 0)
-        tag = lambda name, seed: name if seed == seeds[0] else f"{name} (seed {seed})"
+        log_name = lambda name, seed: name if len(seeds) == 1 else f"{name} (seed {seed})"
         mps = []
         for seed in seeds:
-            mp, logs[tag(fam_name, seed)] = meta_train(
+            mp, logs[log_name(fam_name, seed)] = meta_train(
                 lstm_optimizer,
                 init_lstm_optimizer(jax.random.key(seed)),
                 fam,
@@ -314,7 +322,7 @@ def main():
             # ill-conditioned quadratics and the meta-loss diverges (results/learned_optimizers.md).
             rl_mps = []
             for seed in seeds:
-                rl_mp, logs[tag("quadratic meta-LSTM", seed)] = meta_train(
+                rl_mp, logs[log_name("quadratic meta-LSTM", seed)] = meta_train(
                     meta_lstm_optimizer,
                     init_meta_lstm(jax.random.key(seed)),
                     fam,
@@ -330,9 +338,7 @@ def main():
         for setting, f, T in settings:
             plots = {}
             for label, (factory, params) in learned_rules.items():
-                per_seed = [
-                    curves_for(lambda m=m: factory(m), f, TEST_KEY, n_test, T) for m in params
-                ]
+                per_seed = learned_curves(factory, params, f, TEST_KEY, n_test, T)
                 record(fam_name, setting, label, "-", per_seed)
                 plots[label] = np.concatenate(per_seed)  # the mean curve over seeds and tasks
             for name in BASELINES:

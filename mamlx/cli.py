@@ -129,9 +129,12 @@ def _run_settings(args: argparse.Namespace, run_dir: Path, resume: bool) -> argp
 
 def _note_resolved_changes(path: Path, resolved: dict) -> None:
     """Say when a resumed run resolves its defaults differently (e.g. now on another backend)."""
-    if not path.is_file():
+    import jax
+
+    if not path.is_file() or jax.process_index() != 0:
         return
-    before = json.loads(path.read_text()).get("resolved", {})
+    before = json.loads(path.read_text()).get("resolved")
+    before = before if isinstance(before, dict) else {}  # runs from before "resolved" existed
     changed = {k: (before[k], v) for k, v in resolved.items() if k in before and before[k] != v}
     if {"conv_impl", "task_map"} & changed.keys():
         print(

@@ -103,7 +103,7 @@ def _logged_steps(run):
     return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_resume_restores_the_run_settings_in_either_flag_order(tmp_path, monkeypatch):
+def test_resume_restores_the_run_settings_in_either_flag_order(tmp_path, monkeypatch, capsys):
     from mamlx import checkpoint
 
     monkeypatch.chdir(tmp_path)  # the default run folder would appear here
@@ -119,10 +119,25 @@ def test_resume_restores_the_run_settings_in_either_flag_order(tmp_path, monkeyp
         assert [s for s, _ in checkpoint.list_checkpoints(run)] == [20, 40, 60]
         assert _logged_steps(run) == [20, 40, 60]
     assert not (tmp_path / "runs").exists()  # `--resume X sinusoid` did not start a new run
+    # a run.json from before "resolved" existed, with a key that is no setting, still resumes
+    saved = json.loads((run / "run.json").read_text())
+    assert saved["resolved"]["task_map"] == "vmap" and "conv_impl" not in saved["resolved"]
+    old = {k: v for k, v in saved.items() if k != "resolved"}
+    (run / "run.json").write_text(json.dumps({**old, "stale": 1}))
     # flags given on resume win and are kept for the next resume; --distributed can be undone
     assert main(["train", "--resume", str(run), "--chunk", "7", "--no-distributed"]) == 0
     saved = json.loads((run / "run.json").read_text())
     assert saved["chunk"] == 7 and saved["checkpoint_every"] == 20 and not saved["distributed"]
+    assert "stale" not in saved and saved["resolved"]["task_map"] == "vmap"
+    # another jax version alone is no reason for a note; a different task map is
+    for key, value, note in [("jax", "0.0.1", False), ("task_map", "map", True)]:
+        saved["resolved"][key] = value
+        (run / "run.json").write_text(json.dumps(saved))
+        capsys.readouterr()
+        assert main(["train", "--resume", str(run)]) == 0
+        assert ("note: this run now resolves" in capsys.readouterr().out) == note
+        saved = json.loads((run / "run.json").read_text())
+        assert saved["resolved"][key] != value  # rewritten with what this machine resolved
 
 
 def test_resume_log_has_each_step_once(tmp_path, monkeypatch):

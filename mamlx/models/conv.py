@@ -21,12 +21,14 @@ gradient runs 2x faster on CPU, see :func:`_conv_taps_major`).
 
 Forward mode: JAX cannot apply ``jax.jvp`` (nor ``jax.jacfwd``, ``jax.hessian``,
 ``jax.linearize``) to a custom-VJP function, so ``'patches'`` supports reverse
-mode of any order and ``vmap`` only: a layer with ``kh * kw * Cin`` above 32
-raises JAX's ``TypeError: can't apply forward-mode autodiff (jvp) to a
-custom_vjp function`` (the taps-major first layer is plain slices). For forward mode pick
-``'patches_autodiff'`` (the same patches through plain autodiff; 5-12% slower
-MAML steps on CPU) or ``'xla'``: ``impl=``, :func:`set_default_impl` or
-``MAMLX_CONV_IMPL``. (A forward-mode rule would need a custom transpose for the
+mode of any order and ``vmap``, and forward mode only where no tangent reaches
+the input of a layer with ``kh * kw * Cin`` above 32 (derivatives with respect
+to the images or to earlier layers' weights raise JAX's ``TypeError: can't apply
+forward-mode autodiff (jvp) to a custom_vjp function``; ``jax.linearize`` raises
+when its linear function is called; the taps-major first layer is plain slices).
+For forward mode pick ``'patches_autodiff'`` (the same patches through plain
+autodiff; slower MAML steps on CPU, ``benchmarks/results/throughput_conv_impls_cpu.md``) or
+``'xla'``: ``impl=``, :func:`set_default_impl` or ``MAMLX_CONV_IMPL``. (A forward-mode rule would need a custom transpose for the
 tangent, which JAX offers only without a batching rule.)
 
 Example:
