@@ -275,8 +275,8 @@ def main():
     rows, logs, t_start = [], {}, time.time()
 
     def record(fam_name, setting, label, lr, curves):
-        """One table row; ``curves`` is one array, or one per seed (mean over seeds)."""
-        per_seed = [summarize(c) for c in (curves if isinstance(curves, list) else [curves])]
+        """One table row from ``curves``, one array per seed (a baseline has one)."""
+        per_seed = [summarize(c) for c in curves]
         final, avg = (float(np.mean(v)) for v in zip(*per_seed, strict=True))
         spread = " / ".join(f"{f:.3g}" for f, _ in per_seed) if len(per_seed) > 1 else ""
         lr = lr if isinstance(lr, str) else f"{lr:g}"
@@ -343,7 +343,7 @@ def main():
                 plots[label] = np.concatenate(per_seed)  # the mean curve over seeds and tasks
             for name in BASELINES:
                 lr, c = tuned_baseline(name, f, n_test, T)
-                record(fam_name, setting, name, lr, c)
+                record(fam_name, setting, name, lr, [c])
                 plots[f"{name} (lr {lr:g})"] = c
             tag = setting.split()[0].replace("=", "").replace(" ", "")
             if "wider" in setting:

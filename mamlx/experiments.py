@@ -507,6 +507,12 @@ def conv_default(algo: str, task_map: str = "auto") -> str:
     return default_impl(batched_kernels=batched)
 
 
+def fewshot_conv_impl(config: FewShotConfig) -> str:
+    """The convolution a few-shot configuration's Conv-4 uses: ``conv_impl`` or
+    :func:`conv_default` (the model and ``run.json``'s record both come from here)."""
+    return config.conv_impl or conv_default(config.algo, config.task_map)
+
+
 def resolved_settings(config: Any) -> dict:
     """What a configuration leaves to the machine, as resolved on this one.
 
@@ -523,7 +529,7 @@ def resolved_settings(config: Any) -> dict:
         "task_map": resolve_task_map(config.task_map),
     }
     if isinstance(config, FewShotConfig):
-        out["conv_impl"] = config.conv_impl or conv_default(config.algo, config.task_map)
+        out["conv_impl"] = fewshot_conv_impl(config)
     return out
 
 
@@ -533,7 +539,7 @@ def fewshot_model(config: FewShotConfig, ways: int | None = None):
 
     channels = 1 if config.task == "omniglot" else 3
     shape = (config.image_size, config.image_size, channels)
-    impl = config.conv_impl or conv_default(config.algo, config.task_map)
+    impl = fewshot_conv_impl(config)
     return model(
         lambda rngs: Conv4(
             ways or config.ways,

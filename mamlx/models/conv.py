@@ -28,9 +28,10 @@ forward-mode autodiff (jvp) to a custom_vjp function``; ``jax.linearize`` raises
 when its linear function is called; the taps-major first layer is plain slices).
 For forward mode pick ``'patches_autodiff'`` (the same patches through plain
 autodiff; Omniglot 5-way 1-shot on 2 CPU cores: MAML 8% slower, first-order MAML
-the same, ``benchmarks/results/throughput_conv_impls_cpu.md``) or
-``'xla'``: ``impl=``, :func:`set_default_impl` or ``MAMLX_CONV_IMPL``. (A forward-mode rule would need a custom transpose for the
-tangent, which JAX offers only without a batching rule.)
+the same, ``benchmarks/results/throughput_conv_impls_cpu.md``) or ``'xla'``:
+``impl=``, :func:`set_default_impl` or ``MAMLX_CONV_IMPL``. (A forward-mode rule
+would need a custom transpose for the tangent, which JAX offers only without a
+batching rule.)
 
 Example:
     >>> import jax.numpy as jnp
