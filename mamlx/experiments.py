@@ -111,6 +111,8 @@ class FewShotConfig:
     width, and ``second_order`` for the exact meta-gradient. ``clip_norm > 0`` clips
     the meta-gradient's global norm before the outer optimizer (any algorithm).
     ``conv_impl=""`` picks the convolution by algorithm and backend (:func:`conv_default`).
+    ``resize`` is the Omniglot 105 -> 28 filter: ``"lanczos"`` (gray edges) or ``"nearest"``
+    (the binary images MAML's own script produced; see :mod:`mamlx.tasks.omniglot`).
     """
 
     algo: str = "maml"
@@ -138,6 +140,7 @@ class FewShotConfig:
     split: str = "vinyals"
     rotate: bool = True  # only where the split's convention has rotations (Vinyals split)
     image_size: int = 28
+    resize: str = "lanczos"
     val_every: int = 2000
     val_tasks: int = 200
     eval_tasks: int = 600
@@ -177,6 +180,7 @@ class FewShotConfig:
             "task_map": TASK_MAPS,
             "split": ("vinyals", "background", "ravi"),
             "conv_impl": ("", *CONV_IMPLS),
+            "resize": ("lanczos", "nearest") if self.task == "omniglot" else ("lanczos",),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -464,10 +468,12 @@ def load_fewshot_splits(config: FewShotConfig) -> dict[str, Any]:
     if config.task == "omniglot":
         npz = root and os.path.isfile(os.path.join(root, "images_background.npz"))
         if npz:
-            chars = load_omniglot("npz", root, size=config.image_size)
+            chars = load_omniglot("npz", root, size=config.image_size, resize=config.resize)
         else:
             try:
-                chars = load_omniglot("zip", root, download=True, size=config.image_size)
+                chars = load_omniglot(
+                    "zip", root, download=True, size=config.image_size, resize=config.resize
+                )
             except OSError as e:
                 where = root or "the mamlx cache"
                 raise OSError(

@@ -14,6 +14,7 @@ from mamlx.experiments import (
     CONV_IMPLS,
     PRESETS,
     FewShotConfig,
+    MiniImageNetConfig,
     conv_default,
     preset_config,
     resolve_task_map,
@@ -157,6 +158,10 @@ def test_background_split_trains_without_val_classes_or_rotations(tmp_path, data
     assert vinyals.sampler.rotate and set(vinyals.splits) == {"val", "test"}
     plain = build(FewShotConfig(data_dir=root, filters=8, rotate=False))
     assert not plain.sampler.rotate and set(plain.splits) == {"val", "test"}
+    # MAML's own binary images (nearest-neighbour resize) reach the sampler's data.
+    binary = build(FewShotConfig(data_dir=root, split="background", filters=8, resize="nearest"))
+    assert set(np.unique(np.asarray(binary.data)).tolist()) == {0.0, 1.0}
+    assert len(np.unique(np.asarray(exp.data))) > 100
     run = tmp_path / "bg"
     assert main(args(run, *data_flag, "--split", "background", steps=3)) == 0
     assert not (run / "best.npz").exists()  # nothing to validate on
@@ -168,6 +173,10 @@ def test_config_validation_names_the_field():
         FewShotConfig(algo="protomaml")
     with pytest.raises(ValueError, match="pool must be one of"):
         FewShotConfig(pool="avg")
+    with pytest.raises(ValueError, match="resize must be one of"):
+        FewShotConfig(resize="bilinear")
+    with pytest.raises(ValueError, match=r"resize must be one of \('lanczos',\)"):
+        MiniImageNetConfig(resize="nearest")  # Ravi & Larochelle resized the RGB JPEGs with Lanczos
 
 
 def test_short_real_omniglot_run_beats_chance(omniglot_dir):

@@ -68,6 +68,42 @@ def test_preprocessing_equals_pil_lanczos(omniglot_dir, full):
             np.testing.assert_allclose(full.images[row, d, :, :, 0], want, atol=1e-5)
 
 
+def test_nearest_resize_is_what_maml_script_made_of_the_official_pngs(omniglot_dir, cache_root):
+    # MAML's resize_images.py: Image.open(png).resize((28, 28), resample=Image.LANCZOS) on
+    # the official 1-bit PNGs, then 1 - x / 255 when read. PIL resizes mode "1" nearest-
+    # neighbour whatever filter is asked, so the inputs are binary.
+    nearest = og.load_omniglot_zip([omniglot_dir / SMALL], resize="nearest", cache_dir=cache_root)
+    assert set(np.unique(nearest.images).tolist()) == {0.0, 1.0}
+    with zipfile.ZipFile(omniglot_dir / SMALL) as zf:
+        names = sorted(n for n in zf.namelist() if n.endswith(".png"))
+        for name in names[:: len(names) // 12][:12]:
+            img = Image.open(io.BytesIO(zf.read(name)))
+            assert img.mode == "1" and img.size == (105, 105)
+            maml = (
+                1.0
+                - np.asarray(
+                    img.resize((28, 28), resample=Image.Resampling.LANCZOS).convert("L"), np.float32
+                )
+                / 255.0
+            )
+            char, drawer = (int(v) for v in name.rsplit("/", 1)[1][:-4].split("_"))
+            row = int(np.searchsorted(nearest.char_ids, char))
+            assert nearest.char_ids[row] == char
+            np.testing.assert_array_equal(nearest.images[row, drawer - 1, :, :, 0], maml)
+    # The Lanczos default is another cache entry with gray edges, not a stale hit.
+    lanczos = og.load_omniglot_zip([omniglot_dir / SMALL], cache_dir=cache_root)
+    assert len(np.unique(lanczos.images)) > 100
+    assert 0.0 < np.abs(lanczos.images - nearest.images).mean() < 0.1
+    # Bad filter or size: a clear error before any archive is read or hashed.
+    for kw, message in (
+        ({"resize": "bilinear"}, "unknown resize filter 'bilinear'"),
+        ({"size": 0}, "size must be a positive int"),
+        ({"size": True}, "size must be a positive int"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            og.load_omniglot_zip(["/no/such/archive.zip"], **kw)
+
+
 def test_npz_and_official_zip_agree(full, small):
     # The small archive is a subset of the background set: 5 alphabets, 136 characters.
     assert small.images.shape == (136, 20, 28, 28, 1)

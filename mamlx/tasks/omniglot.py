@@ -15,12 +15,17 @@ the alphabet + NN - 1. The drawer axis is ordered by drawer number ``YY``
 (npz and zip sources; TFDS does not keep the drawer, see
 :func:`load_omniglot_tfds`). So the npz, zip and TFDS paths agree.
 
-**Preprocessing** (as in MAML, Finn et al. 2017, following Santoro et al. 2016
-and Vinyals et al. 2016): invert so strokes are 1.0 and background 0.0, resize
-105 -> 28 with a Lanczos (antialiasing) filter on the float image, clip to
-[0, 1], float32, shape ``(characters, 20, 28, 28, 1)``. Processed arrays are
-cached in ``cache_dir("omniglot")``, keyed by source content, size and
-:data:`CACHE_VERSION`.
+**Preprocessing**: invert so strokes are 1.0 and background 0.0, resize 105 -> 28,
+float32, shape ``(characters, 20, 28, 28, 1)``. Two resize filters (``resize=``):
+
+* ``"lanczos"`` (default): PIL's Lanczos (antialiasing) filter on the float image,
+  clipped to [0, 1]; gray edges. All results in ``benchmarks/results`` use it.
+* ``"nearest"``: what MAML's ``resize_images.py`` (Finn et al. 2017) actually
+  produced. It asks PIL for Lanczos, but the official PNGs are 1-bit (mode ``"1"``),
+  for which PIL always resizes nearest-neighbour, so the images stay binary 0 / 1.
+
+Processed arrays are cached in ``cache_dir("omniglot")``, keyed by source content,
+size, filter and :data:`CACHE_VERSION`.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ __all__ = [
     "omniglot_split",
     "preprocess_omniglot",
 ]
+
+RESIZES = ("lanczos", "nearest")
 
 CACHE_VERSION = 1
 NUM_CHARACTERS = 1623
@@ -208,20 +215,36 @@ class OmniglotSplit(NamedTuple):
 
 
 @functools.lru_cache(maxsize=8)
-def _lanczos_matrix(size: int) -> np.ndarray:
-    """Weights ``(size, 105)`` of PIL's Lanczos resize along one axis.
+def _resize_matrix(size: int, resize: str) -> np.ndarray:
+    """Weights ``(size, 105)`` of PIL's Lanczos or nearest-neighbour resize along one axis.
 
     Column ``j`` is PIL's output for an image whose column ``j`` is 1 and the rest
-    0, so ``A @ img @ A.T`` is exactly ``Image.resize((size, size), LANCZOS)`` on the
-    float image (PIL's filter is separable), computed with one BLAS call per batch.
+    0, so ``A @ img @ A.T`` is exactly ``Image.resize((size, size), filter)`` on the
+    float image (both filters are separable), computed with one BLAS call per batch.
+    For ``"nearest"`` each row of ``A`` holds a single 1: a pixel selection.
     """
+    resample = {"lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}[resize]
     cols = []
     for j in range(RAW_SIZE):
         impulse = np.zeros((RAW_SIZE, RAW_SIZE), np.float32)
         impulse[:, j] = 1.0
-        resized = Image.fromarray(impulse, mode="F").resize((size, size), Image.Resampling.LANCZOS)
+        resized = Image.fromarray(impulse, mode="F").resize((size, size), resample)
         cols.append(np.asarray(resized)[0])
     return np.stack(cols, axis=1)
+
+
+def _check_resize(size: int, resize: str) -> None:
+    """Reject a bad output size or filter before any file is read or hashed."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive int (output side length), got {size!r}")
+    if resize not in RESIZES:
+        raise ValueError(f"unknown resize filter {resize!r}; use one of {RESIZES}")
+
+
+def _cache_key(source: str, size: int, resize: str) -> str:
+    """Cache key of processed arrays; the default filter keeps the keys of older caches."""
+    filt = "" if resize == "lanczos" else f";resize={resize}"
+    return f"{source};size={size}{filt};v={CACHE_VERSION}"
 
 
 def _as_bool_images(raw: np.ndarray) -> np.ndarray:
@@ -253,28 +276,36 @@ def _as_bool_images(raw: np.ndarray) -> np.ndarray:
     return raw.astype(bool)
 
 
-def preprocess_omniglot(raw: np.ndarray, size: int = 28) -> np.ndarray:
-    """Turn raw Omniglot images into network inputs, as in MAML.
+def preprocess_omniglot(raw: np.ndarray, size: int = 28, resize: str = "lanczos") -> np.ndarray:
+    """Turn raw Omniglot images into network inputs (see the module's preprocessing notes).
 
     Args:
       raw: bool ``(characters, drawers, 105, 105)``, ``True`` = background (white),
         exactly as in the official PNGs and the npz arrays. A numeric array whose
         values are all 0 or 1 is accepted and read as bool (1 = background).
       size: output side length (28 in MAML / Vinyals et al.).
+      resize: ``"lanczos"`` (PIL's Lanczos on the float image) or ``"nearest"``
+        (PIL's nearest neighbour, as MAML's script did to the 1-bit PNGs: binary output).
 
     Returns:
       float32 ``(characters, drawers, size, size, 1)``: inverted (strokes 1.0),
-      resized with a Lanczos filter on the float image, clipped to [0, 1].
+      resized, clipped to [0, 1].
 
     Raises:
       ValueError: if ``raw`` does not have shape ``(C, D, 105, 105)``, or is not
         bool and holds values other than 0 and 1 (NaN, or 0/255 grayscale: pass
-        ``gray >= 128``).
+        ``gray >= 128``); a ``size`` below 1 or an unknown ``resize``.
+
+    Example:
+      >>> raw = np.ones((1, 20, 105, 105), bool)  # blank pages
+      >>> preprocess_omniglot(raw, resize="nearest").shape
+      (1, 20, 28, 28, 1)
     """
+    _check_resize(size, resize)
     raw = _as_bool_images(np.asarray(raw))
     c, d = raw.shape[:2]
     flat = raw.reshape(c * d, RAW_SIZE, RAW_SIZE)
-    weights = _lanczos_matrix(size)
+    weights = _resize_matrix(int(size), resize)
     out = np.empty((c * d, size, size), np.float32)
     for s in range(0, len(flat), 2048):  # bounded memory: 2048 float images at a time
         strokes = 1.0 - flat[s : s + 2048].astype(np.float32)
@@ -283,7 +314,7 @@ def preprocess_omniglot(raw: np.ndarray, size: int = 28) -> np.ndarray:
     return out.reshape(c, d, size, size, 1)
 
 
-def _cached(key: str, size: int, cache: bool, cache_root, build) -> OmniglotChars:
+def _cached(key: str, size: int, resize: str, cache: bool, cache_root, build) -> OmniglotChars:
     """Return cached processed arrays for ``key`` or build, preprocess and cache them."""
     path = None
     if cache:
@@ -296,7 +327,7 @@ def _cached(key: str, size: int, cache: bool, cache_root, build) -> OmniglotChar
     ids = np.concatenate([i for _, i in parts])
     if len(np.unique(ids)) != len(ids):
         raise ValueError("the Omniglot sources given hold some characters more than once")
-    images = np.concatenate([preprocess_omniglot(r, size) for r, _ in parts])
+    images = np.concatenate([preprocess_omniglot(r, size, resize) for r, _ in parts])
     order = np.argsort(ids, kind="stable")
     if np.any(order != np.arange(len(ids))):
         images, ids = images[order], ids[order]
@@ -340,6 +371,7 @@ def load_omniglot_npz(
     *,
     sets: Sequence[str] = ("background", "evaluation"),
     size: int = 28,
+    resize: str = "lanczos",
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
 ) -> OmniglotChars:
@@ -352,6 +384,7 @@ def load_omniglot_npz(
       root: folder holding the npz files.
       sets: which of ``"background"``, ``"evaluation"`` to load.
       size: output side length.
+      resize: ``"lanczos"`` or ``"nearest"`` (MAML's binary images); see the module notes.
       cache: read / write the processed arrays in the cache.
       cache_dir: cache root (default ``$MAMLX_CACHE`` or ``~/.cache/mamlx``).
 
@@ -361,13 +394,14 @@ def load_omniglot_npz(
     Raises:
       FileNotFoundError: a file is missing (names the path and how to get the data).
       ValueError: ``sets`` is empty or unknown, or a file has the wrong shape,
-        is corrupt or is not an npz archive (names the path).
+        is corrupt or is not an npz archive (names the path); a bad ``size`` or ``resize``.
 
     Example:
       >>> chars = load_omniglot_npz("data/omniglot")  # doctest: +SKIP
       >>> chars.images.shape  # doctest: +SKIP
       (1623, 20, 28, 28, 1)
     """
+    _check_resize(size, resize)
     root = Path(root)
     if isinstance(sets, str) or not sets:
         raise ValueError(
@@ -383,8 +417,7 @@ def load_omniglot_npz(
         if not p.is_file():
             raise FileNotFoundError(f"Omniglot file {p} not found. {_HOW_TO_GET}")
         paths.append((s, p))
-    key = "npz:" + ",".join(f"{s}={sha256_file(p)}" for s, p in paths)
-    key += f";size={size};v={CACHE_VERSION}"
+    key = _cache_key("npz:" + ",".join(f"{s}={sha256_file(p)}" for s, p in paths), size, resize)
 
     def build():
         parts = []
@@ -398,7 +431,7 @@ def load_omniglot_npz(
             parts.append((images, np.arange(len(images)) + offsets[s]))
         return parts
 
-    return _cached(key, size, cache, cache_dir, build)
+    return _cached(key, size, resize, cache, cache_dir, build)
 
 
 # ----------------------------------------------------------------------------- zip source
@@ -497,6 +530,7 @@ def load_omniglot_zip(
     archives: Sequence[str | os.PathLike],
     *,
     size: int = 28,
+    resize: str = "lanczos",
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
 ) -> OmniglotChars:
@@ -509,6 +543,7 @@ def load_omniglot_zip(
     Args:
       archives: paths of zip files; their characters are merged and sorted by id.
       size: output side length.
+      resize: ``"lanczos"`` or ``"nearest"`` (MAML's binary images); see the module notes.
       cache: read / write the processed arrays in the cache.
       cache_dir: cache root.
 
@@ -518,21 +553,21 @@ def load_omniglot_zip(
     Raises:
       FileNotFoundError: an archive is missing.
       ValueError: a corrupt or truncated archive, an image of the wrong size, a
-        character without its 20 drawers, or an unknown alphabet.
+        character without its 20 drawers, an unknown alphabet, a bad ``size`` or ``resize``.
     """
+    _check_resize(size, resize)
     paths = [Path(a) for a in archives]
     if not paths:
         raise ValueError("load_omniglot_zip needs at least one archive path")
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"Omniglot archive {p} not found. {_HOW_TO_GET}")
-    key = "zip:" + ",".join(sorted(sha256_file(p) for p in paths))
-    key += f";size={size};v={CACHE_VERSION}"
+    key = _cache_key("zip:" + ",".join(sorted(sha256_file(p) for p in paths)), size, resize)
 
     def build():
         return [_read_zip(p) for p in paths]
 
-    return _cached(key, size, cache, cache_dir, build)
+    return _cached(key, size, resize, cache, cache_dir, build)
 
 
 # ----------------------------------------------------------------------------- TFDS source
@@ -544,6 +579,7 @@ def load_omniglot_tfds(
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
     size: int = 28,
+    resize: str = "lanczos",
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
 ) -> OmniglotChars:
@@ -560,6 +596,7 @@ def load_omniglot_tfds(
       data_dir: TFDS data folder.
       download: let TFDS download and prepare the data if needed.
       size: output side length.
+      resize: ``"lanczos"`` or ``"nearest"`` (MAML's binary images); see the module notes.
       cache: read / write the processed arrays in the cache.
       cache_dir: cache root.
 
@@ -568,16 +605,17 @@ def load_omniglot_tfds(
 
     Raises:
       ImportError: tensorflow-datasets is not installed.
-      ValueError: a character without exactly 20 images, or images of the wrong size.
+      ValueError: a character without exactly 20 images, images of the wrong size,
+        or a bad ``size`` / ``resize``.
     """
+    _check_resize(size, resize)
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:
         raise ImportError(
             "load_omniglot_tfds needs tensorflow-datasets: pip install 'mamlx[tfds]'"
         ) from e
-    key = f"tfds:{','.join(splits)}@{tfds.__version__}:{data_dir}"
-    key += f";size={size};v={CACHE_VERSION}"
+    key = _cache_key(f"tfds:{','.join(splits)}@{tfds.__version__}:{data_dir}", size, resize)
 
     def build():
         per_char: dict[int, list[np.ndarray]] = {}
@@ -604,7 +642,7 @@ def load_omniglot_tfds(
                 )
         return [(np.stack([np.stack(per_char[c]) for c in ids]), ids)]
 
-    return _cached(key, size, cache, cache_dir, build)
+    return _cached(key, size, resize, cache, cache_dir, build)
 
 
 # ----------------------------------------------------------------------------- dispatcher
@@ -616,6 +654,7 @@ def load_omniglot(
     *,
     download: bool = False,
     size: int = 28,
+    resize: str = "lanczos",
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
 ) -> OmniglotChars:
@@ -629,6 +668,7 @@ def load_omniglot(
       root: see ``source``.
       download: fetch missing official archives (``zip``) or let TFDS download.
       size: output side length (28 in MAML).
+      resize: ``"lanczos"`` or ``"nearest"`` (MAML's binary images); see the module notes.
       cache: read / write the processed arrays in the cache.
       cache_dir: cache root (default ``$MAMLX_CACHE`` or ``~/.cache/mamlx``).
 
@@ -638,19 +678,20 @@ def load_omniglot(
 
     Raises:
       FileNotFoundError: files are missing (the message says how to get them).
-      ValueError: unknown source, corrupt files, checksum mismatch.
+      ValueError: unknown source, corrupt files, checksum mismatch, bad ``size`` / ``resize``.
 
     Example:
       >>> chars = load_omniglot("zip", download=True)  # doctest: +SKIP
       >>> split = omniglot_split(chars, "vinyals", seed=0)  # doctest: +SKIP
     """
+    _check_resize(size, resize)
     if source == "npz":
         if root is None:
             raise FileNotFoundError(
                 "load_omniglot(source='npz') needs root= the folder holding "
                 f"images_background.npz and images_evaluation.npz. {_HOW_TO_GET}"
             )
-        return load_omniglot_npz(root, size=size, cache=cache, cache_dir=cache_dir)
+        return load_omniglot_npz(root, size=size, resize=resize, cache=cache, cache_dir=cache_dir)
     if source == "zip":
         folder = Path(root) if root is not None else _cache_dir("omniglot", root=cache_dir)
         paths = []
@@ -664,10 +705,15 @@ def load_omniglot(
                     )
                 p = fetch_omniglot_archive(name, dest_dir=folder)
             paths.append(p)
-        return load_omniglot_zip(paths, size=size, cache=cache, cache_dir=cache_dir)
+        return load_omniglot_zip(paths, size=size, resize=resize, cache=cache, cache_dir=cache_dir)
     if source == "tfds":
         return load_omniglot_tfds(
-            data_dir=root, download=download, size=size, cache=cache, cache_dir=cache_dir
+            data_dir=root,
+            download=download,
+            size=size,
+            resize=resize,
+            cache=cache,
+            cache_dir=cache_dir,
         )
     raise ValueError(f"unknown Omniglot source {source!r}; use 'npz', 'zip' or 'tfds'")
 
