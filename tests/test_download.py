@@ -186,6 +186,21 @@ def test_atomic_write_failure_leaves_no_file(tmp_path):
     assert target.read_bytes() == b"whole" and os.listdir(tmp_path) == ["a.bin"]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_atomic_write_gives_the_mode_open_would(tmp_path):
+    # A cache shared between users must stay readable: not mkstemp's private 0600.
+    old = os.umask(0o027)
+    try:
+        with dl.atomic_write(tmp_path / "shared.npz") as f:
+            f.write(b"x")
+        with open(tmp_path / "plain", "wb") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "shared.npz").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain").stat().st_mode & 0o777 == 0o640
+
+
 def test_npz_cache_roundtrip_and_untrusted_files(tmp_path, monkeypatch):
     path = tmp_path / "c.npz"
     x = np.arange(12.0, dtype=np.float32).reshape(3, 4)

@@ -154,6 +154,10 @@ def test_bad_inputs_raise_clear_errors(data):
         fewshot_sampler(1, 1, 1).sample(jax.random.key(0), data[..., 0])
     with pytest.raises(ValueError, match="square"):
         fewshot_sampler(2, 1, 1, rotate=True).sample(jax.random.key(0), data[:, :, :, :4])
-    for bad in ((0, 1, 1), (2, 0, 1), (2, 1, -1), (2.5, 1, 1)):
+    for bad in ((0, 1, 1), (2, 0, 1), (2, 1, -1), (2.5, 1, 1), (None, 1, 1), (True, 1, 1)):
         with pytest.raises(ValueError, match="must be an integer"):
             fewshot_sampler(*bad)
+    for num_tasks in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="num_tasks must be an integer >= 1"):
+            fewshot_sampler(2, 1, 1).sample_batch(jax.random.key(0), data, num_tasks)
+    assert fewshot_sampler(np.int64(3), np.int32(1), np.int64(2)).ways == 3

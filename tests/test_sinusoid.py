@@ -54,8 +54,14 @@ def test_bad_ranges_and_counts_raise():
         sinusoid(5, amplitude=(5.0, 0.1))
     with pytest.raises(ValueError, match="queries"):
         sinusoid(5, queries=0)
-    with pytest.raises(ValueError, match="num_tasks"):
-        sinusoid(5).sample_batch(jax.random.PRNGKey(0), None, 0)
+    for bad in (0, -1, 2.5, None, True):
+        with pytest.raises(ValueError, match="num_tasks must be an integer >= 1"):
+            sinusoid(5).sample_batch(jax.random.PRNGKey(0), None, bad)
+    with pytest.raises(ValueError, match="shots"):
+        sinusoid(None)
+    # numpy integers from a sweep such as np.arange(1, 11) are integers.
+    ep = sinusoid(np.int64(4), queries=np.int32(3)).sample_batch(jax.random.PRNGKey(0), None, 2)
+    assert ep.support_x.shape == (2, 4, 1) and ep.query_x.shape == (2, 3, 1)
 
 
 def test_check_episode_names_the_mismatch():

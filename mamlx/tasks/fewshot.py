@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from mamlx.episodes import Episode
+from mamlx.tasks._checks import check_count
 from mamlx.types import Array, PRNGKey
 
 __all__ = ["FewShotSampler", "fewshot_sampler"]
@@ -136,10 +137,8 @@ def fewshot_sampler(ways: int, shots: int, queries: int, *, rotate: bool = False
       >>> batch.support_x.shape
       (32, 5, 28, 28, 1)
     """
-    for name, value, low in (("ways", ways, 1), ("shots", shots, 1), ("queries", queries, 0)):
-        if int(value) != value or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    ways, shots, queries, rotate = int(ways), int(shots), int(queries), bool(rotate)
+    ways, shots = check_count("ways", ways), check_count("shots", shots)
+    queries, rotate = check_count("queries", queries, low=0), bool(rotate)
     per_class = shots + queries
 
     def sample(key: PRNGKey, data: Array) -> Episode:
@@ -171,7 +170,7 @@ def fewshot_sampler(ways: int, shots: int, queries: int, *, rotate: bool = False
         )
 
     def sample_batch(key: PRNGKey, data: Array, num_tasks: int) -> Episode:
-        keys = jax.random.split(key, num_tasks)
+        keys = jax.random.split(key, check_count("num_tasks", num_tasks))
         return jax.vmap(sample, in_axes=(0, None))(keys, data)
 
     return FewShotSampler(ways, shots, queries, rotate, sample, sample_batch)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from mamlx.episodes import Episode
+from mamlx.tasks._checks import check_count
 from mamlx.types import Array, PRNGKey
 
 
@@ -23,12 +24,6 @@ def _check_range(name: str, r: tuple[float, float]) -> tuple[float, float]:
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"{name} must be a finite (low, high) with low < high, got {r}")
     return lo, hi
-
-
-def _check_count(name: str, n: Any) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise ValueError(f"{name} must be a positive int, got {n!r}")
-    return n
 
 
 @dataclass(frozen=True)
@@ -80,7 +75,7 @@ class Sinusoid:
 
     def sample_batch(self, key: PRNGKey, data: Any, num_tasks: int) -> Episode:
         """Sample ``num_tasks`` tasks stacked on a leading axis."""
-        _check_count("num_tasks", num_tasks)
+        num_tasks = check_count("num_tasks", num_tasks)
         return jax.vmap(lambda k: self.sample(k, data))(jax.random.split(key, num_tasks))
 
 
@@ -108,8 +103,8 @@ def sinusoid(
     Raises:
       ValueError: on non-positive counts or empty ranges.
     """
-    shots = _check_count("shots (K)", shots)
-    queries = shots if queries is None else _check_count("queries", queries)
+    shots = check_count("shots (K)", shots)
+    queries = shots if queries is None else check_count("queries", queries)
     return Sinusoid(
         shots=shots,
         queries=queries,
