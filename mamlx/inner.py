@@ -68,6 +68,19 @@ def as_optimizer(opt: InnerOpt) -> optax.GradientTransformation:
     )
 
 
+def opt_update(
+    opt: optax.GradientTransformation, grads: Params, state: Any, params: Params, loss: Array
+) -> tuple[Params, Any]:
+    """``opt.update``, also passing ``value=loss`` to transformations that take extra args.
+
+    Learned rules such as :func:`mamlx.optimizers.meta_lstm_optimizer` read the loss;
+    optax's own transformations ignore it.
+    """
+    if isinstance(opt, optax.GradientTransformationExtraArgs):
+        return opt.update(grads, state, params, value=loss)
+    return opt.update(grads, state, params)
+
+
 def check_steps(steps: Any, name: str = "inner steps") -> int:
     """Validate a static, non-negative number of steps."""
     if isinstance(steps, bool) or not isinstance(steps, int):
@@ -101,8 +114,9 @@ def adapt(
       y: support targets.
       steps: number of inner steps (static, >= 0).
       optimizer: inner learning rate α (plain SGD) or any optax transformation,
-        e.g. a learned optimizer or Meta-SGD's per-parameter rates.
-      first_order: stop gradients through the inner gradient (first-order MAML).
+        e.g. a learned optimizer or Meta-SGD's per-parameter rates; transformations
+        with extra args also get ``value=`` the support loss (:func:`opt_update`).
+      first_order: stop gradients through the inner gradient and loss (first-order MAML).
       remat: ``jax.checkpoint`` each inner step to bound backward memory.
 
     Returns:
@@ -124,9 +138,10 @@ def adapt(
     def step(carry, _):
         p, opt_state = carry
         loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
+        seen = (loss, grads)
         if first_order:
-            grads = jax.lax.stop_gradient(grads)
-        updates, opt_state = opt.update(grads, opt_state, p)
+            seen = jax.lax.stop_gradient(seen)
+        updates, opt_state = opt_update(opt, seen[1], opt_state, p, seen[0])
         return (optax.apply_updates(p, updates), opt_state), loss
 
     if remat:

@@ -198,6 +198,9 @@ def test_bad_arguments_raise_clear_errors():
         meta_lstm(apply_fn, init_fn, hidden_size=0)
     with pytest.raises(ValueError, match=r"init_lr .* \(0, 1\)"):
         meta_lstm(apply_fn, init_fn, init_lr=1.5)
+    for lr in (np.float32(0.01), np.float64(0.3)):  # NumPy scalars, as maml accepts them
+        mp = meta_lstm(apply_fn, init_fn, init_lr=lr).init(jax.random.key(0))
+        np.testing.assert_allclose(jax.nn.sigmoid(mp["lstm"]["input_gate"]["b"]), lr, rtol=1e-5)
     with pytest.raises(ValueError, match="task_map"):
         meta_lstm(apply_fn, init_fn, task_map="pmap")
     learner = meta_lstm(apply_fn, init_fn)

@@ -76,6 +76,10 @@ def test_metasgd_with_equal_frozen_rates_equals_maml():
     # learned rates do receive a meta-gradient
     g_learn, _ = metasgd(apply_fn, init_fn, inner_lr=0.03, inner_steps=2).meta_grad(meta, eps)
     assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_learn["lr"])) > 0
+    # Meta-SGD's inner_lr is the initial rate of every parameter, never a transformation.
+    for bad in (optax.adam(0.1), -0.1, float("nan")):
+        with pytest.raises(ValueError, match="Meta-SGD's inner_lr"):
+            metasgd(apply_fn, init_fn, inner_lr=bad)
 
 
 def test_anil_inner_loop_leaves_the_body_untouched():

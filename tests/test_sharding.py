@@ -45,15 +45,18 @@ SCRIPT = textwrap.dedent(
     for a, b in zip(jax.tree.leaves(s1m.params), jax.tree.leaves(s4m.params)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
     # learners with recurrent state started from zeros (meta-LSTM, matching's full-context
-    # embeddings) run per device too (one task map each: the state is the same under both)
+    # embeddings, an LSTM-optimizer inner loop) run per device too (one task map each: the state is the same under both)
     import sys
     sys.path.insert(0, "tests")
     from metric_helpers import tiny_conv, tiny_data
-    from mamlx.algorithms import matching, meta_lstm
+    from mamlx.algorithms import matching, meta_lstm, reptile
+    from mamlx.optimizers import lstm_optimizer, lstm_optimizer_params_sgd
     from mamlx.tasks import fewshot_sampler
     images = tiny_data()
+    lopt = lstm_optimizer(lstm_optimizer_params_sgd(0.01, hidden_size=4))
     cases = [
         (meta_lstm(*sinusoid_model((8,)), inner_steps=2, init_lr=0.01), sinusoid(5), None),
+        (reptile(*sinusoid_model((8,)), inner_opt=lopt, inner_steps=2), sinusoid(5), None),
         (matching(*tiny_conv(), fce_steps=2, feature_dim=16, task_map="map"),
          fewshot_sampler(3, 1, 2), images),
     ]

@@ -77,7 +77,7 @@ def test_truncated_meta_gradient_matches_finite_differences(factory):
 @pytest.mark.parametrize("factory", ["lstm", "meta_lstm"])
 def test_first_order_meta_gradient_counts_every_loss_of_the_truncation(factory):
     """First order: the optimizer sees constant gradients and losses, but f(θ_1..θ_T) all count."""
-    from mamlx.optimizers.unroll import _opt_update
+    from mamlx.inner import opt_update
 
     with jax.enable_x64(True):
         fam = quadratic_family(3)
@@ -102,7 +102,7 @@ def test_first_order_meta_gradient_counts_every_loss_of_the_truncation(factory):
             for _ in range(4):
                 loss, g = jax.value_and_grad(loss_fn)(p)
                 sg = jax.lax.stop_gradient
-                upd, st = _opt_update(opt, sg(g), st, p, sg(loss))
+                upd, st = opt_update(opt, sg(g), st, p, sg(loss))
                 p = optax.apply_updates(p, upd)
                 losses.append(loss_fn(p))
             return jnp.mean(jnp.stack(losses))
@@ -151,3 +151,57 @@ def test_task_families_shapes_and_generic_inputs():
     assert abs(float(mlp.loss(p, images)) - np.log(3)) < 1.0
     curves = jax.jit(lambda k: evaluate_optimizer(optax.adam(0.05), mlp, k, 3, 30))(key)
     assert curves.shape == (3, 31) and float(curves[:, -1].mean()) < float(curves[:, 0].mean())
+
+
+def test_bad_unroll_settings_and_labels_are_refused():
+    for kw, message in (
+        ({"reduction": "avg"}, "reduction must be 'mean' or 'sum'"),
+        ({"truncation": 0}, "truncation must be an int >= 1"),
+        ({"horizon": 0}, "horizon must be an int >= 1"),
+        ({"num_tasks": 0}, "num_tasks must be an int >= 1"),
+        ({"horizon": 30, "truncation": 20}, r"horizon \(30\) must be a multiple of truncation"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            UnrollConfig(**kw)
+    fam = quadratic_family(3)
+    tasks, params, state = sample_problems(fam, optax.sgd(0.1), jax.random.key(0), 2)
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum', got 'avg'"):
+        truncated_meta_loss(
+            None, lambda _: optax.sgd(0.1), fam, params, state, tasks, 2, False, "avg"
+        )
+    # Real labels outside 0..num_classes-1 are named, not read as NaN or as another class.
+    mlp = mlp_classifier_family(input_shape=(4,), num_classes=3, hidden=(8,))
+    x = jax.random.normal(jax.random.key(1), (6, 4))
+    p = mlp.init(jax.random.key(2), DataTask(x, jnp.arange(6) % 3))
+    for bad in (jnp.arange(6), jnp.array([0, 1, 2, 0, 1, -1])):
+        with pytest.raises(ValueError, match="labels"):
+            mlp.loss(p, DataTask(x, bad))
+
+
+def test_inner_adapt_feeds_the_loss_to_learned_rules():
+    """inner.adapt (the MAML / Reptile inner loop) runs the Ravi-Larochelle rule, which reads
+    the loss, exactly as the learned-optimizer unroll does; first order cuts its gradient."""
+    from mamlx import inner
+
+    fam = quadratic_family(3)
+    task = fam.sample(jax.random.key(0))
+    p0 = fam.init(jax.random.key(1), task)
+    mp = init_meta_lstm(jax.random.key(2), hidden_size=4)
+    mp["input_gate"]["b"] = jnp.asarray(-2.0)
+    opt = meta_lstm_optimizer(mp)
+    loss = lambda p, x, y: fam.loss(p, task)
+    got, losses = inner.adapt(loss, p0, None, None, steps=4, optimizer=opt)
+    want, _, _ = unroll(opt, lambda p: fam.loss(p, task), p0, opt.init(p0), 4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
+    assert losses.shape == (4,) and float(losses[-1]) < float(losses[0])
+
+    def outer(p, first_order):
+        q, _ = inner.adapt(loss, p, None, None, steps=2, optimizer=opt, first_order=first_order)
+        return fam.loss(q, task)
+
+    exact, first = (jax.grad(outer)(p0, fo) for fo in (False, True))
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves((exact, first)))
+    assert any(
+        not np.allclose(a, b)
+        for a, b in zip(jax.tree.leaves(exact), jax.tree.leaves(first), strict=True)
+    )

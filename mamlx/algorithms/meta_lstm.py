@@ -22,6 +22,7 @@ Meta-parameters are ``{"init": c_0, "lstm": meta-learner LSTM parameters}``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import jax
@@ -50,7 +51,7 @@ def _check_args(inner_steps, hidden_size, init_lr) -> None:
     if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
         raise ValueError(f"hidden_size must be a positive int, got {hidden_size!r}")
     if init_lr is not None and not (
-        isinstance(init_lr, (int, float)) and not isinstance(init_lr, bool) and 0 < init_lr < 1
+        isinstance(init_lr, numbers.Real) and not isinstance(init_lr, bool) and 0 < init_lr < 1
     ):
         raise ValueError(
             f"init_lr is the initial input gate σ(b_I) and must lie in (0, 1), got {init_lr!r}"

@@ -71,6 +71,7 @@ def metasgd(
     Returns:
       A :class:`MetaLearner` over meta-parameters ``{"params", "lr"}``.
     """
+    inner.check_positive(inner_lr, "Meta-SGD's inner_lr (the initial per-parameter rate)")
     check_inner_args(inner_steps, inner_lr, task_map)
 
     def init(key):

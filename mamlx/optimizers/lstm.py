@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mamlx.sharding import varying_like
 from mamlx.types import Array, Params, PRNGKey
 
 MetaParams = dict  # {"lstm": [ {"w", "b"} per layer ], "out": {"w", "b"}, optional "skip"}
@@ -195,6 +196,8 @@ def lstm_optimizer(
         zeros = jax.tree.map(
             lambda x: jnp.zeros((num_layers, *jnp.shape(x), hidden), jnp.result_type(x)), params
         )
+        # Per-device state when the params are per-device (task batches under shard_map).
+        zeros = varying_like(zeros, params)
         return LSTMOptimizerState(h=zeros, c=zeros)
 
     def leaf_update(g: Array, h: Array, c: Array) -> tuple[Array, Array, Array]:

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mamlx.losses import cross_entropy
 from mamlx.types import Array, Params, PRNGKey
 
 
@@ -110,7 +111,8 @@ def mlp_classifier_family(
     ``sample`` draws ``num_classes`` class means ``μ_k ~ N(0, I)`` and examples
     ``x = μ_y + noise · ε``. ``init`` and ``loss`` accept any :class:`DataTask` whose
     ``x`` has shape ``(N, *input_shape)`` and integer labels ``y`` — e.g. real images.
-    Loss: mean softmax cross-entropy over the full batch.
+    Loss: mean softmax cross-entropy over the full batch (:func:`mamlx.losses.cross_entropy`:
+    labels outside ``0..num_classes-1`` are refused when they are concrete).
 
     Args:
       input_shape: shape of one input; flattened by the MLP.
@@ -142,9 +144,7 @@ def mlp_classifier_family(
         return mlp_init(key, [n_in, *hidden, num_classes], task.x.dtype)
 
     def loss(params, task):
-        logits = mlp_apply(params, task.x, activation)
-        logp = jax.nn.log_softmax(logits)
-        return -jnp.mean(jnp.take_along_axis(logp, task.y[:, None], axis=-1))
+        return cross_entropy(mlp_apply(params, task.x, activation), task.y)
 
     return TaskFamily(sample, init, loss)
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from mamlx.inner import opt_update
 from mamlx.optimizers.tasks import TaskFamily
 from mamlx.types import Array, Params, PRNGKey
 
@@ -46,11 +47,22 @@ class UnrollConfig:
     second_order: bool = False
     reduction: str = "mean"
 
+    def __post_init__(self):
+        for name in ("horizon", "truncation", "num_tasks"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"UnrollConfig.{name} must be an int >= 1, got {v!r}")
+        if self.horizon % self.truncation:
+            raise ValueError(
+                f"UnrollConfig.horizon ({self.horizon}) must be a multiple of "
+                f"truncation ({self.truncation})"
+            )
+        _check_reduction(self.reduction)
 
-def _opt_update(opt, grads, state, params, loss):
-    if isinstance(opt, optax.GradientTransformationExtraArgs):
-        return opt.update(grads, state, params, value=loss)
-    return opt.update(grads, state, params)
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
 def unroll(
@@ -91,7 +103,7 @@ def unroll(
         loss, grads = jax.value_and_grad(loss_fn)(p)
         # First order: the optimizer's inputs are constants; the loss returned is not.
         seen = (loss, grads) if second_order else lax.stop_gradient((loss, grads))
-        upd, s = _opt_update(opt, seen[1], s, p, seen[0])
+        upd, s = opt_update(opt, seen[1], s, p, seen[0])
         p = optax.apply_updates(p, upd)
         return (p, s), loss
 
@@ -130,6 +142,7 @@ def truncated_meta_loss(
     Example:
       >>> # jax.grad(truncated_meta_loss, has_aux=True)(mp, lstm_optimizer, fam, ...)
     """
+    _check_reduction(reduction)
     opt = opt_factory(meta_params)
 
     def one(p, s, task):
@@ -181,8 +194,6 @@ def make_meta_train_step(
       >>> mp = init_lstm_optimizer(jax.random.key(0))
       >>> mp, ms, metrics = step(mp, meta_opt.init(mp), jax.random.key(1))
     """
-    if config.horizon % config.truncation:
-        raise ValueError("horizon must be a multiple of truncation")
     num_truncations = config.horizon // config.truncation
     grad_fn = jax.value_and_grad(truncated_meta_loss, has_aux=True)
 
