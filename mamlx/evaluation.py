@@ -34,7 +34,12 @@ def mean_ci(values: Any, z: float = 1.96) -> tuple[float, float]:
 
 
 def task_metrics_after(learner: MetaLearner, steps: int | None, loss_fn=None):
-    """``f(meta_params, episode) -> metrics`` on the query set after ``steps`` adaptation steps."""
+    """``f(meta_params, episode) -> metrics`` on the query set after ``steps`` adaptation steps.
+
+    The loss is ``loss_fn``, else the learner's ``predict_loss`` (its own loss), else
+    cross-entropy for integer labels and MSE otherwise.
+    """
+    loss_fn = loss_fn or learner.predict_loss
 
     def f(meta_params: Params, episode: Episode):
         task_state = learner.adapt(meta_params, episode.support_x, episode.support_y, steps=steps)
@@ -59,7 +64,7 @@ def make_evaluator(
       sampler: sampler of held-out tasks (``sample_batch(key, data, n)``).
       steps: test-time adaptation steps to report (``None``: the learner's default).
       batch_size: tasks sampled and evaluated per compiled call.
-      loss_fn: optional loss override.
+      loss_fn: optional loss override (default: the learner's ``predict_loss``).
 
     Returns:
       ``run(meta_params, data, *, key, num_tasks) -> {steps: {metric: (mean, ci95)}}``.
@@ -116,7 +121,7 @@ def evaluate(
       num_tasks: number of test tasks (the papers use 600 or more).
       steps: test-time adaptation steps to report (``None``: the learner's default).
       batch_size: tasks evaluated per compiled call.
-      loss_fn: optional loss override.
+      loss_fn: optional loss override (default: the learner's ``predict_loss``).
 
     Returns:
       ``{steps: {metric: (mean, ci95)}}``; see :func:`make_evaluator`.

@@ -9,8 +9,9 @@ import pytest
 from jax.test_util import check_grads
 
 from mamlx import Episode
-from mamlx.algorithms import fomaml, maml, pretrain
+from mamlx.algorithms import fomaml, maml, pretrain, reptile
 from mamlx.experiments import sinusoid_model
+from mamlx.losses import mse
 from mamlx.models import tree_cast
 from mamlx.tasks import sinusoid
 from mamlx.testing import check_meta_learner
@@ -241,3 +242,33 @@ def test_classification_loss_rejects_out_of_range_labels_eagerly():
     np.testing.assert_allclose(
         cross_entropy(logits, good), jax.jit(cross_entropy)(logits, good), rtol=1e-6
     )
+
+
+def test_evaluation_reports_the_learners_own_loss():
+    # A learner built with loss_fn=L is evaluated with L (predict_loss), not the default MSE.
+    from mamlx import evaluate
+
+    def mae(pred, y):
+        return jnp.mean(jnp.abs(pred - y))
+
+    apply_fn, init_fn = sinusoid_model((16,))
+    for make in (maml, reptile):
+        kw = {"inner_lr": 0.01} if make is maml else {"inner_opt": 0.01}
+        learner = make(apply_fn, init_fn, inner_steps=1, loss_fn=mae, **kw)
+        assert learner.predict_loss is mae
+        params = learner.init(jax.random.PRNGKey(0))
+        got = evaluate(learner, params, sinusoid(5), key=jax.random.PRNGKey(1), num_tasks=4)
+        eps = sinusoid(5).sample_batch(jax.random.fold_in(jax.random.PRNGKey(1), 0), None, 100)
+        eps = jax.tree.map(lambda a: a[:4], eps)
+
+        def query_mae(ep):
+            state = learner.adapt(params, ep.support_x, ep.support_y)
+            return mae(learner.predict(state, ep.query_x), ep.query_y)
+
+        np.testing.assert_allclose(
+            got[None]["loss"][0], np.mean(jax.vmap(query_mae)(eps)), rtol=1e-5
+        )
+        default = evaluate(
+            learner, params, sinusoid(5), key=jax.random.PRNGKey(1), num_tasks=4, loss_fn=mse
+        )
+        assert abs(default[None]["loss"][0] - got[None]["loss"][0]) > 1e-3

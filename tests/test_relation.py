@@ -1,4 +1,4 @@
-"""Relation Networks: scores in [0, 1], class pooling, MSE targets, conformance."""
+"""Relation Networks: scores in [0, 1] (absent classes -inf), class pooling, MSE targets, conformance."""
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,7 @@ def tiny_relation(**kw):
     return relation(embed_fn, init_fn, feature_shape=(4, 4, 4), filters=4, hidden=4, **kw)
 
 
-def test_scores_lie_in_unit_interval_and_absent_classes_score_zero():
+def test_scores_lie_in_unit_interval_and_absent_classes_are_minus_inf():
     learner = tiny_relation()
     f = logits_fn(learner)
     sx, sy, qx, _ = fewshot_sampler(3, 2, 4).sample(jax.random.PRNGKey(0), tiny_data())
@@ -25,12 +25,31 @@ def test_scores_lie_in_unit_interval_and_absent_classes_score_zero():
         params = learner.init(jax.random.PRNGKey(seed))
         scores = np.asarray(f(params, sx, sy, qx))
         assert scores.shape == (12, 6)
-        assert np.all((scores >= 0) & (scores <= 1))
-        assert np.all(scores[:, 3:] == 0)
+        assert np.all((scores[:, :3] >= 0) & (scores[:, :3] <= 1))
+        assert np.all(scores[:, 3:] == -np.inf)
     # Scaled-up parameters push scores to the ends of the interval but never outside.
     big = jax.tree.map(lambda a: 50.0 * a, params)
     scores = np.asarray(f(big, sx, sy, qx))
-    assert np.all((scores >= 0) & (scores <= 1))
+    assert np.all((scores[:, :3] >= 0) & (scores[:, :3] <= 1))
+
+
+def test_evaluation_reports_the_training_mse_not_a_cross_entropy_of_scores():
+    # The evaluator's loss is the learner's own (predict_loss): the relation MSE that
+    # outer_loss trains on, whatever the number of empty score columns (shots).
+    from mamlx import evaluate
+
+    data = tiny_data()
+    learner = tiny_relation()
+    params = learner.init(jax.random.PRNGKey(0))
+    for shots in (1, 3):
+        sampler = fewshot_sampler(3, shots, 2)
+        got = evaluate(learner, params, sampler, data, key=jax.random.PRNGKey(5), num_tasks=6)
+        eps = sampler.sample_batch(jax.random.fold_in(jax.random.PRNGKey(5), 0), data, 100)
+        eps = jax.tree.map(lambda a: a[:6], eps)
+        losses, metrics = jax.vmap(learner.outer_loss, (None, 0))(params, eps)
+        np.testing.assert_allclose(got[None]["loss"][0], np.mean(losses), rtol=1e-5)
+        np.testing.assert_allclose(got[None]["accuracy"][0], np.mean(metrics["accuracy"]))
+        assert got[None]["loss"][0] < 0.5  # an MSE of scores in [0, 1]; ln(3 * shots) is not
 
 
 def test_class_features_sum_or_mean_support_maps_and_predict_is_permutation_equivariant():
@@ -63,7 +82,7 @@ def test_scores_do_not_depend_on_the_number_of_empty_class_columns():
         spread = max(spread, float(base.std()))
         for k in (2, 5):
             scores = np.asarray(f(params, jnp.tile(sx, (k, 1, 1, 1)), jnp.tile(sy, k), qx))
-            assert scores.shape == (9, 3 * k) and np.all(scores[:, 3:] == 0)
+            assert scores.shape == (9, 3 * k) and np.all(scores[:, 3:] == -np.inf)
             np.testing.assert_allclose(scores[:, :3], base, atol=1e-5, err_msg=f"x{k}, {seed}")
     assert spread > 0.05  # the check had something to compare
 

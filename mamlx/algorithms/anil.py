@@ -111,4 +111,4 @@ def anil(
 
     outer_loss = query_outer_loss(adapt, predict, loss_fn)
 
-    return gradient_learner(init_fn, adapt, predict, outer_loss, task_map)
+    return gradient_learner(init_fn, adapt, predict, outer_loss, task_map, loss_fn)

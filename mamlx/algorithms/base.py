@@ -14,6 +14,10 @@ serve all of them:
   (leading task axis). For most learners this is ``jax.grad`` of the mean outer
   loss; Reptile returns its pseudo-gradient φ − θ̃ instead, so every learner's
   outer update is an optax transformation applied to ``grads``.
+* ``predict_loss(outputs, labels) -> scalar`` (optional field, default ``None``):
+  the loss of ``predict``'s outputs that evaluation reports, i.e. the learner's own
+  ``loss_fn`` (Relation Networks: the MSE of their scores). ``None``: cross-entropy
+  for integer labels, MSE otherwise (:func:`mamlx.losses.default_loss`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class MetaLearner(NamedTuple):
     predict: Callable[[Any, Array], Array]
     outer_loss: Callable[[Params, Episode], tuple[Array, Metrics]]
     meta_grad: Callable[[Params, Episode], tuple[Params, Metrics]]
+    predict_loss: Callable[[Array, Array], Array] | None = None
 
 
 def check_task_map(task_map: str) -> str:
@@ -141,10 +146,16 @@ def gradient_meta_grad(outer_loss: Callable, task_map: str = "vmap") -> Callable
 
 
 def gradient_learner(
-    init: Callable, adapt: Callable, predict: Callable, outer_loss: Callable, task_map: str = "vmap"
+    init: Callable,
+    adapt: Callable,
+    predict: Callable,
+    outer_loss: Callable,
+    task_map: str = "vmap",
+    predict_loss: Callable | None = None,
 ) -> MetaLearner:
     """A :class:`MetaLearner` whose ``meta_grad`` is the gradient of the mean outer loss."""
-    return MetaLearner(init, adapt, predict, outer_loss, gradient_meta_grad(outer_loss, task_map))
+    meta_grad = gradient_meta_grad(outer_loss, task_map)
+    return MetaLearner(init, adapt, predict, outer_loss, meta_grad, predict_loss)
 
 
 def check_inner_args(inner_steps: int, inner_opt: Any, task_map: str) -> None:

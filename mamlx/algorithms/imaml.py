@@ -180,4 +180,4 @@ def imaml(
     def meta_grad(meta_params, episodes: Episode):
         return map_tasks_mean(task_grad, meta_params, episodes, task_map)
 
-    return MetaLearner(init_fn, adapt, predict, outer_loss, meta_grad)
+    return MetaLearner(init_fn, adapt, predict, outer_loss, meta_grad, loss_fn)

@@ -120,7 +120,7 @@ def maml(
 
     outer_loss = query_outer_loss(adapt, predict, loss_fn)
 
-    return gradient_learner(init_fn, adapt, predict, outer_loss, task_map)
+    return gradient_learner(init_fn, adapt, predict, outer_loss, task_map, loss_fn)
 
 
 def fomaml(apply_fn: ApplyFn, init_fn: Callable[[PRNGKey], Params], **kwargs) -> MetaLearner:

@@ -142,7 +142,7 @@ def meta_lstm(
 
     adapt, predict = make_predict(apply_fn, adapt_params, transductive)
     outer_loss = query_outer_loss(adapt, predict, loss_fn)
-    return gradient_learner(init, adapt, predict, outer_loss, task_map)
+    return gradient_learner(init, adapt, predict, outer_loss, task_map, loss_fn)
 
 
 def meta_lstm_gate_trace(

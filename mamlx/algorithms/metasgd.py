@@ -98,4 +98,4 @@ def metasgd(
 
     outer_loss = query_outer_loss(adapt, predict, loss_fn)
 
-    return gradient_learner(init, adapt, predict, outer_loss, task_map)
+    return gradient_learner(init, adapt, predict, outer_loss, task_map, loss_fn)

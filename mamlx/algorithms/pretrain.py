@@ -67,4 +67,4 @@ def pretrain(
         y = jnp.concatenate([episode.support_y, episode.query_y])
         return task_metrics(apply_fn(meta_params, x), y, loss_fn)
 
-    return gradient_learner(init_fn, adapt, apply_fn, outer_loss, task_map)
+    return gradient_learner(init_fn, adapt, apply_fn, outer_loss, task_map, loss_fn)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_learner
-from mamlx.algorithms.protonet import class_one_hot
+from mamlx.algorithms.protonet import class_one_hot, mask_absent
 from mamlx.episodes import Episode
 from mamlx.losses import accuracy
 from mamlx.models.adapter import ApplyFn, model
@@ -65,6 +65,17 @@ def relation_mse(scores: Array, labels: Array, counts: Array) -> Array:
     return jnp.sum(err) / (scores.shape[0] * jnp.sum(present))
 
 
+def relation_score_mse(scores: Array, labels: Array) -> Array:
+    """:func:`relation_mse` of ``predict``'s scores, whose absent classes are ``-inf``.
+
+    Example:
+      >>> relation_score_mse(jnp.array([[1.0, 0.5, -jnp.inf]]), jnp.array([0]))
+      Array(0.125, dtype=float32)
+    """
+    present = jnp.all(jnp.isfinite(scores), axis=0)
+    return relation_mse(jnp.where(present, scores, 0.0), labels, present)
+
+
 def relation(
     embed_fn: ApplyFn,
     init_fn: Callable[[PRNGKey], Params],
@@ -89,7 +100,9 @@ def relation(
 
     Returns:
       A :class:`MetaLearner` with params ``{"embed", "relation"}``; ``adapt``
-      returns a :class:`RelationState`, ``predict`` scores in [0, 1].
+      returns a :class:`RelationState`, ``predict`` scores in [0, 1] (``-inf`` for
+      classes without support examples); evaluation reports their
+      :func:`relation_score_mse`, the training loss.
 
     Example:
       >>> from mamlx.models import model
@@ -144,13 +157,16 @@ def relation(
         )
         return out.reshape(num_q, num_c)
 
-    def predict(state: RelationState, x: Array) -> Array:
+    def scores(state: RelationState, x: Array) -> Array:
         return jnp.where(state.counts > 0, jax.nn.sigmoid(logits(state, x)), 0.0)
+
+    def predict(state: RelationState, x: Array) -> Array:
+        return mask_absent(scores(state, x), state.counts)
 
     def outer_loss(meta_params: Params, episode: Episode):
         state = adapt(meta_params, episode.support_x, episode.support_y)
-        scores = predict(state, episode.query_x)
-        loss = relation_mse(scores, episode.query_y, state.counts)
-        return loss, {"loss": loss, "accuracy": accuracy(scores, episode.query_y)}
+        r = scores(state, episode.query_x)
+        loss = relation_mse(r, episode.query_y, state.counts)
+        return loss, {"loss": loss, "accuracy": accuracy(r, episode.query_y)}
 
-    return gradient_learner(init, adapt, predict, outer_loss, task_map)
+    return gradient_learner(init, adapt, predict, outer_loss, task_map, relation_score_mse)

@@ -91,5 +91,10 @@ def reptile(
         return jax.tree.map(jnp.subtract, meta_params, adapted), metrics
 
     return MetaLearner(
-        init=init_fn, adapt=adapt, predict=predict, outer_loss=outer_loss, meta_grad=meta_grad
+        init=init_fn,
+        adapt=adapt,
+        predict=predict,
+        outer_loss=outer_loss,
+        meta_grad=meta_grad,
+        predict_loss=loss_fn,
     )
