@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,32 +24,16 @@ from typing import Any
 import jax
 import numpy as np
 
+from mamlx._io import atomic_write
+
 FORMAT = "mamlx-checkpoint-v1"
 _STEP_FILE = re.compile(r"^step_(\d{9})\.npz$")
 
 
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
     """Write a file atomically: ``write(fileobj)`` into a temp file, fsync, ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    with atomic_write(path) as f:
+        write(f)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

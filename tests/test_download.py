@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import mamlx.tasks.download as dl
+from mamlx import checkpoint
 
 
 def _src(tmp_path, n=300_000, seed=0):
@@ -193,12 +194,14 @@ def test_atomic_write_gives_the_mode_open_would(tmp_path):
     try:
         with dl.atomic_write(tmp_path / "shared.npz") as f:
             f.write(b"x")
+        checkpoint.atomic_write_text(tmp_path / "run.json", "{}")  # runs and checkpoints too
+        checkpoint.save(tmp_path / "step.npz", {"w": np.ones(2)})
         with open(tmp_path / "plain", "wb") as f:
             f.write(b"x")
     finally:
         os.umask(old)
-    mode = (tmp_path / "shared.npz").stat().st_mode & 0o777
-    assert mode == (tmp_path / "plain").stat().st_mode & 0o777 == 0o640
+    for name in ("shared.npz", "run.json", "step.npz", "plain"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
 
 
 def test_npz_cache_roundtrip_and_untrusted_files(tmp_path, monkeypatch):

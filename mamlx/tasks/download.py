@@ -13,19 +13,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from mamlx._io import atomic_write
 
 __all__ = ["atomic_write", "cache_dir", "download_url", "load_npz", "save_npz", "sha256_file"]
 
@@ -186,50 +185,6 @@ def download_url(
         if not (resumed and attempt == 0):
             raise ValueError(problem + "; the partial file was deleted, try again")
     raise AssertionError("unreachable")
-
-
-def _umask() -> int:
-    """The process's file-mode creation mask, read without changing it where Linux allows."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
-    """Open a temporary file beside ``path``; rename it onto ``path`` only on success.
-
-    Args:
-      path: final file path.
-      mode: ``open`` mode for the temporary file (``"wb"`` or ``"w"``).
-
-    Yields:
-      The open temporary file. If the body raises, the temporary file is removed
-      and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            # mkstemp makes the file private (0600); give it the mode open() would have, so
-            # a cache shared between users stays readable by them.
-            os.chmod(tmp, 0o666 & ~_umask())
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def save_npz(path: str | os.PathLike, key: str, **arrays: np.ndarray) -> Path:
