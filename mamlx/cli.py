@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--queries", type=int, default=100, help="query points per sine task")
     ev.add_argument("--seed", type=int, default=12345, help="seed of the held-out tasks")
     ev.add_argument("--figure", help="PNG path (default: RUN_DIR/sinusoid_fits.png)")
+    ev.add_argument(
+        "--data-dir", help="few-shot runs: data folder, if moved since training (default: saved)"
+    )
     return parser
 
 
@@ -198,6 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from mamlx import train as training
 
+    moved = False  # a resume given the run's data in another folder
     if args.task is None and not args.resume:
         raise ValueError("name a task (e.g. `mamlx train sinusoid`) or give --resume RUN_DIR")
     if args.task is None:  # `mamlx train --resume RUN_DIR`
@@ -210,6 +214,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume or args.out or f"runs/{args.task}-{config.algo}-{config.seed}")
         if args.resume:
             saved = _load_run_config(run_dir)
+            if "data_dir" in given and saved.data_dir != config.data_dir:
+                # Where the data lives, not what the run computes: a moved folder is fine.
+                print(f"note: data folder {saved.data_dir!r} -> {config.data_dir!r}")
+                saved = dataclasses.replace(saved, data_dir=config.data_dir)
+                moved = True
             diff = {
                 k: (getattr(saved, k), v)
                 for k, v in config.to_dict().items()
@@ -247,7 +256,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if restored is not None:
             state = restored
         print(f"resuming {run_dir} at step {int(state.step)} of {config.steps}")
-    elif jax.process_index() == 0:  # one writer per run, also on several hosts
+    if (not resume or moved) and jax.process_index() == 0:  # one writer, also on many hosts
         run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write_text(
             run_dir / "config.json", json.dumps(config.to_dict(), indent=2)
@@ -301,13 +310,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_trained(run_dir: Path, best: bool = True):
-    """Config, built experiment and trained state of a run (its best checkpoint if any)."""
+def _load_trained(run_dir: Path, best: bool = True, data_dir: str | None = None):
+    """Config, built experiment and trained state of a run (its best checkpoint if any).
+
+    ``data_dir`` replaces the data folder saved with a few-shot run (data moved since).
+    """
     import jax
 
     from mamlx import train as training
 
     config = _load_run_config(run_dir)
+    if data_dir and isinstance(config, FewShotConfig):
+        config = dataclasses.replace(config, data_dir=data_dir)
     exp = build(config)
     template = training.init_state(exp.learner, exp.optimizer, jax.random.PRNGKey(config.seed))
     if best and (run_dir / "best.npz").is_file():
@@ -325,7 +339,7 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
 
     from mamlx.evaluation import evaluate
 
-    config, exp, state = _load_trained(run_dir)
+    config, exp, state = _load_trained(run_dir, data_dir=args.data_dir)
     tasks = args.tasks or config.eval_tasks
     steps = config.eval_inner_steps
     res = evaluate(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -149,6 +150,9 @@ class FewShotConfig:
     task: str = field(default="omniglot", init=False)
 
     def __post_init__(self):
+        if self.data_dir:  # absolute: eval and resume work from any working directory
+            path = os.path.abspath(os.path.expanduser(os.fspath(self.data_dir)))
+            object.__setattr__(self, "data_dir", path)
         if self.algo not in FEWSHOT_ALGOS:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose from {list(FEWSHOT_ALGOS)}")
         for name in ("ways", "shots", "queries", "meta_batch", "filters", "image_size"):
@@ -441,8 +445,6 @@ def sinusoid_model(hidden: tuple[int, ...] = (40, 40)):
 
 def resolve_data_dir(config: FewShotConfig) -> str | None:
     """The data folder of a few-shot run: ``config.data_dir``, else ``$MAMLX_DATA_DIR/<task>``."""
-    import os
-
     if config.data_dir:
         return config.data_dir
     env = os.environ.get("MAMLX_DATA_DIR")
@@ -456,8 +458,6 @@ def load_fewshot_splits(config: FewShotConfig) -> dict[str, Any]:
     rotations of training characters as new classes (Omniglot, Vinyals split), else 1.
     A split may hold no classes (``val`` of Lake et al.'s background split).
     """
-    import os
-
     import jax.numpy as jnp
 
     from mamlx.tasks import load_miniimagenet, load_omniglot, omniglot_split

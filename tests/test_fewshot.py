@@ -168,6 +168,31 @@ def test_background_split_trains_without_val_classes_or_rotations(tmp_path, data
     assert main(["eval", str(run), "--tasks", "10"]) == 0
 
 
+def test_relative_data_folder_and_a_moved_one(tmp_path, omniglot_dir, monkeypatch, capsys):
+    # A relative --data-dir is saved absolute, so eval works from any directory; a moved
+    # data folder is given to eval or to a resume (which records it), not refused.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "omniglot").symlink_to(omniglot_dir, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    assert main(args("run", "--data-dir", "data/omniglot", "--split", "background", steps=1)) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["data_dir"]
+    assert saved == str(tmp_path / "data" / "omniglot")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["eval", str(tmp_path / "run"), "--tasks", "4"]) == 0
+    (tmp_path / "data").rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--tasks", "4"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    new = str(tmp_path / "moved" / "omniglot")
+    assert main(["eval", str(tmp_path / "run"), "--tasks", "4", "--data-dir", new]) == 0
+    resume = args(tmp_path / "run", "--data-dir", new, "--split", "background", steps=1)
+    assert main([*resume, "--resume", str(tmp_path / "run")]) == 0
+    assert "note: data folder" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data_dir"] == new
+    assert main(["eval", str(tmp_path / "run"), "--tasks", "4"]) == 0
+
+
 def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="unknown algorithm"):
         FewShotConfig(algo="protomaml")
