@@ -272,3 +272,32 @@ def test_evaluation_reports_the_learners_own_loss():
             learner, params, sinusoid(5), key=jax.random.PRNGKey(1), num_tasks=4, loss_fn=mse
         )
         assert abs(default[None]["loss"][0] - got[None]["loss"][0]) > 1e-3
+
+
+def test_evaluator_batches_cover_distinct_tasks_and_cut_the_last_batch():
+    # 7 tasks in batches of 3: keys fold_in(key, 0), (key, 3), (key, 6); the last batch is
+    # cut to 1 task; mean and CI are over exactly those 7 per-task values.
+    from mamlx import evaluate, mean_ci
+
+    apply_fn, init_fn = sinusoid_model((16,))
+    learner = maml(apply_fn, init_fn, inner_lr=0.01, inner_steps=1)
+    params = learner.init(jax.random.PRNGKey(0))
+    key = jax.random.PRNGKey(9)
+    got = evaluate(
+        learner, params, sinusoid(5), key=key, num_tasks=7, batch_size=3, steps=[0, None]
+    )
+
+    def per_task(steps, start, n):
+        eps = sinusoid(5).sample_batch(jax.random.fold_in(key, start), None, 3)
+
+        def one(ep):
+            state = learner.adapt(params, ep.support_x, ep.support_y, steps=steps)
+            return mse(learner.predict(state, ep.query_x), ep.query_y)
+
+        return np.asarray(jax.vmap(one)(eps))[:n]
+
+    for steps in (0, None):
+        values = np.concatenate([per_task(steps, s, n) for s, n in ((0, 3), (3, 3), (6, 1))])
+        assert len(np.unique(values)) == 7  # distinct tasks, none repeated across batches
+        np.testing.assert_allclose(got[steps]["loss"], mean_ci(values), rtol=1e-5)
+    assert got[None]["loss"][0] < got[0]["loss"][0]  # one step on the support set helps
