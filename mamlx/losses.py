@@ -26,7 +26,7 @@ def _check_labels(logits: Array, labels: Array, name: str) -> None:
             f"({logits_shape[:-1]})"
         )
     if isinstance(labels, jax.core.Tracer):
-        return  # traced (jit, vmap, scan): no host round trip; fit() reports NaN losses
+        return  # traced (jit, vmap, scan): no host round trip; the loss is NaN, fit() stops
     num_classes = logits_shape[-1]
     values = np.asarray(labels)
     bad = np.unique(values[(values < 0) | (values >= num_classes)])
@@ -67,12 +67,19 @@ def mse(pred: Array, y: Array) -> Array:
 def cross_entropy(logits: Array, labels: Array) -> Array:
     """Mean softmax cross-entropy with integer class labels.
 
+    Traced labels (under ``jit``) outside ``[0, C)``, negative ones included, make the
+    loss and its gradient NaN, which the training loop reports (:class:`mamlx.train.NonFiniteLossError`);
+    without this a label of -1 would silently read the last class.
+
     Raises:
       ValueError: if ``labels.shape != logits.shape[:-1]``, or if concrete (not
         traced) labels lie outside ``[0, logits.shape[-1])``.
     """
     _check_labels(logits, labels, "cross_entropy")
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    valid = (labels >= 0) & (labels < jnp.shape(logits)[-1])
+    # A NaN factor, not jnp.where: the gradient turns NaN too, never a silent partial one.
+    return jnp.mean(losses * jnp.where(valid, 1.0, jnp.nan).astype(losses.dtype))
 
 
 def accuracy(logits: Array, labels: Array) -> Array:

@@ -49,9 +49,9 @@ class NonFiniteLossError(FloatingPointError):
         where = f"; last good state saved at {checkpoint_path}" if checkpoint_path else ""
         super().__init__(
             f"meta-loss became non-finite at step {step}{where}. Likely causes: integer "
-            "class labels outside [0, ways) from the sampler or data (a label >= the number "
-            "of classes makes the cross-entropy NaN; labels are traced in the compiled loop, "
-            "so the loss cannot check their range: learner.outer_loss(params, episode) on one "
+            "class labels outside [0, ways) from the sampler or data (they make the "
+            "cross-entropy NaN; labels are traced in the compiled loop, so the loss cannot "
+            "name them: learner.outer_loss(params, episode) on one "
             "sampled episode, without jit, names bad labels), a learning rate too high "
             "(divergence), or NaN/inf in the inputs"
         )

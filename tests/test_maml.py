@@ -236,8 +236,11 @@ def test_classification_loss_rejects_out_of_range_labels_eagerly():
     # Under jit the labels are traced: no check and no host callback in the compiled code.
     jaxpr = str(jax.make_jaxpr(task_metrics)(logits, jnp.asarray([0, 2])))
     assert "callback" not in jaxpr
-    loss, _ = jax.jit(task_metrics)(logits, jnp.asarray([0, 3]))
-    assert not np.isfinite(loss)  # the training loop reports it (NonFiniteLossError)
+    for bad in ([0, 3], [-1, 1]):  # -1 would read the last class: NaN instead
+        loss, _ = jax.jit(task_metrics)(logits, jnp.asarray(bad))
+        assert np.isnan(loss)  # the training loop reports it (NonFiniteLossError)
+        g = jax.jit(jax.grad(cross_entropy))(logits, jnp.asarray(bad))
+        assert np.isnan(g).any()
     good = np.asarray([0, 2])  # in range: eager and jit agree
     np.testing.assert_allclose(
         cross_entropy(logits, good), jax.jit(cross_entropy)(logits, good), rtol=1e-6

@@ -122,20 +122,21 @@ def test_nan_loss_error_names_out_of_range_labels_as_a_likely_cause():
     learner, opt = protonet(*tiny_conv()), optax.adam(1e-3)
     # Labels are traced inside the compiled loop, so the loss cannot check their
     # range; the non-finite-loss error must point at them instead.
-    with pytest.raises(NonFiniteLossError, match=r"step 1\b") as err:
-        fit(
-            learner,
-            OutOfRangeLabels(fewshot_sampler(3, 1, 2), 100),
-            opt,
-            steps=2,
-            meta_batch=2,
-            state=init_state(learner, opt, jax.random.PRNGKey(0)),
-            data=tiny_data(),
-            chunk=2,
-            progress=False,
-        )
-    msg = str(err.value)
-    assert "labels outside [0, ways)" in msg, msg
+    for shift in (100, -3):  # -3: negative labels, which indexing would wrap silently
+        with pytest.raises(NonFiniteLossError, match=r"step 1\b") as err:
+            fit(
+                learner,
+                OutOfRangeLabels(fewshot_sampler(3, 1, 2), shift),
+                opt,
+                steps=2,
+                meta_batch=2,
+                state=init_state(learner, opt, jax.random.PRNGKey(0)),
+                data=tiny_data(),
+                chunk=2,
+                progress=False,
+            )
+        msg = str(err.value)
+        assert "labels outside [0, ways)" in msg, msg
     assert "learning rate" in msg and "inputs" in msg, msg
 
 
