@@ -36,6 +36,7 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +263,7 @@ def run_row(p: Preset, ways: int, shots: int, train_data, test_data, minutes, la
         "test_tasks": p.test_tasks,
         "preset": dataclasses.asdict(p),
         "machine": machine(),
+        "command": _command(),
     }
 
 
@@ -301,10 +303,16 @@ def hallucination_gain(train_data, test_data, *, quick: bool, num_hallucinated: 
                 "config": "quick" if quick else "full",
                 "preset": dataclasses.asdict(p),
                 "machine": machine(),
+                "command": _command(),
             }
         )
         print(rows[-1])
     return rows
+
+
+def _command() -> str:
+    """How this script was run, for the results' rows."""
+    return " ".join(["python", "benchmarks/metric.py", *sys.argv[1:]])
 
 
 def write_markdown(db: dict) -> str:
@@ -355,6 +363,18 @@ def write_markdown(db: dict) -> str:
         lines.append(
             f"| {r['shots']} | {r['num_hallucinated']} | {f(r['protonet'])} | {f(r['hallucination'])} "
             f"| {f(r['gain'])} | {r['steps']} | {r['config']} | {r['train_s']} | {r['machine']} |"
+        )
+    runs = [
+        *db["rows"].items(),
+        *((f"hallucination {r['shots']}-shot", r) for r in db.get("hallucination", [])),
+    ]
+    lines += ["", "## Commands", ""]
+    for name, r in runs:
+        cmd = r.get("command")
+        lines.append(
+            f"- {name}: `{cmd}`"
+            if cmd
+            else f"- {name}: not recorded (an older version of the script)"
         )
     return "\n".join(lines) + "\n"
 

@@ -155,11 +155,13 @@ def main() -> None:
         "repeats": args.repeats,
         "iters_per_repeat": args.iters,
         "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(["python", "benchmarks/sampler.py", *sys.argv[1:]]),
     }
     (args.out / "sampler.json").write_text(json.dumps({**meta, "results": rows}, indent=2) + "\n")
     lines = [
         "# Episode sampler throughput (`benchmarks/sampler.py`)",
         "",
+        f"Command: `{meta['command']}`  ",
         f"Machine: {machine}.  ",
         f"Data: {meta['data']}, float32 on device.  ",
         f"Batches of {args.tasks} tasks, jitted, compilation and warm-up excluded; median of "
