@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +32,7 @@ import optax
 
 matplotlib.use("Agg")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import matplotlib.pyplot as plt  # noqa: E402
 
 from mamlx.optimizers import (  # noqa: E402
@@ -47,6 +48,8 @@ from mamlx.optimizers import (  # noqa: E402
     quadratic_family,
     sine_family,
 )
+
+from common import cpu_name  # noqa: E402
 
 LRS = np.array([1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0], np.float32)
 BASELINES = {"SGD": optax.sgd, "RMSProp": optax.rmsprop, "Adam": optax.adam}
@@ -166,7 +169,7 @@ def write_results(out, rows, logs, cfg, steps, n_test, quick, t_start, select_ev
         "# Learned optimizers: LSTM (Andrychowicz et al. 2016) vs tuned baselines",
         "",
         f"Command: `python benchmarks/learned_optimizers.py {' '.join(sys.argv[1:])}`  ",
-        f"Machine: {platform.machine()} {platform.processor() or ''}, jax {jax.__version__} "
+        f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, jax {jax.__version__} "
         f"on {dev.platform} ({dev.device_kind}); wall time {time.time() - t_start:.0f} s.  ",
         f"Meta-training: horizon {cfg.horizon} in truncations of {cfg.truncation}, "
         f"{cfg.num_tasks} tasks per meta-batch, first order, Adam 3e-3 with clipping 1.0, "
