@@ -4,6 +4,8 @@
 #      and XLA's) vmapped over tasks (#7), one process per setting (SETTINGS, in that order); rows are
 #      printed as measured, so a cut-off run still reports. Session 5 (H200) measured 5-way 1-shot MAML
 #      and Reptile only; 20-way 1-shot and first-order PyTorch are what is missing, hence the order.
+#      Each first checks the PyTorch peers' meta-gradients against mamlx's (torch on the GPU; never
+#      run on a GPU before session 7's check was added) and leaves failing peers out of the ratios.
 #   2. meanwhile, on 2 pinned CPU cores of the same box: CPU throughput vs PyTorch, same settings
 #   3. with TRAIN_LIMIT > 0, after 1: the PRESET training run on the GPU for that long, then a 600-task
 #      evaluation (session 1: maml-5w1s; session 5: 170 s of maml-20w1s, benchmarks/results/fewshot.md)
@@ -30,7 +32,7 @@ log "CPU throughput on cores 0,1 (background, at most ${CPU_LIMIT}s)"
   for s in $SETTINGS; do
     left=$(( end - $(date +%s) )); [ "$left" -gt 10 ] || break
     taskset -c "$CPU_CORES" timeout "$left" python3 benchmarks/throughput.py --quick --torch-malloc tuned \
-      --settings "$s" --out "$R/throughput_cpu2_$s"
+      --settings "$s" --out "$R/throughput_cpu2_$s" --peer-errors "$R/peer_check_cpu.json"
     echo "cpu throughput $s exit $?"
   done
 ) > "$OUT/cpu_log.txt" 2>&1 &  # in OUT: comes back even if the call is cut off
@@ -40,7 +42,8 @@ end=$(( $(date +%s) + GPU_LIMIT ))
 for s in $SETTINGS; do
   left=$(( end - $(date +%s) )); [ "$left" -gt 10 ] || break
   taskset -c "$GPU_CORES" timeout "$left" python3 benchmarks/throughput.py --repeats 20 \
-    --torch-malloc default --settings "$s" --out "$R/throughput_gpu_$s"
+    --torch-malloc default --settings "$s" --out "$R/throughput_gpu_$s" \
+    --peer-errors "$R/peer_check_gpu.json"  # the peers' meta-gradients vs mamlx, once (~30 s)
   log "GPU throughput $s exit $?"
   pack
 done

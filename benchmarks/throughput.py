@@ -516,6 +516,12 @@ def main(argv=None) -> dict:
         f"(same weights and episodes); peers off by more than {PEER_TOLERANCE:g} (relative) are "
         "listed but left out of the ratios",
     )
+    ap.add_argument(
+        "--peer-errors",
+        default=None,
+        help="JSON file of the check's results: read if it exists (the check does not depend on "
+        "the setting), else written; lets several runs on one machine share one check",
+    )
     ap.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--torch-check", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput"))
@@ -525,9 +531,9 @@ def main(argv=None) -> dict:
         sname, algo, style = args.torch_worker.split(",")
         print(json.dumps(bench_torch(SETTINGS[sname], algo, style, repeats)))
         return {}
-    if args.torch_check:  # child process: one peer's meta-gradient error as JSON
-        algo, style = args.torch_check.split(",")
-        print(json.dumps({"error": peer_gradient_error(algo, style)}))
+    if args.torch_check:  # child process: the peers' meta-gradient errors as JSON
+        pairs = [(a, st) for a in args.torch_check.split(",") for st in ("loop", "vmap")]
+        print(json.dumps({f"{a},torch-{st}": peer_gradient_error(a, st) for a, st in pairs}))
         return {}
     variants = (args.jax_variants or default_variants()).split(",")
     rows = []
@@ -539,14 +545,18 @@ def main(argv=None) -> dict:
     work = {}  # (setting, algo) -> GFLOP per task
     peer_error = {}  # (algo, "torch-loop"/"torch-vmap") -> meta-gradient error vs mamlx
     if not args.no_torch and args.peer_check:
-        for algo in args.algos.split(","):
-            for style in ("loop", "vmap"):
-                err = _worker(["--torch-check", f"{algo},{style}"])["error"]
-                peer_error[algo, f"torch-{style}"] = err
-                verdict = "same" if err <= PEER_TOLERANCE else "DIFFERENT: left out of the ratios"
-                print(
-                    f"meta-gradient check {algo} torch-{style}: {err:.1e} ({verdict})", flush=True
-                )
+        saved = Path(args.peer_errors) if args.peer_errors else None
+        if saved is not None and saved.is_file():
+            errors = json.loads(saved.read_text())
+        else:  # one worker process: the peers run on the device they are timed on
+            errors = _worker(["--torch-check", args.algos])
+            if saved is not None:
+                saved.write_text(json.dumps(errors, indent=1))
+        for key, err in errors.items():
+            algo, peer = key.split(",")
+            peer_error[algo, peer] = err
+            verdict = "same" if err <= PEER_TOLERANCE else "DIFFERENT: left out of the ratios"
+            print(f"meta-gradient check {algo} {peer}: {err:.1e} ({verdict})", flush=True)
 
     def record(setting, algo, impl, r):
         med = statistics.median(r["times_s"])
