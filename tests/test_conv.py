@@ -203,6 +203,18 @@ def test_default_impl_and_switch(monkeypatch):
         conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 1, 1)))
 
 
+def test_mixed_dtypes_promote_alike_in_every_impl():
+    # float64 params (tree_cast) on float32 images: once only 'patches' accepted it, so code
+    # that ran on CPU failed on a GPU, whose default for shared kernels is 'xla'.
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3), jnp.float32)
+        k = jax.random.normal(jax.random.key(1), (3, 3, 3, 5), jnp.float64)
+        outs = {i: conv2d(x, k, stride=2, impl=i) for i in conv_lib.IMPLS}
+        for i, y in outs.items():
+            assert y.dtype == jnp.float64, i
+            np.testing.assert_allclose(y, outs["xla"], rtol=1e-10, atol=1e-12, err_msg=i)
+
+
 def test_max_pool_2x2():
     x = jax.random.normal(jax.random.key(0), (2, 5, 6, 3))
     ref = lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
@@ -309,6 +321,22 @@ def test_batch_norm_matches_flax_values_running_stats_and_second_derivatives(use
         h_ref = jax.hessian(lambda v: flax(jnp.concatenate([v, x_rest])))(flat)
         np.testing.assert_allclose(h, h_ref, rtol=1e-8, atol=1e-10)
         check_grads(mine, (x.reshape(-1),), order=2, modes=["rev"], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_batch_norm_statistics_of_16_bit_inputs_are_taken_in_float32(dtype):
+    # A large channel mean next to a small spread: E[x^2] - E[x]^2 in 16 bits cancels to
+    # garbage in 16 bits; Flax, and now ours, take the statistics in float32.
+    x = (30.0 + jax.random.normal(jax.random.key(0), (64, 4, 4, 4))).astype(dtype)
+    bn = nnx.BatchNorm(4, rngs=nnx.Rngs(0))
+    ref = nnx.BatchNorm(4, rngs=nnx.Rngs(0))
+    y = batch_norm(bn, x, use_running_average=False)
+    want = ref(x, use_running_average=False)
+    assert y.dtype == want.dtype
+    std = np.asarray(y, np.float32).reshape(-1, 4).std(0)
+    np.testing.assert_allclose(std, 1.0, atol=0.05)
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(want, np.float32), atol=0.05)
+    np.testing.assert_allclose(bn.var[...], ref.var[...], rtol=0.05)
 
 
 def test_batch_norm_mask_takes_statistics_from_the_masked_examples_only():

@@ -307,6 +307,9 @@ def conv2d(
     kh, kw, cin, cout = kernel.shape
     if x.shape[-1] != cin:
         raise ValueError(f"input has {x.shape[-1]} channels, kernel expects {cin}")
+    # Mixed dtypes (float64 params on float32 images) promote in every implementation alike.
+    dt = jnp.result_type(x, kernel)
+    x, kernel = jnp.asarray(x, dt), jnp.asarray(kernel, dt)
     if impl == "xla":
         return lax.conv_general_dilated(
             x,

@@ -54,8 +54,9 @@ def batch_norm(
 ) -> Array:
     """Apply ``norm`` (an ``nnx.BatchNorm`` over the last axis) to ``x``, as ``norm(x)`` does.
 
-    Same statistics (``E[x²] − E[x]²``, clipped at 0), running-average update and
-    normalisation as Flax's BatchNorm, with the batch sums written as matrix-vector
+    Same statistics (``E[x²] − E[x]²``, clipped at 0, computed in at least float32 so that
+    bfloat16 / float16 inputs do not cancel), running-average update and normalisation as
+    Flax's BatchNorm, with the batch sums written as matrix-vector
     products: XLA's CPU backend runs those (and their transposes in the backward
     pass) several times faster than reductions over the batch and spatial axes.
 
@@ -77,12 +78,13 @@ def batch_norm(
         dt = jnp.promote_types(x.dtype, norm.mean[...].dtype)
         mean, var = norm.mean[...].astype(dt), norm.var[...].astype(dt)
     else:
-        flat = x.reshape(-1, c)
+        dt = jnp.promote_types(x.dtype, jnp.float32)  # as Flax: statistics never in 16 bits
+        flat = x.reshape(-1, c).astype(dt)
         if mask is None:
-            w = jnp.full((flat.shape[0],), 1.0 / flat.shape[0], x.dtype)
+            w = jnp.full((flat.shape[0],), 1.0 / flat.shape[0], dt)
         else:
             rows = jnp.broadcast_to(mask.reshape((-1,) + (1,) * (x.ndim - 2)), x.shape[:-1])
-            w = rows.reshape(-1).astype(x.dtype)
+            w = rows.reshape(-1).astype(dt)
             w = w / jnp.maximum(w.sum(), 1.0)
         mean = w @ flat
         var = jnp.maximum(w @ (flat * flat) - mean * mean, 0.0)
