@@ -30,6 +30,7 @@ from mamlx.algorithms.base import TASK_MAPS, resolve_task_map  # noqa: F401 - re
 from mamlx.models import MLP, model
 from mamlx.models.conv import IMPLS as CONV_IMPLS
 from mamlx.models.conv import default_impl
+from mamlx.models.conv4 import READOUTS
 from mamlx.tasks import sinusoid
 
 SINUSOID_ALGOS = {"maml": maml, "fomaml": fomaml, "pretrain": pretrain}
@@ -114,6 +115,10 @@ class FewShotConfig:
     ``conv_impl=""`` picks the convolution by algorithm and backend (:func:`conv_default`).
     ``resize`` is the Omniglot 105 -> 28 filter: ``"lanczos"`` (gray edges) or ``"nearest"``
     (the binary images MAML's own script produced; see :mod:`mamlx.tasks.omniglot`).
+    ``readout`` feeds the head the flattened last feature map (``"flatten"``) or its spatial
+    mean (``"mean"``, MAML's reference code on Omniglot). The defaults, ``"lanczos"`` and
+    ``"flatten"``, are what every result in ``benchmarks/results`` used; MAML's own
+    Omniglot pipeline is ``resize="nearest", readout="mean"``.
     """
 
     algo: str = "maml"
@@ -142,6 +147,7 @@ class FewShotConfig:
     rotate: bool = True  # only where the split's convention has rotations (Vinyals split)
     image_size: int = 28
     resize: str = "lanczos"
+    readout: str = "flatten"
     val_every: int = 2000
     val_tasks: int = 200
     eval_tasks: int = 600
@@ -185,6 +191,7 @@ class FewShotConfig:
             "split": ("vinyals", "background", "ravi"),
             "conv_impl": ("", *CONV_IMPLS),
             "resize": ("lanczos", "nearest") if self.task == "omniglot" else ("lanczos",),
+            "readout": READOUTS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -554,6 +561,7 @@ def fewshot_model(config: FewShotConfig, ways: int | None = None):
             pool=config.pool,
             transductive=True,
             conv_impl=impl,
+            readout=config.readout,
             rngs=rngs,
         )
     )

@@ -239,6 +239,19 @@ def test_conv4_shapes(in_shape, pool, filters, features):
     assert params["head"]["kernel"].shape == (features, 5)
 
 
+def test_conv4_mean_readout_is_mamls_omniglot_head():
+    # MAML's reference code on Omniglot: hidden4 = reduce_mean(hidden4, [1, 2]) before the
+    # (64, ways) head; 'flatten' feeds the whole 2x2x64 map instead.
+    mean = Conv4(5, filters=8, readout="mean", rngs=nnx.Rngs(0))
+    flat = Conv4(5, filters=8, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (3, 28, 28, 1))
+    maps = flat.features(x).reshape(3, 2, 2, 8)
+    np.testing.assert_allclose(mean.features(x), maps.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    assert mean.head.kernel.shape == (8, 5) and flat.head.kernel.shape == (2 * 2 * 8, 5)
+    with pytest.raises(ValueError, match="readout must be one of"):
+        Conv4(5, readout="max", rngs=nnx.Rngs(0))
+
+
 def test_conv4_impls_agree_second_order():
     """MAML-style grad through one inner step: patches == xla (per task, vmapped)."""
     x = jax.random.normal(jax.random.key(0), (2, 6, 12, 12, 1))
