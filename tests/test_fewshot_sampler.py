@@ -162,3 +162,6 @@ def test_bad_inputs_raise_clear_errors(data):
         with pytest.raises(ValueError, match="num_tasks must be an integer >= 1"):
             fewshot_sampler(2, 1, 1).sample_batch(jax.random.key(0), data, num_tasks)
     assert fewshot_sampler(np.int64(3), np.int32(1), np.int64(2)).ways == 3
+    assert fewshot_sampler(jnp.int32(3), 1, 1).ways == 3  # concrete JAX integers too
+    with pytest.raises(ValueError, match="ways must be an integer"):
+        fewshot_sampler(jnp.bool_(True), 1, 1)

@@ -156,13 +156,16 @@ def test_task_families_shapes_and_generic_inputs():
 def test_bad_unroll_settings_and_labels_are_refused():
     for kw, message in (
         ({"reduction": "avg"}, "reduction must be 'mean' or 'sum'"),
-        ({"truncation": 0}, "truncation must be an int >= 1"),
-        ({"horizon": 0}, "horizon must be an int >= 1"),
-        ({"num_tasks": 0}, "num_tasks must be an int >= 1"),
+        ({"truncation": 0}, "truncation must be an integer >= 1"),
+        ({"horizon": 0}, "horizon must be an integer >= 1"),
+        ({"num_tasks": 0}, "num_tasks must be an integer >= 1"),
         ({"horizon": 30, "truncation": 20}, r"horizon \(30\) must be a multiple of truncation"),
     ):
         with pytest.raises(ValueError, match=message):
             UnrollConfig(**kw)
+    cfg = UnrollConfig(horizon=np.int64(20), truncation=np.int32(5), num_tasks=jnp.int32(2))
+    assert (cfg.horizon, cfg.truncation, cfg.num_tasks) == (20, 5, 2)
+    assert all(type(v) is int for v in (cfg.horizon, cfg.truncation, cfg.num_tasks))
     fam = quadratic_family(3)
     tasks, params, state = sample_problems(fam, optax.sgd(0.1), jax.random.key(0), 2)
     with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum', got 'avg'"):

@@ -72,7 +72,7 @@ def relation_score_mse(scores: Array, labels: Array) -> Array:
       >>> relation_score_mse(jnp.array([[1.0, 0.5, -jnp.inf]]), jnp.array([0]))
       Array(0.125, dtype=float32)
     """
-    present = jnp.all(jnp.isfinite(scores), axis=0)
+    present = ~jnp.all(jnp.isneginf(scores), axis=0)  # a NaN column stays and makes NaN
     return relation_mse(jnp.where(present, scores, 0.0), labels, present)
 
 

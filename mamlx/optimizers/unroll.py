@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from mamlx._checks import check_count
 from mamlx.inner import opt_update
 from mamlx.optimizers.tasks import TaskFamily
 from mamlx.types import Array, Params, PRNGKey
@@ -48,10 +49,8 @@ class UnrollConfig:
     reduction: str = "mean"
 
     def __post_init__(self):
-        for name in ("horizon", "truncation", "num_tasks"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"UnrollConfig.{name} must be an int >= 1, got {v!r}")
+        for name in ("horizon", "truncation", "num_tasks"):  # NumPy integers too, kept as int
+            object.__setattr__(self, name, check_count(f"UnrollConfig.{name}", getattr(self, name)))
         if self.horizon % self.truncation:
             raise ValueError(
                 f"UnrollConfig.horizon ({self.horizon}) must be a multiple of "

@@ -20,8 +20,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mamlx._checks import check_count
 from mamlx.episodes import Episode
-from mamlx.tasks._checks import check_count
 from mamlx.types import Array, PRNGKey
 
 __all__ = ["FewShotSampler", "fewshot_sampler"]
