@@ -97,8 +97,8 @@ def test_nearest_resize_is_what_maml_script_made_of_the_official_pngs(omniglot_d
     # Bad filter or size: a clear error before any archive is read or hashed.
     for kw, message in (
         ({"resize": "bilinear"}, "unknown resize filter 'bilinear'"),
-        ({"size": 0}, "size must be a positive int"),
-        ({"size": True}, "size must be a positive int"),
+        ({"size": 0}, r"size \(output side length\) must be an integer >= 1"),
+        ({"size": True}, r"size \(output side length\) must be an integer >= 1"),
     ):
         with pytest.raises(ValueError, match=message):
             og.load_omniglot_zip(["/no/such/archive.zip"], **kw)

@@ -44,6 +44,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mamlx._checks import check_count
 from mamlx.tasks.download import cache_dir as _cache_dir
 from mamlx.tasks.download import download_url, load_npz, save_npz, sha256_file
 
@@ -235,8 +236,7 @@ def _resize_matrix(size: int, resize: str) -> np.ndarray:
 
 def _check_resize(size: int, resize: str) -> None:
     """Reject a bad output size or filter before any file is read or hashed."""
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size must be a positive int (output side length), got {size!r}")
+    check_count("size (output side length)", size)
     if resize not in RESIZES:
         raise ValueError(f"unknown resize filter {resize!r}; use one of {RESIZES}")
 
