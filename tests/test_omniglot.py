@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import shutil
 import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,6 +250,25 @@ def test_fetch_archive_via_file_url(tmp_path, omniglot_dir, small):
     assert got.read_bytes() == bytes(data)
     with pytest.raises(ValueError, match="unknown Omniglot archive"):
         og.fetch_omniglot_archive("images_other.zip")
+
+
+def test_archive_table_matches_tfds_registered_checksums():
+    """URL, size and SHA-256 of every official archive agree with TFDS's own registry.
+
+    The full archives cannot be fetched here, so their table rows are checked against
+    an independent record of the same files: the checksums TFDS ships for its Omniglot
+    builder (read as a file, without importing TensorFlow).
+    """
+    spec = importlib.util.find_spec("tensorflow_datasets")
+    if spec is None:
+        pytest.skip("tensorflow-datasets not installed (the test extra installs it)")
+    registry = Path(spec.submodule_search_locations[0]) / "url_checksums" / "omniglot.txt"
+    rows = {}
+    for line in registry.read_text().splitlines():
+        if line.strip():
+            url, size, sha, *_ = line.split()
+            rows[url.rsplit("/", 1)[1]] = (url, sha, int(size))
+    assert rows == og.OMNIGLOT_ARCHIVES
 
 
 def test_load_omniglot_dispatch_errors(tmp_path):
