@@ -146,6 +146,33 @@ def test_bad_fewshot_input_is_refused_and_nothing_is_written(tmp_path, data_flag
     assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == saved
 
 
+def test_eval_rotate_counts_rotated_test_classes(tmp_path, data_flag):
+    # MAML's reference code and Prototypical Networks also rotate the test characters.
+    from mamlx.experiments import build
+
+    root = data_flag[1]
+    exp = build(FewShotConfig(data_dir=root, filters=8, ways=2, eval_rotate=True))
+    assert exp.sampler.rotate and exp.eval_sampler.rotate
+    test = exp.splits["test"]  # 423 characters as drawn; the sampler rotates them
+    eps = jax.jit(lambda k: exp.eval_sampler.sample_batch(k, test, 64))(jax.random.key(0))
+    images = np.asarray(eps.support_x).reshape(-1, *test.shape[2:])
+    drawn = np.asarray(test).reshape(-1, *test.shape[2:])
+    as_drawn = {im.tobytes() for im in drawn}
+    turned = [np.rot90(im, k, axes=(0, 1)).tobytes() for im in drawn for k in (1, 2, 3)]
+    upright = sum(im.tobytes() in as_drawn for im in images)
+    assert 0 < upright < len(images)  # about a quarter of 128 images are upright
+    assert all(im.tobytes() in as_drawn or im.tobytes() in set(turned) for im in images)
+    assert not build(FewShotConfig(data_dir=root, filters=8)).eval_sampler.rotate
+    with pytest.raises(ValueError, match="no rotated classes"):
+        build(FewShotConfig(data_dir=root, filters=8, split="background", eval_rotate=True))
+    with pytest.raises(ValueError, match="eval_rotate must be True or False"):
+        FewShotConfig(eval_rotate="no")
+    run = tmp_path / "rot"
+    assert main(args(run, *data_flag, "--eval-rotate", steps=2)) == 0
+    assert json.loads((run / "config.json").read_text())["eval_rotate"] is True
+    assert main(["eval", str(run), "--tasks", "10"]) == 0
+
+
 def test_background_split_trains_without_val_classes_or_rotations(tmp_path, data_flag):
     # Lake et al.'s split: 964 background characters as drawn, no validation alphabets by default.
     from mamlx.experiments import build
