@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -58,18 +59,27 @@ def table(runs: list[dict]) -> str:
         "# Few-shot classification: our runs beside the published tables",
         "",
         "Accuracy ± 95% CI over held-out test classes (Omniglot: the 423 test characters of "
-        "the 1200/423 split, no rotation at test time), transductive batch norm unless noted. "
+        'the 1200/423 split, as drawn), transductive batch norm unless noted. "test rotated": '
+        "the same model on the same number of tasks whose classes also include the test "
+        "characters' 90-degree rotations (1692 classes), as MAML's reference code and "
+        "Prototypical Networks test (`mamlx eval RUN --eval-rotate`). "
         "Regenerate with `python benchmarks/fewshot.py --table-only`.",
         "",
-        "| preset | ours (%) | published (%) | steps | train wall time | device | command |",
-        "|---|---|---|---|---|---|---|",
+        "| preset | ours (%) | test rotated (%) | published (%) | steps | train wall time | device "
+        "| command |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         pub, src = PUBLISHED.get(r["preset"], (None, ""))
         pub_cell = f"{pub:.2f} ({src})" if pub else "—"
         note = "" if r.get("batch_norm", "transductive") == "transductive" else " (non-transd.)"
+        rot = (
+            f"{r['accuracy_rotated_test']:.2f} ± {r['ci_rotated_test']:.2f}"
+            if "accuracy_rotated_test" in r
+            else "—"
+        )
         lines.append(
-            f"| {r['preset']} | {r['accuracy']:.2f} ± {r['ci']:.2f}{note} | {pub_cell} | "
+            f"| {r['preset']} | {r['accuracy']:.2f} ± {r['ci']:.2f}{note} | {rot} | {pub_cell} | "
             f"{r['steps']} | {r['wall_s'] / 60:.1f} min | {r['device']} | `{r['command']}` |"
         )
     missing = [p for p in PUBLISHED if p not in {r["preset"] for r in runs}]
@@ -83,6 +93,11 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default="")
     p.add_argument("--out", default="runs/fewshot")
     p.add_argument("--steps", type=int, help="override the preset's steps (quick look)")
+    p.add_argument(
+        "--flags",
+        default="",
+        help="more `mamlx train` flags, recorded with the row, e.g. '--resize nearest --readout mean'",
+    )
     p.add_argument("--table-only", action="store_true")
     p.add_argument(
         "--stopped",
@@ -106,14 +121,21 @@ def main(argv=None) -> int:
         ]
         cmd += ["--data-dir", args.data_dir] if args.data_dir else []
         cmd += ["--steps", str(args.steps)] if args.steps else []
+        cmd += shlex.split(args.flags)
         t0 = time.perf_counter()
         if not args.stopped and cli(cmd) != 0:
             return 1
-        if cli(["eval", str(run_dir)]) != 0:
-            return 1
         wall = time.perf_counter() - t0
-        res = json.loads((run_dir / "eval.json").read_text())
         config = json.loads((run_dir / "config.json").read_text())
+        rotated = None
+        if config["task"] == "omniglot" and config["split"] == "vinyals":
+            # The same model on the other test protocol too (rotated test classes).
+            if cli(["eval", str(run_dir), "--eval-rotate"]) != 0:
+                return 1
+            rotated = json.loads((run_dir / "eval.json").read_text())["accuracy"]
+        if cli(["eval", str(run_dir)]) != 0:  # the run's own protocol, left in eval.json
+            return 1
+        res = json.loads((run_dir / "eval.json").read_text())
         command = "mamlx " + " ".join(cmd)
         if args.stopped:
             log = [
@@ -125,12 +147,27 @@ def main(argv=None) -> int:
                 f"{config['steps']}; best validation checkpoint = step {res['step']})"
             )
             config["steps"] = log[-1]["step"]
-        runs = [r for r in runs if not (r["preset"] == preset and r["device"] == machine())]
+        runs = [
+            r
+            for r in runs
+            if not (
+                r["preset"] == preset
+                and r["device"] == machine()
+                and r.get("flags", "") == args.flags
+            )
+        ]
         runs.append(
             {
                 "preset": preset,
+                "flags": args.flags,
                 "accuracy": 100 * res["accuracy"][0],
                 "ci": 100 * res["accuracy"][1],
+                "eval_rotate": res.get("eval_rotate", False),
+                **(
+                    {"accuracy_rotated_test": 100 * rotated[0], "ci_rotated_test": 100 * rotated[1]}
+                    if rotated
+                    else {}
+                ),
                 "steps": config["steps"],
                 "wall_s": wall,
                 "device": machine(),

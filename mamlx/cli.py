@@ -170,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--data-dir", help="few-shot runs: data folder, if moved since training (default: saved)"
     )
+    ev.add_argument(
+        "--eval-rotate",
+        action=argparse.BooleanOptionalAction,
+        help="few-shot runs: count the test characters' 90-degree rotations as classes, or not "
+        "(default: as the run was configured)",
+    )
     return parser
 
 
@@ -310,10 +316,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_trained(run_dir: Path, best: bool = True, data_dir: str | None = None):
+def _load_trained(
+    run_dir: Path, best: bool = True, data_dir: str | None = None, eval_rotate: bool | None = None
+):
     """Config, built experiment and trained state of a run (its best checkpoint if any).
 
-    ``data_dir`` replaces the data folder saved with a few-shot run (data moved since).
+    ``data_dir`` replaces the data folder saved with a few-shot run (data moved since);
+    ``eval_rotate`` (not ``None``) its test protocol.
     """
     import jax
 
@@ -322,6 +331,8 @@ def _load_trained(run_dir: Path, best: bool = True, data_dir: str | None = None)
     config = _load_run_config(run_dir)
     if data_dir and isinstance(config, FewShotConfig):
         config = dataclasses.replace(config, data_dir=data_dir)
+    if eval_rotate is not None and isinstance(config, FewShotConfig):
+        config = dataclasses.replace(config, eval_rotate=eval_rotate)
     exp = build(config)
     template = training.init_state(exp.learner, exp.optimizer, jax.random.PRNGKey(config.seed))
     if best and (run_dir / "best.npz").is_file():
@@ -339,7 +350,9 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
 
     from mamlx.evaluation import evaluate
 
-    config, exp, state = _load_trained(run_dir, data_dir=args.data_dir)
+    config, exp, state = _load_trained(
+        run_dir, data_dir=args.data_dir, eval_rotate=args.eval_rotate
+    )
     tasks = args.tasks or config.eval_tasks
     steps = config.eval_inner_steps
     res = evaluate(
@@ -354,10 +367,11 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
     bn = "transductive" if config.transductive else "non-transductive"
     acc, ci = res["accuracy"]
     ways, shots = config.ways, config.eval_shots or config.shots
+    rotated = ", test classes with rotations" if config.eval_rotate else ""
     print(
         f"{run_dir}: {config.algo} {config.task} {ways}-way {shots}-shot, step {int(state.step)}"
         f": accuracy {100 * acc:.2f} ± {100 * ci:.2f}% over {tasks} test tasks "
-        f"({steps} inner steps, {bn} batch norm)"
+        f"({steps} inner steps, {bn} batch norm{rotated})"
     )
     out = {
         "tasks": tasks,
@@ -365,6 +379,7 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
         "step": int(state.step),
         "inner_steps": steps,
         "batch_norm": bn,
+        "eval_rotate": config.eval_rotate,
         "accuracy": [acc, ci],
         "loss": list(res["loss"]),
     }

@@ -170,7 +170,9 @@ def test_eval_rotate_counts_rotated_test_classes(tmp_path, data_flag):
     run = tmp_path / "rot"
     assert main(args(run, *data_flag, "--eval-rotate", steps=2)) == 0
     assert json.loads((run / "config.json").read_text())["eval_rotate"] is True
-    assert main(["eval", str(run), "--tasks", "10"]) == 0
+    for flags, rotated in (([], True), (["--no-eval-rotate"], False)):
+        assert main(["eval", str(run), "--tasks", "10", *flags]) == 0
+        assert json.loads((run / "eval.json").read_text())["eval_rotate"] is rotated
 
 
 def test_background_split_trains_without_val_classes_or_rotations(tmp_path, data_flag):
