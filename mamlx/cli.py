@@ -8,8 +8,10 @@ given on the command line and is saved in ``RUN_DIR/config.json``.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -27,6 +29,7 @@ from mamlx.experiments import (
     build,
     config_from_dict,
     preset_config,
+    resolve_data_dir,
     resolved_settings,
 )
 
@@ -162,9 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="held-out tasks (default: 1000 sine, the run's eval_tasks few-shot)",
     )
-    ev.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20])
-    ev.add_argument("--max-steps", type=int, default=10, help="report 0..N inner steps")
-    ev.add_argument("--queries", type=int, default=100, help="query points per sine task")
+    ev.add_argument(
+        "--shots",
+        type=int,
+        nargs="+",
+        help="support examples per task: sine runs, one row each (default: 5 10 20); "
+        "few-shot runs, one value per class (default: the run's eval_shots or shots)",
+    )
+    ev.add_argument("--max-steps", type=int, help="sine runs: report 0..N inner steps (default 10)")
+    ev.add_argument("--queries", type=int, help="sine runs: query points per task (default 100)")
     ev.add_argument("--seed", type=int, default=12345, help="seed of the held-out tasks")
     ev.add_argument("--figure", help="PNG path (default: RUN_DIR/sinusoid_fits.png)")
     ev.add_argument(
@@ -195,11 +204,33 @@ def _config_from_args(task: str, args: argparse.Namespace):
     return cls(**given), given
 
 
+def _json(obj: Any) -> str:
+    """Strict JSON: a NaN (the CI of a single task) is written as ``null``."""
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), indent=1, allow_nan=False)
+
+
 def _load_run_config(run_dir: Path):
     path = run_dir / "config.json"
     if not path.is_file():
         raise ValueError(f"{run_dir} is not a mamlx run directory (no config.json)")
-    return config_from_dict(json.loads(path.read_text()))
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); was it edited or cut short?") from e
+    try:
+        return config_from_dict(saved)
+    except (TypeError, KeyError, AttributeError, ValueError) as e:
+        raise ValueError(f"{path}: not a valid mamlx configuration: {e}") from e
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -218,6 +249,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume and args.out and Path(args.resume) != Path(args.out):
             raise ValueError("--resume RUN_DIR and --out disagree; give one of them")
         run_dir = Path(args.resume or args.out or f"runs/{args.task}-{config.algo}-{config.seed}")
+        if not args.resume and isinstance(config, FewShotConfig) and not config.data_dir:
+            # Record the folder $MAMLX_DATA_DIR points to now, so eval and resume find it
+            # without the variable (none set: the download cache, found again by itself).
+            found = resolve_data_dir(config)
+            config = dataclasses.replace(config, data_dir=found) if found else config
         if args.resume:
             saved = _load_run_config(run_dir)
             if "data_dir" in given and saved.data_dir != config.data_dir:
@@ -316,23 +352,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_trained(
-    run_dir: Path, best: bool = True, data_dir: str | None = None, eval_rotate: bool | None = None
-):
+def _load_trained(run_dir: Path, best: bool = True, **changes):
     """Config, built experiment and trained state of a run (its best checkpoint if any).
 
-    ``data_dir`` replaces the data folder saved with a few-shot run (data moved since);
-    ``eval_rotate`` (not ``None``) its test protocol.
+    ``changes`` that are not ``None`` replace fields of a few-shot run's configuration
+    that do not change what was trained: ``data_dir`` (data moved since), ``eval_rotate``
+    and ``eval_shots`` (the test protocol).
     """
     import jax
 
     from mamlx import train as training
 
     config = _load_run_config(run_dir)
-    if data_dir and isinstance(config, FewShotConfig):
-        config = dataclasses.replace(config, data_dir=data_dir)
-    if eval_rotate is not None and isinstance(config, FewShotConfig):
-        config = dataclasses.replace(config, eval_rotate=eval_rotate)
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if changes and isinstance(config, FewShotConfig):
+        config = dataclasses.replace(config, **changes)
     exp = build(config)
     template = training.init_state(exp.learner, exp.optimizer, jax.random.PRNGKey(config.seed))
     if best and (run_dir / "best.npz").is_file():
@@ -350,8 +384,18 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
 
     from mamlx.evaluation import evaluate
 
+    if args.max_steps is not None or args.queries is not None:
+        raise ValueError(
+            f"{run_dir} is a few-shot run: --max-steps and --queries apply to sine-wave runs "
+            f"(a few-shot run is tested after its eval_inner_steps with its own queries)"
+        )
+    if args.shots is not None and len(args.shots) != 1:
+        raise ValueError(f"{run_dir}: give a few-shot run one --shots value, got {args.shots}")
     config, exp, state = _load_trained(
-        run_dir, data_dir=args.data_dir, eval_rotate=args.eval_rotate
+        run_dir,
+        data_dir=args.data_dir or None,
+        eval_rotate=args.eval_rotate,
+        eval_shots=args.shots[0] if args.shots else None,
     )
     tasks = args.tasks or config.eval_tasks
     steps = config.eval_inner_steps
@@ -383,7 +427,7 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
         "accuracy": [acc, ci],
         "loss": list(res["loss"]),
     }
-    checkpoint.atomic_write_text(run_dir / "eval.json", json.dumps(out, indent=1))
+    checkpoint.atomic_write_text(run_dir / "eval.json", _json(out))
     return out
 
 
@@ -394,68 +438,75 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mamlx.plots import plot_sinusoid_fits
     from mamlx.tasks import sinusoid
 
-    if (args.tasks is not None and args.tasks < 1) or args.max_steps < 0:
+    if (args.tasks is not None and args.tasks < 1) or (args.max_steps or 0) < 0:
         raise ValueError("--tasks must be >= 1 and --max-steps >= 0")
+    if (args.shots is not None and min(args.shots) < 1) or (args.queries or 1) < 1:
+        raise ValueError("--shots and --queries must be >= 1")
     enable_compilation_cache()
     runs, curves = [], {}
     key = jax.random.PRNGKey(args.seed)
+    sine = copy.copy(args)  # the sine-wave runs' defaults
+    sine.shots = args.shots or [5, 10, 20]
+    sine.max_steps = 10 if args.max_steps is None else args.max_steps
+    sine.queries = args.queries or 100
     for rd in map(Path, args.run_dirs):
         if isinstance(_load_run_config(rd), FewShotConfig):
             eval_fewshot(rd, args)
             continue
+        if args.eval_rotate is not None:
+            raise ValueError(f"{rd} is a sine-wave run: --eval-rotate applies to few-shot runs")
         config, exp, state = _load_trained(rd)
-        num_tasks = args.tasks or 1000
+        num_tasks = sine.tasks or 1000
         name = f"{config.algo} ({rd.name})"
         results: dict = {}
         print(
             f"\n{name}: query MSE ± 95% CI over {num_tasks} held-out tasks, step {int(state.step)}"
         )
         print(
-            "  K  " + "".join(f"{f'{s} steps':>17}" for s in (0, 1, 5, 10) if s <= args.max_steps)
+            "  K  " + "".join(f"{f'{s} steps':>17}" for s in (0, 1, 5, 10) if s <= sine.max_steps)
         )
-        for k in args.shots:
-            sampler = sinusoid(k, queries=args.queries)
+        for k in sine.shots:
+            sampler = sinusoid(k, queries=sine.queries)
             res = evaluate(
                 exp.learner,
                 state.params,
                 sampler,
                 key=jax.random.fold_in(key, k),
                 num_tasks=num_tasks,
-                steps=range(args.max_steps + 1),
+                steps=range(sine.max_steps + 1),
             )
             results[k] = {s: res[s]["loss"] for s in res}
             row = "".join(
                 f"{results[k][s][0]:>10.3f} ±{results[k][s][1]:5.3f}"
                 for s in (0, 1, 5, 10)
-                if s <= args.max_steps
+                if s <= sine.max_steps
             )
             print(f"{k:>3}  {row}")
         checkpoint.atomic_write_text(
             rd / "eval.json",
-            json.dumps(
+            _json(
                 {
                     "tasks": num_tasks,
-                    "seed": args.seed,
+                    "seed": sine.seed,
                     "step": int(state.step),
                     "mse": {
                         str(k): {str(s): list(v) for s, v in r.items()} for k, r in results.items()
                     },
-                },
-                indent=1,
+                }
             ),
         )
         runs.append((name, exp.learner, state.params))
-        curves[name] = results[10] if 10 in results else results[args.shots[0]]
+        curves[name] = results[10] if 10 in results else results[sine.shots[0]]
     if not runs:
         return 0
-    fig = Path(args.figure) if args.figure else Path(args.run_dirs[0]) / "sinusoid_fits.png"
-    k_fig = 10 if 10 in args.shots else args.shots[0]
+    fig = Path(sine.figure) if sine.figure else Path(sine.run_dirs[0]) / "sinusoid_fits.png"
+    k_fig = 10 if 10 in sine.shots else sine.shots[0]
     plot_sinusoid_fits(
         runs,
         sinusoid(k_fig),
         jax.random.fold_in(key, 999),
         fig,
-        steps=tuple(s for s in (1, 10) if s <= args.max_steps),
+        steps=tuple(s for s in (1, 10) if s <= sine.max_steps),
         curves=curves,
     )
     print(f"\nfigure: {fig}")
@@ -469,8 +520,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return cmd_train(args)
         return cmd_eval(args)
-    except (ValueError, OSError, FloatingPointError) as e:  # OSError: files, downloads
-        print(f"mamlx: error: {e}", file=sys.stderr)
+    except Exception as e:
+        # OSError: files, downloads; JaxRuntimeError: e.g. out of device memory.
+        runtime = type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError")
+        if not (isinstance(e, (ValueError, OSError, FloatingPointError)) or runtime):
+            raise
+        text = str(e).splitlines()[0] if runtime else str(e)
+        notes = "".join(f"\n{n}" for n in getattr(e, "__notes__", ()))
+        print(f"mamlx: error: {text}{notes}", file=sys.stderr)
+        if runtime and "RESOURCE_EXHAUSTED" in str(e):
+            print(
+                "mamlx: the device ran out of memory: try a smaller --meta-batch, fewer "
+                "--inner-steps, or --task-map map (one task at a time)",
+                file=sys.stderr,
+            )
         return 2
 
 

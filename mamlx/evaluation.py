@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from mamlx._checks import check_count
 from mamlx.algorithms.base import MetaLearner
 from mamlx.episodes import Episode
 from mamlx.losses import task_metrics
@@ -49,6 +51,10 @@ def task_metrics_after(learner: MetaLearner, steps: int | None, loss_fn=None):
     return f
 
 
+def _out_of_memory(err: Exception) -> bool:
+    return "RESOURCE_EXHAUSTED" in str(err) or "Out of memory" in str(err)
+
+
 def make_evaluator(
     learner: MetaLearner,
     sampler: Any,
@@ -59,36 +65,61 @@ def make_evaluator(
 ):
     """A reusable, compiled evaluator (compiles once; call it at every validation).
 
+    Task ``i`` of a run is sampled from ``fold_in(key, i)`` with ``sampler.sample``, so
+    the tasks, and therefore the result, do not depend on ``batch_size``: when a batch
+    does not fit in the device's memory the evaluator halves it and goes on (and keeps
+    the smaller size for later calls). A run of fewer than ``batch_size`` tasks
+    evaluates only those. Samplers without ``sample`` are called as
+    ``sample_batch(fold_in(key, first_task), data, batch)``, which ties the tasks to the
+    batch size.
+
     Args:
       learner: the meta-learner.
-      sampler: sampler of held-out tasks (``sample_batch(key, data, n)``).
+      sampler: sampler of held-out tasks (``sample(key, data)``, or only
+        ``sample_batch(key, data, n)``).
       steps: test-time adaptation steps to report (``None``: the learner's default).
-      batch_size: tasks sampled and evaluated per compiled call.
+      batch_size: at most this many tasks sampled and evaluated per compiled call.
       loss_fn: optional loss override (default: the learner's ``predict_loss``).
 
     Returns:
       ``run(meta_params, data, *, key, num_tasks) -> {steps: {metric: (mean, ci95)}}``.
       Every setting in ``steps`` is evaluated on the same tasks (paired comparison).
     """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    batch_size = check_count("batch_size", batch_size, low=1)
+    per_task_keys = hasattr(sampler, "sample")
+    fns: dict = {}
+    largest = [batch_size]  # shrinks when a batch runs out of memory
 
-    def one_batch(s):
-        metric = jax.vmap(task_metrics_after(learner, s, loss_fn), (None, 0))
-        return jax.jit(lambda p, d, k: metric(p, sampler.sample_batch(k, d, batch_size)))
+    def batch_fn(s, b):
+        if (s, b) not in fns:
+            metric = jax.vmap(task_metrics_after(learner, s, loss_fn), (None, 0))
 
-    fns = {s: one_batch(s) for s in steps}
+            def sample(k, d, first):
+                if not per_task_keys:
+                    return sampler.sample_batch(jax.random.fold_in(k, first), d, b)
+                keys = jax.vmap(lambda i: jax.random.fold_in(k, i))(first + jnp.arange(b))
+                return jax.vmap(sampler.sample, (0, None))(keys, d)
+
+            fns[s, b] = jax.jit(lambda p, d, k, first: metric(p, sample(k, d, first)))
+        return fns[s, b]
 
     def run(meta_params: Params, data: Any, *, key: PRNGKey, num_tasks: int):
-        if num_tasks <= 0:
-            raise ValueError(f"num_tasks must be positive, got {num_tasks}")
+        num_tasks = check_count("num_tasks", num_tasks, low=1)
         per_task: dict = {s: {} for s in steps}
         done = 0
         while done < num_tasks:
-            n = min(batch_size, num_tasks - done)
-            k = jax.random.fold_in(key, done)
-            for s, fn in fns.items():
-                for name, v in fn(meta_params, data, k).items():
+            b = min(largest[0], num_tasks)
+            try:
+                out = {s: batch_fn(s, b)(meta_params, data, key, done) for s in steps}
+            except jax.errors.JaxRuntimeError as e:
+                if b == 1 or not _out_of_memory(e):
+                    raise
+                largest[0] = -(-b // 2)
+                fns.clear()
+                continue
+            n = min(b, num_tasks - done)
+            for s, metrics in out.items():
+                for name, v in metrics.items():
                     per_task[s].setdefault(name, []).append(np.asarray(v)[:n])
             done += n
         return {
@@ -120,7 +151,7 @@ def evaluate(
       key: PRNG key for the test tasks (keep it apart from training keys).
       num_tasks: number of test tasks (the papers use 600 or more).
       steps: test-time adaptation steps to report (``None``: the learner's default).
-      batch_size: tasks evaluated per compiled call.
+      batch_size: at most this many tasks per compiled call (halved when out of memory).
       loss_fn: optional loss override (default: the learner's ``predict_loss``).
 
     Returns:

@@ -228,7 +228,13 @@ def fit(
             if validate is not None and (
                 int(state.step) % validate_every == 0 or int(state.step) == steps
             ):
-                val = {f"val_{k}": float(v) for k, v in validate(state.params).items()}
+                try:
+                    val = {f"val_{k}": float(v) for k, v in validate(state.params).items()}
+                except Exception as e:
+                    if run_dir is not None:  # keep the training done so far: resume from here
+                        path = checkpoint.save_step(run_dir, int(state.step), state, keep=keep)
+                        e.add_note(f"mamlx: validation failed; the state before it is in {path}")
+                    raise
                 record.update(val)
                 if run_dir is not None:
                     _keep_best(run_dir, state, val)

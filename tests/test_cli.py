@@ -55,6 +55,37 @@ def test_train_then_eval_writes_results_and_figure(tmp_path, capsys):
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_eval_flag_errors_strict_json_and_runtime_errors(tmp_path, capsys, monkeypatch):
+    import jax
+
+    import mamlx.cli as cli
+
+    run = tmp_path / "maml"
+    assert train(run) == 0
+    # One task has no confidence interval: eval.json says null, and stays strict JSON.
+    assert main(["eval", str(run), "--tasks", "1", "--shots", "3", "--max-steps", "1"]) == 0
+    res = json.loads((run / "eval.json").read_text(), parse_constant=pytest.fail)
+    assert res["mse"]["3"]["1"][1] is None and res["mse"]["3"]["1"][0] > 0
+    assert main(["eval", str(run), "--eval-rotate"]) == 2
+    assert "--eval-rotate applies to few-shot runs" in capsys.readouterr().err
+    # A corrupt configuration names its file.
+    (run / "config.json").write_text("garbage")
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert str(run / "config.json") in err and "not valid JSON" in err
+    (run / "config.json").write_text('{"task": "sinusoid", "shots": "many"}')
+    assert main(["eval", str(run)]) == 2
+    assert "not a valid mamlx configuration" in capsys.readouterr().err
+
+    def out_of_memory(args):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 3e10 bytes")
+
+    monkeypatch.setattr(cli, "cmd_eval", out_of_memory)
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "RESOURCE_EXHAUSTED" in err and "smaller --meta-batch" in err
+
+
 def test_existing_run_is_not_overwritten_and_resume_checks_config(tmp_path, capsys):
     run = tmp_path / "run"
     assert train(run) == 0

@@ -1,6 +1,7 @@
 """Few-shot classification with the optimization-based learners (issue 4)."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -146,7 +147,7 @@ def test_bad_fewshot_input_is_refused_and_nothing_is_written(tmp_path, data_flag
     assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == saved
 
 
-def test_eval_rotate_counts_rotated_test_classes(tmp_path, data_flag):
+def test_eval_rotate_counts_rotated_test_classes(tmp_path, data_flag, monkeypatch, capsys):
     # MAML's reference code and Prototypical Networks also rotate the test characters.
     from mamlx.experiments import build
 
@@ -173,6 +174,18 @@ def test_eval_rotate_counts_rotated_test_classes(tmp_path, data_flag):
     for flags, rotated in (([], True), (["--no-eval-rotate"], False)):
         assert main(["eval", str(run), "--tasks", "10", *flags]) == 0
         assert json.loads((run / "eval.json").read_text())["eval_rotate"] is rotated
+    # The folder $MAMLX_DATA_DIR pointed to is recorded: eval works without the variable.
+    monkeypatch.setenv("MAMLX_DATA_DIR", os.path.dirname(data_flag[1]))
+    env_run = tmp_path / "env"
+    assert main(args(env_run, steps=1)) == 0
+    saved = json.loads((env_run / "config.json").read_text())["data_dir"]
+    assert saved == os.path.abspath(data_flag[1])
+    monkeypatch.delenv("MAMLX_DATA_DIR")
+    capsys.readouterr()
+    assert main(["eval", str(env_run), "--tasks", "4", "--shots", "2"]) == 0
+    assert "5-way 2-shot" in capsys.readouterr().out  # --shots: the test shots of a few-shot run
+    assert main(["eval", str(env_run), "--max-steps", "3"]) == 2
+    assert "apply to sine-wave runs" in capsys.readouterr().err
 
 
 def test_background_split_trains_without_val_classes_or_rotations(tmp_path, data_flag):

@@ -277,30 +277,62 @@ def test_evaluation_reports_the_learners_own_loss():
         assert abs(default[None]["loss"][0] - got[None]["loss"][0]) > 1e-3
 
 
-def test_evaluator_batches_cover_distinct_tasks_and_cut_the_last_batch():
-    # 7 tasks in batches of 3: keys fold_in(key, 0), (key, 3), (key, 6); the last batch is
-    # cut to 1 task; mean and CI are over exactly those 7 per-task values.
+def test_evaluator_tasks_do_not_depend_on_the_batch_size(monkeypatch):
+    # Task i comes from fold_in(key, i): 7 tasks in batches of 3 (the last one cut to 1
+    # task), in one batch of 7 or under a batch size of 100 give the same per-task values.
     from mamlx import evaluate, mean_ci
+    from mamlx import evaluation as ev
 
     apply_fn, init_fn = sinusoid_model((16,))
     learner = maml(apply_fn, init_fn, inner_lr=0.01, inner_steps=1)
     params = learner.init(jax.random.PRNGKey(0))
     key = jax.random.PRNGKey(9)
-    got = evaluate(
-        learner, params, sinusoid(5), key=key, num_tasks=7, batch_size=3, steps=[0, None]
-    )
 
-    def per_task(steps, start, n):
-        eps = sinusoid(5).sample_batch(jax.random.fold_in(key, start), None, 3)
+    def one(steps, i):
+        ep = sinusoid(5).sample(jax.random.fold_in(key, i))
+        state = learner.adapt(params, ep.support_x, ep.support_y, steps=steps)
+        return float(mse(learner.predict(state, ep.query_x), ep.query_y))
 
-        def one(ep):
-            state = learner.adapt(params, ep.support_x, ep.support_y, steps=steps)
-            return mse(learner.predict(state, ep.query_x), ep.query_y)
-
-        return np.asarray(jax.vmap(one)(eps))[:n]
-
-    for steps in (0, None):
-        values = np.concatenate([per_task(steps, s, n) for s, n in ((0, 3), (3, 3), (6, 1))])
-        assert len(np.unique(values)) == 7  # distinct tasks, none repeated across batches
-        np.testing.assert_allclose(got[steps]["loss"], mean_ci(values), rtol=1e-5)
+    for batch in (3, 7, 100):
+        got = evaluate(
+            learner, params, sinusoid(5), key=key, num_tasks=7, batch_size=batch, steps=[0, None]
+        )
+        for steps in (0, None):
+            values = [one(steps, i) for i in range(7)]
+            assert len(np.unique(values)) == 7  # distinct tasks, none repeated across batches
+            np.testing.assert_allclose(got[steps]["loss"], mean_ci(values), rtol=1e-5)
     assert got[None]["loss"][0] < got[0]["loss"][0]  # one step on the support set helps
+
+    # A batch that runs out of device memory is halved until it fits: same tasks, same result.
+    calls = []
+    real_jit = jax.jit
+
+    def jit_with_memory_of_two_tasks(fn):
+        compiled = real_jit(fn)
+
+        def call(p, d, k, first):
+            size = jax.eval_shape(fn, p, d, k, first)["loss"].shape[0]
+            calls.append(size)
+            if size > 2:
+                raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating")
+            return compiled(p, d, k, first)
+
+        return call
+
+    monkeypatch.setattr(ev.jax, "jit", jit_with_memory_of_two_tasks)
+    run = ev.make_evaluator(learner, sinusoid(5), steps=[None], batch_size=8)
+    small = run(params, None, key=key, num_tasks=7)
+    np.testing.assert_allclose(small[None]["loss"], got[None]["loss"], rtol=1e-5)
+    assert calls == [7, 4, 2, 2, 2, 2]  # then keeps the size that fit
+    calls.clear()
+    run(params, None, key=key, num_tasks=4)
+    assert calls == [2, 2]
+    monkeypatch.setattr(
+        ev.jax,
+        "jit",
+        lambda fn: (
+            lambda *a: (_ for _ in ()).throw(jax.errors.JaxRuntimeError("INTERNAL: something else"))
+        ),
+    )
+    with pytest.raises(jax.errors.JaxRuntimeError, match="something else"):
+        ev.make_evaluator(learner, sinusoid(5), batch_size=8)(params, None, key=key, num_tasks=3)

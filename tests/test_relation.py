@@ -43,8 +43,8 @@ def test_evaluation_reports_the_training_mse_not_a_cross_entropy_of_scores():
     params = learner.init(jax.random.PRNGKey(0))
     sampler = fewshot_sampler(3, 3, 2)  # 9 score columns: a cross-entropy gave ln(9) = 2.2
     got = evaluate(learner, params, sampler, data, key=jax.random.PRNGKey(5), num_tasks=6)
-    eps = sampler.sample_batch(jax.random.fold_in(jax.random.PRNGKey(5), 0), data, 100)
-    eps = jax.tree.map(lambda a: a[:6], eps)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(5), jnp.arange(6))
+    eps = jax.vmap(sampler.sample, (0, None))(keys, data)  # task i from fold_in(key, i)
     losses, metrics = jax.vmap(learner.outer_loss, (None, 0))(params, eps)
     np.testing.assert_allclose(got[None]["loss"][0], np.mean(losses), rtol=1e-5)
     np.testing.assert_allclose(got[None]["accuracy"][0], np.mean(metrics["accuracy"]))

@@ -77,6 +77,36 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     assert steps == sorted(steps) and steps[-1] == 30
 
 
+def test_failed_validation_keeps_the_training_done_so_far(tmp_path):
+    learner, opt, state0 = setup()
+    full = run(state0, learner, opt, 12, chunk=4)
+    calls = []
+
+    def validate(params):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("validation data went away")
+        return {"loss": 1.0}
+
+    with pytest.raises(RuntimeError, match="went away") as err:
+        run(
+            state0,
+            learner,
+            opt,
+            12,
+            run_dir=tmp_path,
+            chunk=4,
+            checkpoint_every=100,
+            validate=validate,
+            validate_every=4,
+        )
+    assert "step_000000008.npz" in " ".join(err.value.__notes__)
+    saved = restore(tmp_path, state0)
+    assert int(saved.step) == 8  # no periodic checkpoint was due; the failure saved one
+    resumed = run(saved, learner, opt, 12, run_dir=tmp_path, chunk=4)
+    assert trees_equal(resumed.params, full.params)
+
+
 def nan_at(count_at):
     """An optax transformation that poisons the update number ``count_at`` (0-based)."""
 
