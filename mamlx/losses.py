@@ -25,9 +25,17 @@ def _check_labels(logits: Array, labels: Array, name: str) -> None:
             f"{logits_shape}; labels must have the logits' shape without the class axis "
             f"({logits_shape[:-1]})"
         )
+    check_label_range(labels, logits_shape[-1], name)
+
+
+def check_label_range(labels: Array, num_classes: int, name: str) -> None:
+    """For concrete integer ``labels``, require ``0 <= labels < num_classes``.
+
+    Traced labels (jit, vmap, scan) are not checked: no host round trip. Callers make
+    their result NaN instead, so that :func:`mamlx.fit` stops and names the labels.
+    """
     if isinstance(labels, jax.core.Tracer):
         return  # traced (jit, vmap, scan): no host round trip; the loss is NaN, fit() stops
-    num_classes = logits_shape[-1]
     values = np.asarray(labels)
     bad = np.unique(values[(values < 0) | (values >= num_classes)])
     if bad.size:
@@ -35,9 +43,9 @@ def _check_labels(logits: Array, labels: Array, name: str) -> None:
             bad.tolist() if bad.size <= 10 else f"{bad[:10].tolist()} (and {bad.size - 10} more)"
         )
         raise ValueError(
-            f"{name}: label value(s) {shown} out of range for logits with {num_classes} "
-            f"classes; integer labels must lie in [0, {num_classes}) (a label >= the number "
-            "of classes gives a NaN loss, a negative one silently reads the wrong class)"
+            f"{name}: label value(s) {shown} out of range for {num_classes} classes; "
+            f"integer labels must lie in [0, {num_classes}) (labels are 0..N-1 within a task; "
+            "out of range, a class is silently dropped or the loss is NaN)"
         )
 
 
@@ -85,12 +93,16 @@ def cross_entropy(logits: Array, labels: Array) -> Array:
 def accuracy(logits: Array, labels: Array) -> Array:
     """Fraction of arg-max predictions equal to the integer labels.
 
+    NaN if any logit is NaN (a diverged model or out-of-range labels under ``jit``), as
+    the loss is: ``argmax`` of a NaN row would otherwise count as a prediction of class 0.
+
     Raises:
       ValueError: if ``labels.shape != logits.shape[:-1]``, or if concrete (not
         traced) labels lie outside ``[0, logits.shape[-1])``.
     """
     _check_labels(logits, labels, "accuracy")
-    return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+    correct = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+    return jnp.where(jnp.isnan(logits).any(), jnp.nan, correct)
 
 
 def default_loss(y: Array):

@@ -96,3 +96,28 @@ def test_conformance_finite_differences_float64():
         check_meta_learner(
             learner, fewshot_sampler(3, 2, 2), data, num_tasks=2, check_fd=True, fd_directions=1
         )
+
+
+@pytest.mark.parametrize("method", ["protonet", "matching", "relation"])
+def test_out_of_range_support_labels_raise_or_give_nan_never_drop_a_class(method):
+    # 1-indexed labels 1..4 for 4 classes, one shot each: class 4 would silently vanish.
+    # (Score columns number the support examples, so labels must lie in [0, S).)
+    episode = fewshot_sampler(4, 1, 5).sample(jax.random.PRNGKey(3), tiny_data())
+    from test_relation import tiny_relation
+
+    from mamlx import algorithms
+
+    if method == "relation":
+        learner = tiny_relation()
+    else:
+        learner = getattr(algorithms, method)(*tiny_conv())
+    params = learner.init(jax.random.PRNGKey(0))
+    shifted = episode._replace(support_y=episode.support_y + 1)
+    with pytest.raises(ValueError, match=r"support labels: label value\(s\) \[4\] out of range"):
+        learner.predict(
+            learner.adapt(params, shifted.support_x, shifted.support_y), shifted.query_x
+        )
+    loss, metrics = jax.jit(learner.outer_loss)(params, shifted)  # traced: no check, NaN
+    assert np.isnan(loss) and np.isnan(metrics["accuracy"])
+    loss, metrics = jax.jit(learner.outer_loss)(params, episode)
+    assert np.isfinite(loss) and np.isfinite(metrics["accuracy"])

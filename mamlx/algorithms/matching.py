@@ -30,6 +30,7 @@ from mamlx.algorithms.base import (
     query_outer_loss,
 )
 from mamlx.algorithms.protonet import class_one_hot, mask_absent
+from mamlx.losses import check_label_range
 from mamlx.models.adapter import ApplyFn, model
 from mamlx.models.heads import FullContextEmbedding
 from mamlx.types import Array, Params, PRNGKey
@@ -141,6 +142,7 @@ def matching(
 
     def adapt(meta_params: Params, support_x: Array, support_y: Array, steps=None):
         del steps
+        check_label_range(support_y, support_y.shape[0], "support labels")
         raw = embed_fn(meta_params["embed"], support_x)
         raw = raw.reshape(raw.shape[0], -1)
         g = raw

@@ -36,6 +36,7 @@ from mamlx.algorithms.base import (
     gradient_learner,
     query_outer_loss,
 )
+from mamlx.losses import check_label_range
 from mamlx.models.adapter import ApplyFn
 from mamlx.types import Array, Params, PRNGKey
 
@@ -53,12 +54,19 @@ __all__ = [
 def class_one_hot(labels: Array, num_classes: int | None = None) -> Array:
     """One-hot ``(S, C)`` float matrix of integer labels; ``C`` defaults to ``S``.
 
+    Labels must lie in ``[0, C)``: concrete ones out of range raise a ``ValueError``;
+    traced ones out of range (under ``jit``) give a row of NaN, so prototypes, scores and
+    the loss become NaN (and :func:`mamlx.fit` stops) instead of a class silently missing.
+
     Example:
       >>> class_one_hot(jnp.array([1, 0, 1])).tolist()
       [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
     """
     num_classes = labels.shape[0] if num_classes is None else num_classes
-    return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    check_label_range(labels, num_classes, "support labels")
+    onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    bad = (labels < 0) | (labels >= num_classes)
+    return jnp.where(bad[:, None], jnp.nan, onehot)
 
 
 def class_counts(labels: Array, num_classes: int | None = None) -> Array:
@@ -110,13 +118,14 @@ def squared_distances(a: Array, b: Array) -> Array:
 
 
 def mask_absent(logits: Array, counts: Array) -> Array:
-    """Set the logits of classes without support examples to ``-inf``.
+    """Set the logits of classes without support examples to ``-inf`` (NaN counts, from
+    out-of-range labels, stay NaN).
 
     Example:
       >>> mask_absent(jnp.ones((1, 3)), jnp.array([1.0, 2.0, 0.0])).tolist()
       [[1.0, 1.0, -inf]]
     """
-    return jnp.where(counts > 0, logits, -jnp.inf)
+    return jnp.where(counts > 0, logits, jnp.where(jnp.isnan(counts), jnp.nan, -jnp.inf))
 
 
 class ProtoState(NamedTuple):
