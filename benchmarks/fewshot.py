@@ -84,6 +84,13 @@ def table(runs: list[dict]) -> str:
         )
     missing = [p for p in PUBLISHED if p not in {r["preset"] for r in runs}]
     lines += ["", "Not run yet (published number only): " + ", ".join(missing), ""]
+    notes = [
+        f"- {r['preset']} {r.get('flags', '')}".rstrip() + f": {r['note']}"
+        for r in runs
+        if r.get("note")
+    ]
+    if notes:
+        lines += ["Notes:", "", *notes, ""]
     return "\n".join(lines)
 
 
