@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import optax
 
+from mamlx._checks import check_count
 from mamlx.algorithms import (
     MetaLearner,
     anil,
@@ -49,9 +50,10 @@ class Experiment(NamedTuple):
     splits: dict | None = None  # held-out arrays by name ("val", "test")
 
 
-def _positive_int(name: str, v: Any) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
+def _counts(config: Any, low: int, *names: str) -> None:
+    """Check integer fields (``>= low``) and store them as Python ints (JSON-ready)."""
+    for name in names:
+        object.__setattr__(config, name, check_count(name, getattr(config, name), low=low))
 
 
 @dataclass(frozen=True)
@@ -79,14 +81,8 @@ class SinusoidConfig:
             raise ValueError(
                 f"unknown algorithm {self.algo!r} for sinusoid; choose from {sorted(SINUSOID_ALGOS)}"
             )
-        _positive_int("shots (K)", self.shots)
-        _positive_int("meta_batch", self.meta_batch)
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-            raise ValueError(f"steps must be a non-negative int, got {self.steps!r}")
-        if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int):
-            raise ValueError(f"inner_steps must be an int, got {self.inner_steps!r}")
-        if self.inner_steps < 0:
-            raise ValueError(f"inner_steps must be >= 0, got {self.inner_steps}")
+        _counts(self, 1, "shots", "meta_batch")
+        _counts(self, 0, "steps", "inner_steps")
         for name in ("inner_lr", "meta_lr"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -169,18 +165,13 @@ class FewShotConfig:
             object.__setattr__(self, "data_dir", path)
         if self.algo not in FEWSHOT_ALGOS:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose from {list(FEWSHOT_ALGOS)}")
-        for name in ("ways", "shots", "queries", "meta_batch", "filters", "image_size"):
-            _positive_int(name, getattr(self, name))
-        for name in ("val_every", "val_tasks", "eval_tasks", "lstm_hidden"):
-            _positive_int(name, getattr(self, name))
+        _counts(self, 1, "ways", "shots", "queries", "meta_batch", "filters", "image_size")
+        _counts(self, 1, "val_every", "val_tasks", "eval_tasks", "lstm_hidden")
         for name in ("second_order", "transductive", "rotate", "eval_rotate"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):  # "False" would be true
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
             object.__setattr__(self, name, bool(getattr(self, name)))
-        for name in ("steps", "inner_steps", "eval_inner_steps", "eval_shots"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        _counts(self, 0, "steps", "inner_steps", "eval_inner_steps", "eval_shots")
         for name in ("inner_lr", "meta_lr"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):

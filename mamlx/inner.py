@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mamlx._checks import check_count
 from mamlx.types import Array, Params
 
 LossFn = Callable[[Params, Array, Array], Array]
@@ -82,12 +83,8 @@ def opt_update(
 
 
 def check_steps(steps: Any, name: str = "inner steps") -> int:
-    """Validate a static, non-negative number of steps."""
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise ValueError(f"{name} must be a Python int, got {steps!r}")
-    if steps < 0:
-        raise ValueError(f"{name} must be >= 0, got {steps}")
-    return steps
+    """Validate a static (not traced), non-negative number of steps."""
+    return check_count(name, steps, low=0)
 
 
 def adapt(

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from mamlx import checkpoint, sharding
+from mamlx._checks import check_count
 from mamlx.algorithms.base import MetaLearner
 from mamlx.types import Metrics, Params, PRNGKey
 
@@ -93,8 +94,7 @@ def make_step(
     :func:`mamlx.sharding.task_mesh`) the task batch is split over its devices and
     each device maps the learner over its own tasks (:func:`mamlx.sharding.sharded_meta_grad`).
     """
-    if isinstance(meta_batch, bool) or not isinstance(meta_batch, int) or meta_batch <= 0:
-        raise ValueError(f"meta_batch must be a positive int, got {meta_batch!r}")
+    meta_batch = check_count("meta_batch", meta_batch, low=1)
     if mesh is not None:
         sharding.check_divisible(meta_batch, mesh)
 
@@ -185,10 +185,17 @@ def fit(
       NonFiniteLossError: naming the step where the loss became NaN/inf; the last
         good state is checkpointed first when ``run_dir`` is set.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-    if chunk <= 0 or checkpoint_every <= 0 or validate_every <= 0:
-        raise ValueError("chunk, checkpoint_every and validate_every must be positive")
+    steps = check_count("steps", steps, low=0)
+    meta_batch = check_count("meta_batch", meta_batch, low=1)
+    chunk, checkpoint_every, validate_every = (
+        check_count(name, v, low=1)
+        for name, v in (
+            ("chunk", chunk),
+            ("checkpoint_every", checkpoint_every),
+            ("validate_every", validate_every),
+        )
+    )
+    keep = check_count("keep", keep, low=0)  # 0: keep every checkpoint
     step_fn = make_step(learner, sampler, optimizer, meta_batch, mesh)
     if mesh is not None:
         state, data = sharding.replicate((state, data), mesh)

@@ -107,7 +107,17 @@ def test_unknown_algorithm_and_bad_values_are_refused(tmp_path, capsys):
     assert train(tmp_path / "a", "--shots", "0") == 2
     assert "shots" in capsys.readouterr().err
     assert train(tmp_path / "b", "--inner-steps", "-1") == 2
-    assert "inner_steps must be >= 0" in capsys.readouterr().err
+    assert "inner_steps must be an integer >= 0" in capsys.readouterr().err
+    # From Python, NumPy integers are fine and are saved as JSON numbers.
+    import numpy as np
+
+    from mamlx.experiments import FewShotConfig, SinusoidConfig
+
+    for config in (SinusoidConfig(shots=np.int64(5)), FewShotConfig(ways=np.int32(20))):
+        saved = json.loads(json.dumps(config.to_dict()))
+        assert saved.get("shots") == 5 if "hidden" in saved else saved["ways"] == 20
+    with pytest.raises(ValueError, match="ways must be an integer >= 1, got 2.5"):
+        FewShotConfig(ways=2.5)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert main(["eval", str(tmp_path / "missing")]) == 2
     assert "not a mamlx run directory" in capsys.readouterr().err

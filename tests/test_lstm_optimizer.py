@@ -67,6 +67,14 @@ def test_sgd_params_reproduce_sgd_step_for_step(lr):
     # the trajectory actually moves (a no-op optimizer must not pass)
     moved = jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), learned[-1], params)
     assert max(jax.tree.leaves(moved)) > 1e-3
+    with jax.enable_x64(True):  # float64 parameters: the same update to the last bit
+        p64 = {"w": jnp.array([1.0, -2.0, 3.0])}
+        g64 = {"w": jnp.array([0.5, 0.25, -4.0])}
+        opt = lstm_optimizer(lstm_optimizer_params_sgd(lr))
+        got, _ = opt.update(g64, opt.init(p64), p64)
+        want, _ = optax.sgd(lr).update(g64, optax.sgd(lr).init(p64), p64)
+        assert got["w"].dtype == jnp.float64
+        np.testing.assert_array_equal(got["w"], want["w"])
 
 
 def _np_reference(mp, grads_seq, output_scale=0.1, p=10.0):

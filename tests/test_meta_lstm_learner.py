@@ -205,7 +205,7 @@ def test_bad_arguments_raise_clear_errors():
         meta_lstm(apply_fn, init_fn, task_map="pmap")
     learner = meta_lstm(apply_fn, init_fn)
     mp = learner.init(jax.random.key(0))
-    with pytest.raises(ValueError, match="inner steps must be >= 0"):
+    with pytest.raises(ValueError, match="inner steps must be an integer >= 0"):
         learner.adapt(mp, jnp.zeros((5, 1)), jnp.zeros((5, 1)), -1)
     with pytest.raises(ValueError, match="initial input gate"):
         FewShotConfig(algo="meta-lstm", inner_lr=1.5)

@@ -161,6 +161,14 @@ def test_same_logit_is_weighted_l1_distance_of_embeddings():
     # pair_logits (the classification path) agrees on the matched pairs.
     e1, e2 = embed_fn(params["embed"], x1), embed_fn(params["embed"], x2)
     np.testing.assert_allclose(np.diag(net.pair_logits(params, e1, e2)), got, rtol=1e-5, atol=1e-5)
+    # A feature_dim that is not the embedding's width is named, also under jit.
+    wrong = siamese_net(embed_fn, init_fn, feature_dim=8)
+    bad = wrong.init(jax.random.PRNGKey(0))
+    for fn in (wrong.same, jax.jit(wrong.same)):
+        with pytest.raises(ValueError, match=r"4 features per example .* is 8; pass feature_dim=4"):
+            fn(bad, x1, x2)
+    with pytest.raises(ValueError, match="pass feature_dim=4"):
+        wrong.pair_logits(bad, e1, e2)
 
 
 def test_pair_sampler_scales_uint8_and_bool_and_rejects_other_integer_images():

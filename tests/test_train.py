@@ -261,3 +261,43 @@ def test_figures_leave_the_matplotlib_backend_alone(tmp_path):
         assert matplotlib.get_backend() == "pdf"
     finally:
         matplotlib.use(before)
+
+
+def test_counts_accept_numpy_integers_and_missing_data_is_named():
+    # One rule for counts everywhere (mamlx._checks.check_count): NumPy integers pass.
+    from mamlx.tasks import fewshot_sampler
+
+    apply_fn, init_fn = sinusoid_model((16,))
+    learner = maml(apply_fn, init_fn, inner_lr=0.01, inner_steps=np.int64(1))
+    opt = optax.adam(1e-3)
+    state = init_state(learner, opt, jax.random.PRNGKey(0))
+    out = fit(
+        learner,
+        sinusoid(5),
+        opt,
+        steps=np.int64(3),
+        meta_batch=np.int32(4),
+        state=state,
+        chunk=np.int64(2),
+        progress=False,
+    )
+    assert int(out.step) == 3
+    ep = sinusoid(5).sample(jax.random.PRNGKey(1))
+    adapted = learner.adapt(out.params, ep.support_x, ep.support_y, steps=np.int64(2))
+    assert jax.tree.structure(adapted) == jax.tree.structure(out.params)
+    for bad in (True, 2.5, -1):
+        with pytest.raises(ValueError, match="steps must be an integer >= 0"):
+            fit(learner, sinusoid(5), opt, steps=bad, meta_batch=4, state=state, progress=False)
+    with pytest.raises(ValueError, match=r"meta_batch must be an integer >= 1, got 0"):
+        fit(learner, sinusoid(5), opt, steps=1, meta_batch=0, state=state, progress=False)
+    # A few-shot sampler without its images says so (not "None is not a valid value").
+    with pytest.raises(ValueError, match=r"got None: pass the images"):
+        fit(
+            learner,
+            fewshot_sampler(5, 1, 1),
+            opt,
+            steps=1,
+            meta_batch=2,
+            state=state,
+            progress=False,
+        )

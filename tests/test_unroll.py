@@ -36,6 +36,11 @@ def test_unroll_matches_python_loop():
         p = jax.tree.map(lambda x, g: x - 0.01 * g, p, jax.grad(loss_fn)(p))
         expected.append(loss_fn(p))
     np.testing.assert_allclose(losses, np.array(expected), rtol=1e-5)
+    # T = 0 steps: parameters unchanged and no losses, shape (0,); a negative T is refused.
+    p, _, none = unroll(opt, loss_fn, p0, opt.init(p0), np.int64(0))
+    assert none.shape == (0,) and jax.tree.all(jax.tree.map(jnp.array_equal, p, p0))
+    with pytest.raises(ValueError, match="num_steps must be an integer >= 0"):
+        unroll(opt, loss_fn, p0, opt.init(p0), -1)
 
 
 @pytest.mark.parametrize("factory", ["lstm", "meta_lstm"])

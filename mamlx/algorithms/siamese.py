@@ -219,13 +219,24 @@ def siamese_net(
         weight = jnp.full((feature_dim,), -1.0 / feature_dim**0.5, dtype)
         return {"embed": embed, "weight": weight, "bias": jnp.zeros((), dtype)}
 
+    def check_width(params: Params, emb: Array) -> None:  # static shapes: fine under jit
+        if emb.shape[-1] != params["weight"].shape[0]:
+            raise ValueError(
+                f"siamese: the embedding has {emb.shape[-1]} features per example but "
+                f"feature_dim (the length of the weights α) is {params['weight'].shape[0]}; "
+                f"pass feature_dim={emb.shape[-1]}"
+            )
+
     def pair_logits(params: Params, e1: Array, e2: Array) -> Array:
+        check_width(params, e1)
+        check_width(params, e2)
         dist = jnp.abs(e1[:, None, :] - e2[None, :, :])
         return params["bias"] + dist @ params["weight"]
 
     def same_logit(params: Params, x1: Array, x2: Array) -> Array:
         emb = embed_fn(params["embed"], jnp.concatenate([x1, x2]))
         emb = emb.reshape(emb.shape[0], -1)
+        check_width(params, emb)
         e1, e2 = emb[: x1.shape[0]], emb[x1.shape[0] :]
         return params["bias"] + jnp.abs(e1 - e2) @ params["weight"]
 

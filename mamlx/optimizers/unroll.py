@@ -96,6 +96,9 @@ def unroll(
       >>> losses.shape
       (5,)
     """
+    num_steps = check_count("num_steps", num_steps, low=0)
+    if num_steps == 0:
+        return params, opt_state, jnp.zeros((0,), jax.eval_shape(loss_fn, params).dtype)
 
     def step(carry, _):
         p, s = carry

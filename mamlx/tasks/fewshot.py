@@ -70,7 +70,12 @@ def _check(data: Array, ways: int, shots: int, queries: int, rotate: bool) -> No
 
 
 def check_image_dtype(data: Array) -> None:
-    """Reject integer images other than uint8: their value range is unknown."""
+    """Reject missing data and integer images other than uint8 (value range unknown)."""
+    if data is None:
+        raise ValueError(
+            "image tasks are drawn from data, got None: pass the images, an array of shape "
+            "(classes, examples, H, W, C) (e.g. fit(..., data=split.train))"
+        )
     dtype = getattr(data, "dtype", None)
     dtype = jnp.dtype(dtype if dtype is not None else jnp.asarray(data).dtype)
     if jnp.issubdtype(dtype, jnp.integer) and dtype != jnp.uint8:
