@@ -422,6 +422,8 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "step": int(state.step),
         "inner_steps": steps,
+        "ways": ways,
+        "shots": shots,
         "batch_norm": bn,
         "eval_rotate": config.eval_rotate,
         "accuracy": [acc, ci],
@@ -440,7 +442,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if (args.tasks is not None and args.tasks < 1) or (args.max_steps or 0) < 0:
         raise ValueError("--tasks must be >= 1 and --max-steps >= 0")
-    if (args.shots is not None and min(args.shots) < 1) or (args.queries or 1) < 1:
+    if (args.shots is not None and min(args.shots) < 1) or (
+        args.queries is not None and args.queries < 1
+    ):
         raise ValueError("--shots and --queries must be >= 1")
     enable_compilation_cache()
     runs, curves = [], {}
@@ -448,7 +452,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     sine = copy.copy(args)  # the sine-wave runs' defaults
     sine.shots = args.shots or [5, 10, 20]
     sine.max_steps = 10 if args.max_steps is None else args.max_steps
-    sine.queries = args.queries or 100
+    sine.queries = 100 if args.queries is None else args.queries
     for rd in map(Path, args.run_dirs):
         if isinstance(_load_run_config(rd), FewShotConfig):
             eval_fewshot(rd, args)
@@ -529,11 +533,14 @@ def main(argv: list[str] | None = None) -> int:
         notes = "".join(f"\n{n}" for n in getattr(e, "__notes__", ()))
         print(f"mamlx: error: {text}{notes}", file=sys.stderr)
         if runtime and "RESOURCE_EXHAUSTED" in str(e):
-            print(
-                "mamlx: the device ran out of memory: try a smaller --meta-batch, fewer "
-                "--inner-steps, or --task-map map (one task at a time)",
-                file=sys.stderr,
+            hint = (
+                "try a smaller --meta-batch, fewer --inner-steps, or --task-map map (one task "
+                "at a time)"
+                if args.command == "train"
+                else "evaluation already went down to one task at a time; a smaller model or "
+                "fewer eval_inner_steps needs a run trained so"
             )
+            print(f"mamlx: the device ran out of memory: {hint}", file=sys.stderr)
         return 2
 
 

@@ -114,14 +114,15 @@ class FewShotConfig:
     (the binary images MAML's own script produced; see :mod:`mamlx.tasks.omniglot`).
     ``readout`` feeds the head the flattened last feature map (``"flatten"``) or its spatial
     mean (``"mean"``, MAML's reference code on Omniglot). The defaults, ``"lanczos"`` and
-    ``"flatten"``, are what every result in ``benchmarks/results`` used; MAML's own
-    Omniglot pipeline is ``resize="nearest", readout="mean"``.
+    ``"flatten"``, are what the results in ``benchmarks/results`` used unless a row's
+    command says otherwise; MAML's own Omniglot pipeline is ``resize="nearest",
+    readout="mean"``.
     ``eval_rotate=True`` also counts the 90-degree rotations of validation and test
     characters as classes (423 test characters -> 1692 classes), as MAML's reference code
     (it rotates every task's classes, train or test) and Prototypical Networks (Snell et
     al. 2017, Sec. 3.1: "the remaining classes, including rotations, for test") do; only
-    where the split has rotations (Vinyals split). The default, ``False``, is what the
-    results in ``benchmarks/results`` used.
+    where the split has rotations (Vinyals split). The results' "ours" columns use the
+    default, ``False``; their "test rotated" columns, ``True``.
     """
 
     algo: str = "maml"

@@ -83,7 +83,13 @@ def opt_update(
 
 
 def check_steps(steps: Any, name: str = "inner steps") -> int:
-    """Validate a static (not traced), non-negative number of steps."""
+    """Validate a static (not traced), non-negative integer number of steps.
+
+    Python and NumPy integers pass; floats (even ``3.0``) do not, since loop bounds
+    such as ``lax.fori_loop``'s must be integers.
+    """
+    if isinstance(steps, (float, np.floating)):
+        raise ValueError(f"{name} must be an integer >= 0, got {steps!r}")
     return check_count(name, steps, low=0)
 
 

@@ -93,16 +93,17 @@ def cross_entropy(logits: Array, labels: Array) -> Array:
 def accuracy(logits: Array, labels: Array) -> Array:
     """Fraction of arg-max predictions equal to the integer labels.
 
-    NaN if any logit is NaN (a diverged model or out-of-range labels under ``jit``), as
-    the loss is: ``argmax`` of a NaN row would otherwise count as a prediction of class 0.
+    A row with a NaN logit (a diverged model, or out-of-range labels under ``jit``) counts
+    as wrong: ``argmax`` of it would otherwise read as a prediction of class 0. The loss
+    is NaN there, so the divergence still shows, and a mean over tasks stays a number.
 
     Raises:
       ValueError: if ``labels.shape != logits.shape[:-1]``, or if concrete (not
         traced) labels lie outside ``[0, logits.shape[-1])``.
     """
     _check_labels(logits, labels, "accuracy")
-    correct = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
-    return jnp.where(jnp.isnan(logits).any(), jnp.nan, correct)
+    correct = (jnp.argmax(logits, axis=-1) == labels) & ~jnp.isnan(logits).any(axis=-1)
+    return jnp.mean(correct)
 
 
 def default_loss(y: Array):

@@ -209,6 +209,8 @@ def fit(
     if run_dir is not None and jax.process_index() != 0:
         run_dir = None  # several hosts: process 0 writes the log and the checkpoints
     metrics_file = Path(run_dir) / "metrics.jsonl" if run_dir else None
+    if validate is not None and metrics_file is not None:
+        _finish_validation(metrics_file, run_dir, state, validate)
     try:
         while int(state.step) < steps:
             done = int(state.step)
@@ -226,7 +228,7 @@ def fit(
                 bad_step = done + (int(bad[0]) + 1 if bad.size else n)
                 path = None
                 if run_dir is not None:
-                    path = checkpoint.save_step(run_dir, done, state, keep=keep + 1)
+                    path = checkpoint.save_step(run_dir, done, state, keep=keep and keep + 1)
                 raise NonFiniteLossError(bad_step, path)
             state = new_state
             record = {"step": int(state.step), "seconds": round(seconds, 4)}
@@ -239,6 +241,8 @@ def fit(
                     val = {f"val_{k}": float(v) for k, v in validate(state.params).items()}
                 except Exception as e:
                     if run_dir is not None:  # keep the training done so far: resume from here
+                        # The step's log line, marked: a resumed fit validates this step first.
+                        _append(metrics_file, {**record, "validation": "pending"})
                         path = checkpoint.save_step(run_dir, int(state.step), state, keep=keep)
                         e.add_note(f"mamlx: validation failed; the state before it is in {path}")
                     raise
@@ -246,9 +250,7 @@ def fit(
                 if run_dir is not None:
                     _keep_best(run_dir, state, val)
             if metrics_file is not None:
-                metrics_file.parent.mkdir(parents=True, exist_ok=True)
-                with open(metrics_file, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                _append(metrics_file, record)
             if run_dir is not None and (
                 int(state.step) % checkpoint_every == 0 or int(state.step) == steps
             ):
@@ -265,8 +267,40 @@ def fit(
     return state
 
 
+def _append(metrics_file: Path, record: dict) -> None:
+    metrics_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(metrics_file, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _finish_validation(metrics_file: Path, run_dir, state: TrainState, validate) -> None:
+    """Run the validation a failed run left undone at the step it was saved at.
+
+    A validation that raised left the step's training record without ``val_*`` entries
+    and a checkpoint of that step (see :func:`fit`); a resumed run validates that state
+    before training on, so the log and ``best.npz`` read as if nothing had failed.
+    """
+    if not metrics_file.is_file():
+        return
+    lines = metrics_file.read_text().splitlines()
+    if not lines:
+        return
+    try:
+        last = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return
+    if last.get("step") != int(state.step) or last.get("validation") != "pending":
+        return
+    val = {f"val_{k}": float(v) for k, v in validate(state.params).items()}
+    del last["validation"]
+    last.update(val)
+    _keep_best(run_dir, state, val)
+    checkpoint.atomic_write_text(metrics_file, "\n".join([*lines[:-1], json.dumps(last)]) + "\n")
+
+
 def _score(val: dict) -> float:
-    return val["val_accuracy"] if "val_accuracy" in val else -val["val_loss"]
+    score = val["val_accuracy"] if "val_accuracy" in val else -val["val_loss"]
+    return score if np.isfinite(score) else -np.inf  # a NaN never becomes (or blocks) the best
 
 
 def _keep_best(run_dir, state: TrainState, val: dict) -> None:

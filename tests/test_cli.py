@@ -66,6 +66,8 @@ def test_eval_flag_errors_strict_json_and_runtime_errors(tmp_path, capsys, monke
     assert main(["eval", str(run), "--tasks", "1", "--shots", "3", "--max-steps", "1"]) == 0
     res = json.loads((run / "eval.json").read_text(), parse_constant=pytest.fail)
     assert res["mse"]["3"]["1"][1] is None and res["mse"]["3"]["1"][0] > 0
+    assert main(["eval", str(run), "--queries", "0"]) == 2
+    assert "--queries must be >= 1" in capsys.readouterr().err
     assert main(["eval", str(run), "--eval-rotate"]) == 2
     assert "--eval-rotate applies to few-shot runs" in capsys.readouterr().err
     # A corrupt configuration names its file.
@@ -83,7 +85,10 @@ def test_eval_flag_errors_strict_json_and_runtime_errors(tmp_path, capsys, monke
     monkeypatch.setattr(cli, "cmd_eval", out_of_memory)
     assert main(["eval", str(run)]) == 2
     err = capsys.readouterr().err
-    assert "RESOURCE_EXHAUSTED" in err and "smaller --meta-batch" in err
+    assert "RESOURCE_EXHAUSTED" in err and "one task at a time" in err
+    monkeypatch.setattr(cli, "cmd_train", out_of_memory)
+    assert main(["train", "sinusoid", "--out", str(tmp_path / "x")]) == 2
+    assert "smaller --meta-batch" in capsys.readouterr().err
 
 
 def test_existing_run_is_not_overwritten_and_resume_checks_config(tmp_path, capsys):

@@ -184,6 +184,7 @@ def test_eval_rotate_counts_rotated_test_classes(tmp_path, data_flag, monkeypatc
     capsys.readouterr()
     assert main(["eval", str(env_run), "--tasks", "4", "--shots", "2"]) == 0
     assert "5-way 2-shot" in capsys.readouterr().out  # --shots: the test shots of a few-shot run
+    assert json.loads((env_run / "eval.json").read_text())["shots"] == 2
     assert main(["eval", str(env_run), "--max-steps", "3"]) == 2
     assert "apply to sine-wave runs" in capsys.readouterr().err
 

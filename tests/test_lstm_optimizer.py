@@ -67,6 +67,7 @@ def test_sgd_params_reproduce_sgd_step_for_step(lr):
     # the trajectory actually moves (a no-op optimizer must not pass)
     moved = jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), learned[-1], params)
     assert max(jax.tree.leaves(moved)) > 1e-3
+    assert lstm_optimizer_params_sgd(1)["skip"].dtype == jnp.float32  # an int rate: still float
     with jax.enable_x64(True):  # float64 parameters: the same update to the last bit
         p64 = {"w": jnp.array([1.0, -2.0, 3.0])}
         g64 = {"w": jnp.array([0.5, 0.25, -4.0])}

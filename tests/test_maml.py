@@ -209,10 +209,11 @@ def test_classification_loss_rejects_labels_not_matching_logits():
     loss, metrics = jax.jit(task_metrics)(logits, labels)
     np.testing.assert_allclose(loss, want, rtol=1e-6)
     assert float(metrics["accuracy"]) == 0.5
-    # A NaN row (diverged model) is no prediction of class 0: accuracy is NaN, like the loss.
+    # A NaN row (diverged model) is no prediction of class 0: it counts as wrong.
     nan_row = logits.at[1].set(jnp.nan)
-    assert np.isnan(accuracy(nan_row, jnp.asarray([0, 0])))
-    assert np.isnan(jax.jit(task_metrics)(nan_row, labels)[1]["accuracy"])
+    assert float(accuracy(nan_row, jnp.asarray([0, 0]))) == 0.5
+    loss, metrics = jax.jit(task_metrics)(nan_row, jnp.asarray([0, 0]))
+    assert np.isnan(loss) and float(metrics["accuracy"]) == 0.5
     for bad in (labels[:, None], labels[:1], jnp.zeros((2, 3), jnp.int32)):
         shape = re.escape(str(bad.shape))
         with pytest.raises(ValueError, match=f"cross_entropy.*{shape}.*\\(2, 3\\)"):

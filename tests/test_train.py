@@ -77,6 +77,11 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     assert steps == sorted(steps) and steps[-1] == 30
 
 
+def best_step(run_dir):
+    with np.load(run_dir / "best.npz") as z:
+        return json.loads(str(z["__meta__"]))["step"]
+
+
 def test_failed_validation_keeps_the_training_done_so_far(tmp_path):
     learner, opt, state0 = setup()
     full = run(state0, learner, opt, 12, chunk=4)
@@ -86,25 +91,38 @@ def test_failed_validation_keeps_the_training_done_so_far(tmp_path):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("validation data went away")
-        return {"loss": 1.0}
+        return {"loss": float(len(calls))}
 
+    kw = dict(chunk=4, checkpoint_every=100, validate=validate, validate_every=4)
     with pytest.raises(RuntimeError, match="went away") as err:
-        run(
-            state0,
-            learner,
-            opt,
-            12,
-            run_dir=tmp_path,
-            chunk=4,
-            checkpoint_every=100,
-            validate=validate,
-            validate_every=4,
-        )
+        run(state0, learner, opt, 12, run_dir=tmp_path, **kw)
     assert "step_000000008.npz" in " ".join(err.value.__notes__)
     saved = restore(tmp_path, state0)
     assert int(saved.step) == 8  # no periodic checkpoint was due; the failure saved one
-    resumed = run(saved, learner, opt, 12, run_dir=tmp_path, chunk=4)
+    # The resumed run first validates step 8, so the log reads as an uninterrupted run's.
+    resumed = run(saved, learner, opt, 12, run_dir=tmp_path, **kw)
     assert trees_equal(resumed.params, full.params)
+    log = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["val_loss"]) for r in log] == [(4, 1.0), (8, 3.0), (12, 4.0)]
+    assert all("validation" not in r and "loss" in r for r in log)
+    # Validation losses 1, 3, 4: the best (lowest) is step 4's.
+    assert best_step(tmp_path) == 4
+
+
+def test_nan_validation_never_becomes_or_blocks_the_best_checkpoint(tmp_path):
+    learner, opt, state0 = setup()
+    values = iter([float("nan"), 0.5, 0.9])
+    run(
+        state0,
+        learner,
+        opt,
+        12,
+        run_dir=tmp_path,
+        chunk=4,
+        validate_every=4,
+        validate=lambda p: {"accuracy": next(values)},
+    )
+    assert best_step(tmp_path) == 12
 
 
 def nan_at(count_at):

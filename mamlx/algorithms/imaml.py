@@ -104,7 +104,8 @@ def imaml(
       ``jax.grad(outer_loss)``.
     """
     check_inner_args(inner_steps, inner_lr, task_map)
-    if inner.check_steps(cg_steps, "cg_steps") < 1:
+    cg_steps = inner.check_steps(cg_steps, "cg_steps")
+    if cg_steps < 1:
         raise ValueError(
             f"cg_steps must be >= 1 (zero conjugate-gradient iterations give an all-zero "
             f"meta-gradient), got {cg_steps}"

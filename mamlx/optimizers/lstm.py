@@ -134,7 +134,8 @@ def lstm_optimizer_params_sgd(
     """
     mp = init_lstm_optimizer(jax.random.key(0), hidden_size, num_layers, num_inputs)
     mp = jax.tree.map(jnp.zeros_like, mp)
-    mp["skip"] = jnp.asarray(-lr)  # float64 where x64 is on: exactly SGD for float64 params
+    # The default float (float64 where x64 is on: exactly SGD for float64 params), never int.
+    mp["skip"] = jnp.asarray(-lr, dtype=jnp.result_type(float))
     return mp
 
 
