@@ -206,12 +206,17 @@ def fit(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True)
+    pending = run_dir is not None and _pending_validation(Path(run_dir), int(state.step))
+    if jax.process_count() > 1:  # every host takes the same branch below (process 0 reads)
+        from jax.experimental import multihost_utils
+
+        pending = bool(multihost_utils.broadcast_one_to_all(np.asarray(pending)))
     if run_dir is not None and jax.process_index() != 0:
         run_dir = None  # several hosts: process 0 writes the log and the checkpoints
     metrics_file = Path(run_dir) / "metrics.jsonl" if run_dir else None
-    if validate is not None and metrics_file is not None:
-        _finish_validation(metrics_file, run_dir, state, validate)
     try:
+        if pending:
+            _finish_validation(metrics_file, run_dir, state, validate)
         while int(state.step) < steps:
             done = int(state.step)
             n = min(chunk, steps - done, checkpoint_every - done % checkpoint_every)
@@ -273,28 +278,45 @@ def _append(metrics_file: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _finish_validation(metrics_file: Path, run_dir, state: TrainState, validate) -> None:
+def _pending_validation(run_dir: Path, step: int) -> bool:
+    """Whether the log's last line is ``step``'s, marked as a validation left undone."""
+    path = run_dir / "metrics.jsonl"
+    if jax.process_index() != 0 or not path.is_file():
+        return False
+    lines = path.read_text().splitlines()
+    try:
+        last = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        return False
+    return isinstance(last, dict) and last.get("step") == step and "validation" in last
+
+
+def _finish_validation(metrics_file: Path | None, run_dir, state: TrainState, validate) -> None:
     """Run the validation a failed run left undone at the step it was saved at.
 
-    A validation that raised left the step's training record without ``val_*`` entries
-    and a checkpoint of that step (see :func:`fit`); a resumed run validates that state
-    before training on, so the log and ``best.npz`` read as if nothing had failed.
+    A validation that raised left the step's training record marked ``"validation":
+    "pending"`` and a checkpoint of that step (see :func:`fit`); a resumed run validates
+    that state before training on, so the log and ``best.npz`` read as if nothing had
+    failed. Resumed without ``validate``, the mark is dropped (the step stays unvalidated).
+    All hosts validate (a sharded evaluator is a collective); process 0 writes.
     """
-    if not metrics_file.is_file():
+    val = {}
+    if validate is not None:
+        try:
+            val = {f"val_{k}": float(v) for k, v in validate(state.params).items()}
+        except Exception as e:
+            e.add_note(
+                f"mamlx: validation failed again; the state of step {int(state.step)} is kept"
+            )
+            raise
+    if metrics_file is None:
         return
     lines = metrics_file.read_text().splitlines()
-    if not lines:
-        return
-    try:
-        last = json.loads(lines[-1])
-    except json.JSONDecodeError:
-        return
-    if last.get("step") != int(state.step) or last.get("validation") != "pending":
-        return
-    val = {f"val_{k}": float(v) for k, v in validate(state.params).items()}
+    last = json.loads(lines[-1])
     del last["validation"]
     last.update(val)
-    _keep_best(run_dir, state, val)
+    if val:
+        _keep_best(run_dir, state, val)
     checkpoint.atomic_write_text(metrics_file, "\n".join([*lines[:-1], json.dumps(last)]) + "\n")
 
 
@@ -309,7 +331,7 @@ def _keep_best(run_dir, state: TrainState, val: dict) -> None:
     if path.is_file():
         with np.load(path) as z:
             best = json.loads(str(z["__meta__"])).get("val")
-    if best is None or _score(val) > _score(best):
+    if np.isfinite(_score(val)) and (best is None or _score(val) > _score(best)):
         checkpoint.save(path, state, {"step": int(state.step), "val": val})
 
 

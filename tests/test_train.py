@@ -1,6 +1,7 @@
 """Compiled training loop, checkpoints, NaN handling and resume."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -99,6 +100,12 @@ def test_failed_validation_keeps_the_training_done_so_far(tmp_path):
     assert "step_000000008.npz" in " ".join(err.value.__notes__)
     saved = restore(tmp_path, state0)
     assert int(saved.step) == 8  # no periodic checkpoint was due; the failure saved one
+    # Resumed without a validator (a copy of the run), the mark is dropped, not left behind.
+    other = tmp_path.parent / (tmp_path.name + "_novalidate")
+    shutil.copytree(tmp_path, other)
+    run(restore(other, state0), learner, opt, 12, run_dir=other, chunk=4)
+    log = [json.loads(x) for x in (other / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [4, 8, 12] and all("validation" not in r for r in log)
     # The resumed run first validates step 8, so the log reads as an uninterrupted run's.
     resumed = run(saved, learner, opt, 12, run_dir=tmp_path, **kw)
     assert trees_equal(resumed.params, full.params)
@@ -111,6 +118,17 @@ def test_failed_validation_keeps_the_training_done_so_far(tmp_path):
 
 def test_nan_validation_never_becomes_or_blocks_the_best_checkpoint(tmp_path):
     learner, opt, state0 = setup()
+    run(
+        state0,
+        learner,
+        opt,
+        8,
+        run_dir=tmp_path / "nan",
+        chunk=4,
+        validate_every=4,
+        validate=lambda p: {"loss": float("nan")},
+    )
+    assert not (tmp_path / "nan" / "best.npz").exists()  # no finite score: no best state
     values = iter([float("nan"), 0.5, 0.9])
     run(
         state0,
