@@ -532,7 +532,9 @@ def main(argv: list[str] | None = None) -> int:
         text = str(e).splitlines()[0] if runtime else str(e)
         notes = "".join(f"\n{n}" for n in getattr(e, "__notes__", ()))
         print(f"mamlx: error: {text}{notes}", file=sys.stderr)
-        if runtime and "RESOURCE_EXHAUSTED" in str(e):
+        from mamlx.evaluation import out_of_device_memory
+
+        if out_of_device_memory(e):
             hint = (
                 "try a smaller --meta-batch, fewer --inner-steps, or --task-map map (one task "
                 "at a time)"

@@ -51,8 +51,11 @@ def task_metrics_after(learner: MetaLearner, steps: int | None, loss_fn=None):
     return f
 
 
-def _out_of_memory(err: Exception) -> bool:
-    return "RESOURCE_EXHAUSTED" in str(err) or "Out of memory" in str(err)
+def out_of_device_memory(err: Exception) -> bool:
+    """Whether ``err`` is XLA's out-of-memory error (the evaluator and the CLI ask)."""
+    return type(err).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and (
+        "RESOURCE_EXHAUSTED" in str(err) or "Out of memory" in str(err)
+    )
 
 
 def make_evaluator(
@@ -112,7 +115,7 @@ def make_evaluator(
             try:
                 out = {s: batch_fn(s, b)(meta_params, data, key, done) for s in steps}
             except jax.errors.JaxRuntimeError as e:
-                if b == 1 or not _out_of_memory(e):
+                if b == 1 or not out_of_device_memory(e):
                     raise
                 largest[0] = -(-b // 2)
                 fns.clear()

@@ -186,7 +186,6 @@ def fit(
         good state is checkpointed first when ``run_dir`` is set.
     """
     steps = check_count("steps", steps, low=0)
-    meta_batch = check_count("meta_batch", meta_batch, low=1)
     chunk, checkpoint_every, validate_every = (
         check_count(name, v, low=1)
         for name, v in (
@@ -243,7 +242,7 @@ def fit(
                 int(state.step) % validate_every == 0 or int(state.step) == steps
             ):
                 try:
-                    val = {f"val_{k}": float(v) for k, v in validate(state.params).items()}
+                    val = _validation(validate, state)
                 except Exception as e:
                     if run_dir is not None:  # keep the training done so far: resume from here
                         # The step's log line, marked: a resumed fit validates this step first.
@@ -270,6 +269,10 @@ def fit(
         if bar is not None:
             bar.close()
     return state
+
+
+def _validation(validate: Callable[[Params], dict], state: TrainState) -> dict:
+    return {f"val_{k}": float(v) for k, v in validate(state.params).items()}
 
 
 def _append(metrics_file: Path, record: dict) -> None:
@@ -303,7 +306,7 @@ def _finish_validation(metrics_file: Path | None, run_dir, state: TrainState, va
     val = {}
     if validate is not None:
         try:
-            val = {f"val_{k}": float(v) for k, v in validate(state.params).items()}
+            val = _validation(validate, state)
         except Exception as e:
             e.add_note(
                 f"mamlx: validation failed again; the state of step {int(state.step)} is kept"

@@ -341,3 +341,27 @@ def test_evaluator_tasks_do_not_depend_on_the_batch_size(monkeypatch):
     )
     with pytest.raises(jax.errors.JaxRuntimeError, match="something else"):
         ev.make_evaluator(learner, sinusoid(5), batch_size=8)(params, None, key=key, num_tasks=3)
+
+
+def test_evaluator_calls_samplers_without_sample_batch_wise():
+    # A sampler with only sample_batch gets fold_in(key, first task) per batch.
+    from mamlx import evaluate, mean_ci
+
+    class BatchOnly:
+        def sample_batch(self, key, data, n):
+            return sinusoid(5).sample_batch(key, data, n)
+
+    apply_fn, init_fn = sinusoid_model((16,))
+    learner = maml(apply_fn, init_fn, inner_lr=0.01, inner_steps=1)
+    params = learner.init(jax.random.PRNGKey(0))
+    key = jax.random.PRNGKey(4)
+    got = evaluate(learner, params, BatchOnly(), key=key, num_tasks=5, batch_size=3, steps=[0])
+    eps = [sinusoid(5).sample_batch(jax.random.fold_in(key, s), None, 3) for s in (0, 3)]
+    pred = jax.vmap(
+        lambda ep: mse(
+            learner.predict(learner.adapt(params, ep.support_x, ep.support_y, steps=0), ep.query_x),
+            ep.query_y,
+        )
+    )
+    values = np.concatenate([np.asarray(pred(eps[0])), np.asarray(pred(eps[1]))[:2]])
+    np.testing.assert_allclose(got[0]["loss"], mean_ci(values), rtol=1e-5)

@@ -117,15 +117,15 @@ def squared_distances(a: Array, b: Array) -> Array:
     return jnp.sum(jnp.square(a[:, None, :] - b[None, :, :]), axis=-1)
 
 
-def mask_absent(logits: Array, counts: Array) -> Array:
-    """Set the logits of classes without support examples to ``-inf`` (NaN counts, from
-    out-of-range labels, stay NaN).
+def mask_absent(logits: Array, counts: Array, fill: float = -jnp.inf) -> Array:
+    """Set the logits of classes without support examples to ``fill`` (default ``-inf``);
+    NaN counts, from out-of-range labels, make NaN.
 
     Example:
       >>> mask_absent(jnp.ones((1, 3)), jnp.array([1.0, 2.0, 0.0])).tolist()
       [[1.0, 1.0, -inf]]
     """
-    return jnp.where(counts > 0, logits, jnp.where(jnp.isnan(counts), jnp.nan, -jnp.inf))
+    return jnp.where(counts > 0, logits, jnp.where(jnp.isnan(counts), jnp.nan, fill))
 
 
 class ProtoState(NamedTuple):

@@ -158,8 +158,7 @@ def relation(
         return out.reshape(num_q, num_c)
 
     def scores(state: RelationState, x: Array) -> Array:
-        absent = jnp.where(jnp.isnan(state.counts), jnp.nan, 0.0)  # NaN: out-of-range labels
-        return jnp.where(state.counts > 0, jax.nn.sigmoid(logits(state, x)), absent)
+        return mask_absent(jax.nn.sigmoid(logits(state, x)), state.counts, fill=0.0)
 
     def predict(state: RelationState, x: Array) -> Array:
         return mask_absent(scores(state, x), state.counts)

@@ -90,11 +90,4 @@ def reptile(
         adapted, metrics = map_tasks_mean(task_update, meta_params, episodes, task_map)
         return jax.tree.map(jnp.subtract, meta_params, adapted), metrics
 
-    return MetaLearner(
-        init=init_fn,
-        adapt=adapt,
-        predict=predict,
-        outer_loss=outer_loss,
-        meta_grad=meta_grad,
-        predict_loss=loss_fn,
-    )
+    return MetaLearner(init_fn, adapt, predict, outer_loss, meta_grad, loss_fn)
