@@ -71,13 +71,24 @@ def miniimagenet_dir() -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
-    """Keep the tests' preprocessed-data and compilation caches out of the user's home."""
-    if "MAMLX_CACHE" in os.environ:
-        yield
-        return
-    os.environ["MAMLX_CACHE"] = str(tmp_path_factory.mktemp("mamlx_cache"))
+    """Keep the tests' preprocessed-data and compilation caches out of the user's home.
+
+    The library reads no environment variable: its default cache root
+    (``mamlx.tasks.cache.DEFAULT_CACHE_ROOT``) is pointed at a private folder for the
+    in-process tests, and ``$MAMLX_CACHE`` is set for the CLI (which passes it on) and
+    for subprocesses. A ``$MAMLX_CACHE`` set by the caller is used for both.
+    """
+    from mamlx.tasks import cache
+
+    set_here = "MAMLX_CACHE" not in os.environ
+    if set_here:
+        os.environ["MAMLX_CACHE"] = str(tmp_path_factory.mktemp("mamlx_cache"))
+    default = cache.DEFAULT_CACHE_ROOT
+    cache.DEFAULT_CACHE_ROOT = Path(os.environ["MAMLX_CACHE"])
     yield
-    del os.environ["MAMLX_CACHE"]
+    cache.DEFAULT_CACHE_ROOT = default
+    if set_here:
+        del os.environ["MAMLX_CACHE"]
 
 
 @pytest.fixture(autouse=True, scope="module")

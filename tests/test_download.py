@@ -14,6 +14,7 @@ import pytest
 
 import mamlx.tasks.download as dl
 from mamlx import checkpoint
+from mamlx.tasks import cache
 
 
 def _src(tmp_path, n=300_000, seed=0):
@@ -23,14 +24,52 @@ def _src(tmp_path, n=300_000, seed=0):
     return path, data, hashlib.sha256(data).hexdigest()
 
 
-def test_cache_dir_env_and_root(tmp_path, monkeypatch):
-    monkeypatch.setenv("MAMLX_CACHE", str(tmp_path / "env"))
-    assert dl.cache_dir("omniglot") == tmp_path / "env" / "omniglot"
-    assert (tmp_path / "env" / "omniglot").is_dir()
+def test_cache_dir_root_and_default(tmp_path, monkeypatch):
+    assert dl.cache_dir("omniglot", root=tmp_path / "root") == tmp_path / "root" / "omniglot"
+    assert (tmp_path / "root" / "omniglot").is_dir()
     assert dl.cache_dir(root=tmp_path / "explicit") == tmp_path / "explicit"
-    monkeypatch.delenv("MAMLX_CACHE")
+    # The library reads no environment variable: the default is ~/.cache/mamlx whatever
+    # $MAMLX_CACHE says (the CLI passes it as root).
+    monkeypatch.setattr(cache, "DEFAULT_CACHE_ROOT", cache.Path("~/.cache/mamlx"))
+    monkeypatch.setenv("MAMLX_CACHE", str(tmp_path / "env"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert dl.cache_dir() == tmp_path / "home" / ".cache" / "mamlx"
+    assert dl.cache_dir(root="") == tmp_path / "home" / ".cache" / "mamlx"
+    assert not (tmp_path / "env").exists()
+
+
+def test_cached_arrays_builds_once_and_rebuilds_untrusted_files(tmp_path):
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"x": np.arange(4.0), "y": np.ones(2)}
+
+    def get(key="k", **kw):
+        return cache.cached_arrays("set", "p", key, build, fields=("x", "y"), root=tmp_path, **kw)
+
+    np.testing.assert_array_equal(get()["x"], np.arange(4.0))
+    (path,) = (tmp_path / "set").glob("p-*.npz")
+    assert path == cache.cache_file("set", "p", "k", tmp_path) and len(calls) == 1
+    np.testing.assert_array_equal(get()["y"], np.ones(2))
+    assert len(calls) == 1  # a hit
+    get("other")  # another key is another file
+    assert len(calls) == 2 and len(list((tmp_path / "set").glob("p-*.npz"))) == 2
+    path.write_bytes(path.read_bytes()[:200])  # truncated: rebuilt and replaced
+    get()
+    assert len(calls) == 3 and cache.load_npz(path, "k") is not None
+    get(valid=lambda hit: False)  # a failed extra check: rebuilt
+    assert len(calls) == 4
+    cache.save_npz(path, "k", x=np.arange(4.0))  # a field missing: rebuilt
+    get()
+    assert len(calls) == 5 and set(cache.load_npz(path, "k")) == {"x", "y"}
+    before = {f: f.stat().st_mtime_ns for f in (tmp_path / "set").iterdir()}
+    get(cache=False)  # no cache: built, nothing read or written
+    assert len(calls) == 6
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "set").iterdir()} == before
+    with pytest.raises(ValueError, match=r"returned no arrays named \['z'\]"):
+        cache.cached_arrays("set", "p", "k2", build, fields=("z",), root=tmp_path)
+    assert not list((tmp_path / "set").glob(".*tmp"))
 
 
 def test_download_file_url_good_checksum(tmp_path):
@@ -220,7 +259,7 @@ def test_npz_cache_roundtrip_and_untrusted_files(tmp_path, monkeypatch):
         f.write(b"PK partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dl.np, "savez", boom)
+    monkeypatch.setattr(np, "savez", boom)
     other = tmp_path / "sub" / "d.npz"
     with pytest.raises(KeyboardInterrupt):
         dl.save_npz(other, "k", x=x)

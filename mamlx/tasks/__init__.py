@@ -1,6 +1,8 @@
 """mamlx.tasks: few-shot data loaders and on-device episode samplers."""
 
-from mamlx.tasks.download import cache_dir, download_url, sha256_file
+from mamlx.tasks.base import Sampler, vmap_sample
+from mamlx.tasks.cache import cache_dir
+from mamlx.tasks.download import download_url, sha256_file
 from mamlx.tasks.fewshot import FewShotSampler, fewshot_sampler
 from mamlx.tasks.miniimagenet import MiniImageNetSplit, load_miniimagenet, read_split_csv
 from mamlx.tasks.omniglot import (
@@ -16,7 +18,7 @@ from mamlx.tasks.omniglot import (
     omniglot_split,
     preprocess_omniglot,
 )
-from mamlx.tasks.sinusoid import Sinusoid, sinusoid
+from mamlx.tasks.sine import Sinusoid, sinusoid
 
 __all__ = [
     "OMNIGLOT_ALPHABETS",
@@ -25,6 +27,7 @@ __all__ = [
     "MiniImageNetSplit",
     "OmniglotChars",
     "OmniglotSplit",
+    "Sampler",
     "Sinusoid",
     "cache_dir",
     "download_url",
@@ -40,4 +43,5 @@ __all__ = [
     "read_split_csv",
     "sha256_file",
     "sinusoid",
+    "vmap_sample",
 ]

@@ -1,14 +1,13 @@
-"""Downloads, checksums and the on-disk cache: the only network code in mamlx.
+"""Downloads and checksums: the only network code in mamlx.
 
-* :func:`cache_dir` is where downloads and processed arrays live:
-  ``$MAMLX_CACHE`` if set, else ``~/.cache/mamlx``.
 * :func:`download_url` fetches a URL (``https://``, ``http://`` or ``file://``) into a
   ``.part`` file, resumes an interrupted ``.part`` where it can, checks size and
   SHA-256, and only then renames it into place, so a path that exists is always a
   complete, verified file.
-* :func:`atomic_write` and :func:`save_npz` / :func:`load_npz` write cache files
-  through a temporary file and ``os.replace``: an interrupted run leaves no file a
-  later run would trust, and a cache that fails to load is treated as missing.
+* :func:`sha256_file` is the checksum of published tables and of the cache keys.
+
+The cache location and the processed-array cache files are in :mod:`mamlx.tasks.cache`
+(:func:`cache_dir`, :func:`save_npz`, :func:`load_npz` are re-exported here).
 """
 
 from __future__ import annotations
@@ -19,39 +18,16 @@ import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from pathlib import Path
 
-import numpy as np
-
-from mamlx._io import atomic_write
+from mamlx.tasks.cache import atomic_write as atomic_write
+from mamlx.tasks.cache import cache_dir as cache_dir
+from mamlx.tasks.cache import load_npz as load_npz
+from mamlx.tasks.cache import save_npz as save_npz
 
 __all__ = ["atomic_write", "cache_dir", "download_url", "load_npz", "save_npz", "sha256_file"]
 
 _CHUNK = 1 << 20
-
-
-def cache_dir(sub: str = "", root: str | os.PathLike | None = None) -> Path:
-    """The mamlx cache folder (created if needed).
-
-    Args:
-      sub: optional sub-folder, e.g. ``"omniglot"``.
-      root: explicit cache root; default ``$MAMLX_CACHE`` or ``~/.cache/mamlx``.
-
-    Returns:
-      The folder path; it exists on return.
-
-    Example:
-      >>> cache_dir("omniglot")  # doctest: +SKIP
-      PosixPath('/home/me/.cache/mamlx/omniglot')
-    """
-    if root is None:
-        root = os.environ.get("MAMLX_CACHE") or Path.home() / ".cache" / "mamlx"
-    path = Path(root).expanduser()
-    if sub:
-        path = path / sub
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -185,38 +161,3 @@ def download_url(
         if not (resumed and attempt == 0):
             raise ValueError(problem + "; the partial file was deleted, try again")
     raise AssertionError("unreachable")
-
-
-def save_npz(path: str | os.PathLike, key: str, **arrays: np.ndarray) -> Path:
-    """Atomically write an uncompressed ``.npz`` cache file tagged with ``key``.
-
-    Args:
-      path: cache file path.
-      key: a string naming what the arrays were built from (source, size,
-        version); :func:`load_npz` trusts the file only for the same key.
-      **arrays: the arrays to store.
-
-    Returns:
-      ``path`` as a ``Path``.
-    """
-    with atomic_write(path) as f:
-        np.savez(f, __cache_key__=np.array(key), **arrays)
-    return Path(path)
-
-
-def load_npz(path: str | os.PathLike, key: str) -> dict[str, np.ndarray] | None:
-    """Load a cache file written by :func:`save_npz`, or ``None`` if missing or untrusted.
-
-    A file that is truncated, corrupt or tagged with a different ``key`` is not
-    trusted: the function returns ``None`` and the caller rebuilds it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["__cache_key__"]) != key:
-                return None
-            return {k: z[k] for k in z.files if k != "__cache_key__"}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None

@@ -22,20 +22,22 @@ import jax.numpy as jnp
 
 from mamlx._checks import check_count
 from mamlx.episodes import Episode
+from mamlx.tasks.base import vmap_sample
 from mamlx.types import Array, PRNGKey
 
 __all__ = ["FewShotSampler", "fewshot_sampler"]
 
 
 class FewShotSampler(NamedTuple):
-    """Pure functions that sample N-way K-shot episodes.
+    """Pure functions that sample N-way K-shot episodes (a :class:`~mamlx.tasks.Sampler`).
 
     Attributes:
       ways, shots, queries, rotate: the settings the sampler was built with.
       sample: ``sample(key, data) -> Episode`` for one task.
       sample_batch: ``sample_batch(key, data, num_tasks) -> Episode`` with a leading
-        task axis (``jax.vmap`` of ``sample`` over ``num_tasks`` split keys);
-        ``num_tasks`` must be static under ``jax.jit``.
+        task axis (``jax.vmap`` of ``sample`` over ``num_tasks`` split keys,
+        :func:`~mamlx.tasks.base.vmap_sample`); ``num_tasks`` must be static under
+        ``jax.jit``.
     """
 
     ways: int
@@ -115,9 +117,10 @@ def fewshot_sampler(ways: int, shots: int, queries: int, *, rotate: bool = False
     uint8 inputs are scaled to float32 in [0, 1] (divided by 255); bool inputs
     become float32 0/1; float inputs keep their dtype (:func:`images_as_float`).
     Other integer dtypes raise ``ValueError`` (their value range is unknown: pass
-    uint8 or floats in [0, 1]). With ``rotate=True`` the sampler sees ``4 * classes`` classes: class index ``c + k * classes`` is
-    class ``c`` rotated by ``k * 90`` degrees counter-clockwise (``jnp.rot90``),
-    the Omniglot augmentation of Santoro et al. (2016) and Vinyals et al. (2016).
+    uint8 or floats in [0, 1]). With ``rotate=True`` the sampler sees ``4 * classes``
+    classes: class index ``c + k * classes`` is class ``c`` rotated by ``k * 90``
+    degrees counter-clockwise (``jnp.rot90``), the Omniglot augmentation of Santoro
+    et al. (2016) and Vinyals et al. (2016).
 
     Args:
       ways: classes per task (N), at least 1.
@@ -175,7 +178,6 @@ def fewshot_sampler(ways: int, shots: int, queries: int, *, rotate: bool = False
         )
 
     def sample_batch(key: PRNGKey, data: Array, num_tasks: int) -> Episode:
-        keys = jax.random.split(key, check_count("num_tasks", num_tasks))
-        return jax.vmap(sample, in_axes=(0, None))(keys, data)
+        return vmap_sample(sample, key, data, num_tasks)
 
     return FewShotSampler(ways, shots, queries, rotate, sample, sample_batch)

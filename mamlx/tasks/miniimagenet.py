@@ -10,16 +10,15 @@ the user supplies a folder holding them, flat or in an ``images/`` sub-folder.
 Each split becomes one uint8 array ``(classes, images_per_class, 84, 84, 3)``
 (RGB, resized with a Lanczos filter as in Ravi & Larochelle's script), classes
 in order of first appearance in the CSV, images in CSV order. Arrays are cached
-in ``cache_dir("miniimagenet")``, keyed by the CSV content, the image folder, the
-size and :data:`CACHE_VERSION`; the cache also records each image's size and
-modification time, and an image replaced since is read again (the cache stays
-usable when the images are deleted after it was built).
+in ``cache_dir("miniimagenet")`` (:func:`mamlx.tasks.cache.cached_arrays`), keyed by
+the CSV content, the image folder, the size and :data:`CACHE_VERSION`; the cache also
+records each image's size and modification time, and an image replaced since is read
+again (the cache stays usable when the images are deleted after it was built).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,8 +27,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mamlx.tasks.download import cache_dir as _cache_dir
-from mamlx.tasks.download import load_npz, save_npz, sha256_file
+from mamlx.tasks.cache import cached_arrays
+from mamlx.tasks.download import sha256_file
 
 __all__ = ["MiniImageNetSplit", "load_miniimagenet", "read_split_csv"]
 
@@ -188,7 +187,7 @@ def load_miniimagenet(
       csv_dir: folder holding the split CSVs (default ``image_dir``).
       size: output side length (84 in the standard benchmark).
       cache: read / write the array in the cache.
-      cache_dir: cache root (default ``$MAMLX_CACHE`` or ``~/.cache/mamlx``).
+      cache_dir: cache root (default ``~/.cache/mamlx``; see :func:`~mamlx.tasks.cache_dir`).
 
     Returns:
       :class:`MiniImageNetSplit`; ``images`` is ``(64, 600, 84, 84, 3)`` uint8 for
@@ -224,32 +223,40 @@ def load_miniimagenet(
     folder = _image_folder(image_dir, files)
     # Taken before the images are read, so a file changed while building is read again.
     stats = _file_stats(folder, files)
-    path = None
-    if cache:
-        digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-        path = _cache_dir("miniimagenet", root=cache_dir) / f"{split}-{digest}.npz"
-        hit = load_npz(path, key)
+
+    def unchanged(hit: dict[str, np.ndarray]) -> bool:
         # Trust the cache unless an image that is still there changed since (replaced
         # files at the same path); deleted images are fine, the cache holds them.
-        if hit is not None and hit.get("stats", np.empty(0)).shape == stats.shape:
-            present = stats[:, 0] >= 0
-            if np.array_equal(hit["stats"][present], stats[present]):
-                return MiniImageNetSplit(split, hit["images"], names)
+        if hit["stats"].shape != stats.shape:
+            return False
+        present = stats[:, 0] >= 0
+        return np.array_equal(hit["stats"][present], stats[present])
 
-    missing = [f for f, st in zip(files, stats, strict=True) if st[0] < 0]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} of {len(files)} mini-ImageNet images listed in {csv_path} are "
-            f"missing from {folder} (first: {missing[0]}). {_HOW_TO_GET}"
-        )
-    images = np.empty((len(files), size, size, 3), np.uint8)
+    def build() -> dict[str, np.ndarray]:
+        missing = [f for f, st in zip(files, stats, strict=True) if st[0] < 0]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(files)} mini-ImageNet images listed in {csv_path} are "
+                f"missing from {folder} (first: {missing[0]}). {_HOW_TO_GET}"
+            )
+        images = np.empty((len(files), size, size, 3), np.uint8)
 
-    def fill(i: int) -> None:
-        images[i] = _load_image(folder / files[i], size)
+        def fill(i: int) -> None:
+            images[i] = _load_image(folder / files[i], size)
 
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL
-        list(pool.map(fill, range(len(files))))
-    images = images.reshape(len(names), per_class, size, size, 3)
-    if path is not None:
-        save_npz(path, key, images=images, stats=stats)
-    return MiniImageNetSplit(split, images, names)
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL
+            list(pool.map(fill, range(len(files))))
+        images = images.reshape(len(names), per_class, size, size, 3)
+        return {"images": images, "stats": stats}
+
+    arrays = cached_arrays(
+        "miniimagenet",
+        split,
+        key,
+        build,
+        fields=("images", "stats"),
+        cache=cache,
+        root=cache_dir,
+        valid=unchanged,
+    )
+    return MiniImageNetSplit(split, arrays["images"], names)

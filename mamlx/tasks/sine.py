@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from mamlx._checks import check_count
 from mamlx.episodes import Episode
+from mamlx.tasks.base import vmap_sample
 from mamlx.types import Array, PRNGKey
 
 
@@ -28,7 +29,7 @@ def _check_range(name: str, r: tuple[float, float]) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Sinusoid:
-    """Sampler of sine-wave regression tasks; pure, jittable and vmappable.
+    """Sampler of sine-wave regression tasks (a :class:`~mamlx.tasks.Sampler`); pure, jittable.
 
     Use :func:`sinusoid` to build one with validated arguments.
 
@@ -74,9 +75,17 @@ class Sinusoid:
         return self.episode(kx, *self.sample_params(kt))
 
     def sample_batch(self, key: PRNGKey, data: Any, num_tasks: int) -> Episode:
-        """Sample ``num_tasks`` tasks stacked on a leading axis."""
-        num_tasks = check_count("num_tasks", num_tasks)
-        return jax.vmap(lambda k: self.sample(k, data))(jax.random.split(key, num_tasks))
+        """Sample ``num_tasks`` tasks stacked on a leading axis.
+
+        Task ``i`` is ``sample(jax.random.split(key, num_tasks)[i])``
+        (:func:`~mamlx.tasks.base.vmap_sample`).
+
+        Example:
+          >>> batch = sinusoid(shots=5).sample_batch(jax.random.PRNGKey(0), None, 3)
+          >>> batch.support_x.shape
+          (3, 5, 1)
+        """
+        return vmap_sample(self.sample, key, data, num_tasks)
 
 
 def sinusoid(
