@@ -1,14 +1,20 @@
-"""Inner-loop adaptation shared by the optimization-based meta-learners.
+"""The one inner loop, shared by every optimization-based learner and learned optimizer.
 
-The inner loop is a ``lax.scan`` over optax-style updates on the support loss:
+:func:`run` is a ``lax.scan`` over optax-style updates on ``loss_fn(params, *args)``:
 
-    θ_{k+1} = θ_k + update(∇_θ L_support(θ_k))      (plain SGD: θ_k − α ∇L)
+    θ_{k+1} = θ_k + update(∇_θ L(θ_k), s_k, θ_k)      (plain SGD: θ_k − α ∇L)
 
 Differentiating the result with ``jax.grad`` gives MAML's exact second-order
 meta-gradient (Finn et al. 2017); ``first_order=True`` applies
-``lax.stop_gradient`` to the inner gradient, which drops the Hessian term
-(first-order MAML); ``remat=True`` wraps each inner step in ``jax.checkpoint``
-so backward memory grows with one step's activations instead of all of them.
+``lax.stop_gradient`` to the loss and gradient fed to the update, which drops the
+Hessian term (first-order MAML, and the learned-optimizer papers' choice);
+``remat=True`` wraps each inner step in ``jax.checkpoint`` so backward memory grows
+with one step's activations instead of all of them. Per-step outputs are recorded in
+one place: ``losses[k] = L(θ_k)``, the loss *before* step ``k``, and an optional
+``trace(θ_{k+1}, s_{k+1})`` hook, stacked, for anything read *after* step ``k`` (the
+meta-learner LSTM's gates, or a MAML++ multi-step query loss).
+:func:`adapt`, :func:`mamlx.optimizers.unroll` (:mod:`mamlx.optimizers.truncated_bptt`) and
+:func:`mamlx.optimizers.meta_lstm_trajectory` are thin wrappers over :func:`run`.
 """
 
 from __future__ import annotations
@@ -16,10 +22,9 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -28,6 +33,7 @@ from mamlx.types import Array, Params
 
 LossFn = Callable[[Params, Array, Array], Array]
 InnerOpt = float | optax.GradientTransformation
+TraceFn = Callable[[Params, Any], Any]
 
 
 def check_positive(value: Any, name: str) -> float:
@@ -93,6 +99,113 @@ def check_steps(steps: Any, name: str = "inner steps") -> int:
     return check_count(name, steps, low=0)
 
 
+def first_order_flag(
+    first_order: bool | None, second_order: bool | None, default_first_order: bool
+) -> bool:
+    """Resolve a wrapper's ``first_order`` / legacy ``second_order`` flags to ``first_order``.
+
+    ``second_order`` is the negation of ``first_order``; give either (or neither, for
+    the default), not two that disagree.
+
+    Raises:
+      ValueError: if both are given and ``first_order == second_order``.
+    """
+    if second_order is None:
+        return default_first_order if first_order is None else bool(first_order)
+    if first_order is not None and bool(first_order) == bool(second_order):
+        raise ValueError(
+            f"second_order is the negation of first_order; got first_order={first_order!r} "
+            f"and second_order={second_order!r}"
+        )
+    return not second_order
+
+
+class InnerResult(NamedTuple):
+    """What :func:`run` returns.
+
+    Attributes:
+      params: θ_K after the ``K = steps`` updates.
+      opt_state: the optimizer state s_K after them.
+      losses: ``losses[k] = L(θ_k)``, the loss *before* step ``k``; shape ``(K,)``.
+      trace: the ``trace`` hook's outputs ``trace(θ_{k+1}, s_{k+1})`` stacked on a leading
+        ``K`` axis (read *after* step ``k``), or ``None`` without a hook.
+    """
+
+    params: Params
+    opt_state: Any
+    losses: Array
+    trace: Any
+
+
+def run(
+    loss_fn: Callable[..., Array],
+    params: Params,
+    *args: Any,
+    steps: int,
+    optimizer: InnerOpt,
+    opt_state: Any = None,
+    first_order: bool = False,
+    remat: bool = False,
+    unroll: int | bool = 1,
+    trace: TraceFn | None = None,
+) -> InnerResult:
+    """The inner loop: ``steps`` optimizer steps on ``loss_fn(params, *args)``, one ``lax.scan``.
+
+    ``θ_{k+1} = θ_k + update(g_k, s_k, θ_k)`` with ``(L_k, g_k) = (L(θ_k), ∇L(θ_k))``, or
+    their ``lax.stop_gradient`` when ``first_order``. The recorded ``losses`` and the
+    ``θ_k`` handed to the update are never stopped, so outer losses built from them
+    still depend on θ_0 and on the optimizer's (meta-)parameters.
+
+    Args:
+      loss_fn: ``loss_fn(params, *args) -> scalar`` (e.g. ``(params, x, y)`` for a
+        support set, or ``(params,)`` with the data closed over).
+      params: θ_0.
+      *args: the data passed to ``loss_fn`` after ``params``.
+      steps: number of steps ``K`` (static, >= 0).
+      optimizer: a learning rate α (``optax.sgd``) or any optax transformation;
+        transformations with extra args also get ``value=L_k`` (:func:`opt_update`).
+      opt_state: s_0; ``None`` creates it with ``optimizer.init(params)``.
+      first_order: feed ``stop_gradient(L_k)`` and ``stop_gradient(g_k)`` to the update
+        (no second derivatives of ``loss_fn``); ``False``: exact second order.
+      remat: ``jax.checkpoint`` each step (backward memory of one step).
+      unroll: ``lax.scan``'s ``unroll`` (``True``: straight-line code, often faster to
+        differentiate for a few steps on CPU, slower to compile).
+      trace: optional hook ``trace(θ_{k+1}, s_{k+1}) -> pytree`` called after each step;
+        its outputs are stacked, e.g. ``lambda p, s: query_loss(p)`` for a MAML++
+        multi-step loss or the meta-LSTM's gates from ``s``.
+
+    Returns:
+      :class:`InnerResult` ``(params, opt_state, losses, trace)``; ``losses[k] = L(θ_k)``.
+
+    Example:
+      >>> loss = lambda p, t: (p - t) ** 2
+      >>> out = run(loss, 0.0, 1.0, steps=2, optimizer=0.25, trace=lambda p, s: loss(p, 1.0))
+      >>> float(out.params), out.losses.tolist(), out.trace.tolist()
+      (0.75, [1.0, 0.25], [0.25, 0.0625])
+    """
+    steps = check_steps(steps)
+    opt = as_optimizer(optimizer)
+    if opt_state is None:
+        opt_state = opt.init(params)
+
+    def step(carry, _):
+        p, s = carry
+        loss, grads = jax.value_and_grad(loss_fn)(p, *args)
+        seen = jax.lax.stop_gradient((loss, grads)) if first_order else (loss, grads)
+        updates, s = opt_update(opt, seen[1], s, p, seen[0])
+        p = optax.apply_updates(p, updates)
+        return (p, s), (loss, None if trace is None else trace(p, s))
+
+    if remat:
+        step = jax.checkpoint(step)
+    (new_params, new_state), (losses, traced) = jax.lax.scan(
+        step, (params, opt_state), None, length=steps, unroll=unroll
+    )
+    if steps == 0:  # hand back the inputs themselves, not scan's copies
+        new_params, new_state = params, opt_state
+    return InnerResult(new_params, new_state, losses, traced)
+
+
 def adapt(
     loss_fn: LossFn,
     params: Params,
@@ -106,9 +219,9 @@ def adapt(
 ) -> tuple[Params, Array]:
     """Adapt ``params`` to one task by ``steps`` optimizer steps on ``loss_fn(params, x, y)``.
 
-    Pure and differentiable: ``jax.grad`` of a function of the returned params
-    differentiates through every inner step (exact second order) unless
-    ``first_order`` is set.
+    :func:`run` with the support set ``(x, y)`` as its ``*args``. Pure and
+    differentiable: ``jax.grad`` of a function of the returned params differentiates
+    through every inner step (exact second order) unless ``first_order`` is set.
 
     Args:
       loss_fn: ``loss_fn(params, x, y) -> scalar`` support loss.
@@ -133,21 +246,14 @@ def adapt(
       >>> float(p)
       0.5
     """
-    steps = check_steps(steps)
-    opt = as_optimizer(optimizer)
-    if steps == 0:
-        return params, jnp.zeros((0,), dtype=jnp.result_type(float))
-
-    def step(carry, _):
-        p, opt_state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
-        seen = (loss, grads)
-        if first_order:
-            seen = jax.lax.stop_gradient(seen)
-        updates, opt_state = opt_update(opt, seen[1], opt_state, p, seen[0])
-        return (optax.apply_updates(p, updates), opt_state), loss
-
-    if remat:
-        step = jax.checkpoint(step)
-    (params, _), losses = jax.lax.scan(step, (params, opt.init(params)), None, length=steps)
-    return params, losses
+    out = run(
+        loss_fn,
+        params,
+        x,
+        y,
+        steps=steps,
+        optimizer=optimizer,
+        first_order=first_order,
+        remat=remat,
+    )
+    return out.params, out.losses

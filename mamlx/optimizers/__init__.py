@@ -31,7 +31,7 @@ from mamlx.optimizers.tasks import (
     quadratic_family,
     sine_family,
 )
-from mamlx.optimizers.unroll import (
+from mamlx.optimizers.truncated_bptt import (
     UnrollConfig,
     evaluate_optimizer,
     make_meta_train_step,

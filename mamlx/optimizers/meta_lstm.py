@@ -28,8 +28,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax import lax
 
+from mamlx import inner
 from mamlx.optimizers.lstm import init_lstm_layers, lstm_cell, preprocess_gradient
 from mamlx.sharding import varying_like
 from mamlx.types import Array, Params, PRNGKey
@@ -205,30 +205,39 @@ def meta_lstm_trajectory(
     loss_fn: Callable[[Params], Array],
     init_params: Params,
     num_steps: int,
-    second_order: bool = False,
+    second_order: bool | None = None,
     remat: bool = False,
     unroll: int | bool = 1,
+    *,
+    first_order: bool | None = None,
 ) -> tuple[Params, dict[str, Array]]:
-    """Run the meta-learner LSTM on ``loss_fn`` for ``num_steps`` steps (``lax.scan``).
+    """Run the meta-learner LSTM on ``loss_fn`` for ``num_steps`` steps (the one inner loop).
 
     ``θ_{t} = c_t`` as above, starting from ``c_0 = init_params`` (the learned
     initialisation, supplied by the caller). Used both to train (differentiate the
     final query loss w.r.t. ``meta_params`` and ``init_params``) and to plot gates.
+    A wrapper over :func:`mamlx.inner.run` with :func:`meta_lstm_optimizer` and a
+    ``trace`` hook reading :func:`gate_values` after each update.
 
     Args:
       meta_params: meta-learner parameters.
       loss_fn: ``params -> scalar`` learner loss (e.g. on the support set).
       init_params: learner initialisation ``c_0``.
       num_steps: number of updates.
-      second_order: if False, ``∇_t`` and ``L_t`` are ``stop_gradient``-ed (the paper).
+      second_order: the negation of ``first_order`` (kept for existing callers);
+        default ``False``.
       remat: ``jax.checkpoint`` each update (backward memory of one update).
       unroll: ``lax.scan``'s ``unroll`` (``True``: a straight-line program; on CPU
         about 1.5x faster to differentiate for a few updates, slower to compile).
+      first_order: if True (the paper, and the default), ``∇_t`` and ``L_t`` fed to
+        the LSTM are ``stop_gradient``-ed; give this or ``second_order``, not both
+        disagreeing.
 
     Returns:
       ``(final_params, trace)`` with ``trace["loss"]`` of shape ``(num_steps,)`` (loss
-      before each update) and ``trace["input"]``/``trace["forget"]`` pytrees with a
-      leading ``num_steps`` axis.
+      ``L(θ_{t−1})`` before each update, as :func:`mamlx.inner.run` records it) and
+      ``trace["input"]``/``trace["forget"]`` pytrees with a leading ``num_steps`` axis
+      (the gates ``i_t``, ``f_t`` of each update).
 
     Example:
       >>> loss_fn = lambda p: jnp.sum(p["w"] ** 2)
@@ -236,20 +245,14 @@ def meta_lstm_trajectory(
       >>> tr["loss"].shape
       (3,)
     """
-    opt = meta_lstm_optimizer(meta_params)
-
-    def step(carry, _):
-        params, state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        if not second_order:
-            loss, grads = lax.stop_gradient((loss, grads))
-        upd, state = opt.update(grads, state, params, value=loss)
-        params = optax.apply_updates(params, upd)
-        return (params, state), {"loss": loss, **gate_values(state)}
-
-    if remat:
-        step = jax.checkpoint(step)
-    (params, _), trace = lax.scan(
-        step, (init_params, opt.init(init_params)), None, num_steps, unroll=unroll
+    out = inner.run(
+        loss_fn,
+        init_params,
+        steps=num_steps,
+        optimizer=meta_lstm_optimizer(meta_params),
+        first_order=inner.first_order_flag(first_order, second_order, default_first_order=True),
+        remat=remat,
+        unroll=unroll,
+        trace=lambda params, state: gate_values(state),
     )
-    return params, trace
+    return out.params, {"loss": out.losses, **out.trace}

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from mamlx import inner
 from mamlx._checks import check_count
-from mamlx.inner import opt_update
 from mamlx.optimizers.tasks import TaskFamily
 from mamlx.types import Array, Params, PRNGKey
 
@@ -70,12 +70,16 @@ def unroll(
     params: Params,
     opt_state: Any,
     num_steps: int,
-    second_order: bool = True,
+    second_order: bool | None = None,
+    *,
+    first_order: bool | None = None,
 ) -> tuple[Params, Any, Array]:
-    """Run ``num_steps`` optimizer steps on ``loss_fn`` with ``lax.scan``.
+    """Run ``num_steps`` optimizer steps on ``loss_fn`` with the one inner loop.
 
     ``θ_{t+1} = θ_t + opt.update(∇f(θ_t), s_t, θ_t)``; transformations taking extra
-    args (e.g. the Ravi–Larochelle rule) also get ``value=f(θ_t)``.
+    args (e.g. the Ravi–Larochelle rule) also get ``value=f(θ_t)``. A wrapper over
+    :func:`mamlx.inner.run`, whose losses are read *before* each step: here they are
+    shifted by one, ``[f(θ_1), …, f(θ_{T−1})]`` from the scan, then ``f(θ_T)``.
 
     Args:
       opt: any optax transformation (learned or hand-designed).
@@ -83,8 +87,11 @@ def unroll(
       params: ``θ_0``.
       opt_state: optimizer state for ``θ_0``.
       num_steps: number of steps ``T``.
-      second_order: if False, ``∇f(θ_t)`` and ``f(θ_t)`` fed to the optimizer are
-        ``stop_gradient``-ed (the losses returned still depend on ``θ_t``).
+      second_order: the negation of ``first_order`` (kept for existing callers);
+        default ``True``.
+      first_order: if True, ``∇f(θ_t)`` and ``f(θ_t)`` fed to the optimizer are
+        ``stop_gradient``-ed (the losses returned still depend on ``θ_t``); give this
+        or ``second_order``, not both disagreeing. Default ``False``.
 
     Returns:
       ``(θ_T, s_T, losses)`` with ``losses[t] = f(θ_{t+1})``, shape ``(T,)``.
@@ -97,21 +104,20 @@ def unroll(
       (5,)
     """
     num_steps = check_count("num_steps", num_steps, low=0)
+    first_order = inner.first_order_flag(first_order, second_order, default_first_order=False)
+    out = inner.run(
+        loss_fn,
+        params,
+        steps=num_steps,
+        optimizer=opt,
+        opt_state=opt_state,
+        first_order=first_order,
+    )
     if num_steps == 0:
-        return params, opt_state, jnp.zeros((0,), jax.eval_shape(loss_fn, params).dtype)
-
-    def step(carry, _):
-        p, s = carry
-        loss, grads = jax.value_and_grad(loss_fn)(p)
-        # First order: the optimizer's inputs are constants; the loss returned is not.
-        seen = (loss, grads) if second_order else lax.stop_gradient((loss, grads))
-        upd, s = opt_update(opt, seen[1], s, p, seen[0])
-        p = optax.apply_updates(p, upd)
-        return (p, s), loss
-
-    (params, opt_state), before = lax.scan(step, (params, opt_state), None, num_steps)
-    losses = jnp.concatenate([before[1:], loss_fn(params)[None]])
-    return params, opt_state, losses
+        return out.params, out.opt_state, out.losses
+    # inner.run records f(θ_t) before step t; this API returns f(θ_{t+1}) after it.
+    losses = jnp.concatenate([out.losses[1:], loss_fn(out.params)[None]])
+    return out.params, out.opt_state, losses
 
 
 def truncated_meta_loss(
@@ -148,7 +154,8 @@ def truncated_meta_loss(
     opt = opt_factory(meta_params)
 
     def one(p, s, task):
-        return unroll(opt, lambda q: family.loss(q, task), p, s, num_steps, second_order)
+        loss_fn = lambda q: family.loss(q, task)
+        return unroll(opt, loss_fn, p, s, num_steps, first_order=not second_order)
 
     params, opt_state, losses = jax.vmap(one)(params, opt_state, tasks)
     per_task = jnp.mean(losses, -1) if reduction == "mean" else jnp.sum(losses, -1)
@@ -260,7 +267,7 @@ def evaluate_optimizer(
 
     def one(p, s, task):
         loss_fn = lambda q: family.loss(q, task)
-        _, _, losses = unroll(opt, loss_fn, p, s, num_steps, second_order=False)
+        _, _, losses = unroll(opt, loss_fn, p, s, num_steps, first_order=True)
         return jnp.concatenate([loss_fn(p)[None], losses])
 
     return jax.vmap(one)(params, opt_state, tasks)
