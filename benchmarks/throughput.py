@@ -7,8 +7,8 @@ meta-training step (all tasks' inner SGD, meta-gradient, Adam update):
 
 * ``jax``: one ``jax.jit``'d step, tasks mapped with ``vmap`` or ``map`` (a
   ``lax.scan`` taking each task's gradient in turn), convolutions through
-  :func:`mamlx.models.conv.conv2d`; ``import mamlx`` has tuned glibc's malloc
-  (:mod:`mamlx.runtime`);
+  :func:`mamlx.models.conv.conv2d`, in a process whose glibc malloc
+  :func:`mamlx.runtime.tune_host_allocator` has tuned (first thing in ``main``);
 * ``torch-loop``: a learn2learn-style Python loop over tasks,
   ``autograd.grad(create_graph=True)`` on ``torch.func.functional_call``;
 * ``torch-vmap``: ``torch.func.grad`` + ``torch.func.vmap`` over tasks.
@@ -105,7 +105,7 @@ def make_batch(s: Setting, seed: int = 0):
 # --------------------------------------------------------------------------------------
 def _jax_learner(apply_fn, algo: str, s: Setting, task_map: str):
     """The mamlx meta-learner of ``algo`` at the setting's inner steps and rate."""
-    from mamlx.algorithms import fomaml, maml, reptile
+    from mamlx import fomaml, maml, reptile
 
     init = lambda key: None  # params are passed in
     tm = "map" if task_map.startswith("map") else "vmap"
@@ -400,9 +400,9 @@ def peer_gradient_error(
 def torch_in_subprocess(setting: str, algo: str, style: str, repeats: int, malloc: str) -> dict:
     """Run :func:`bench_torch` in a fresh process, with glibc's default or mamlx's tuned malloc.
 
-    The peers get their own process so that mamlx's allocator tuning (made on
-    ``import mamlx``) neither helps nor hurts them unasked; both settings are
-    timed and the table compares against the faster one.
+    The peers get their own process so that mamlx's allocator tuning (made by
+    this script's main process) neither helps nor hurts them unasked; both
+    settings are timed and the table compares against the faster one.
     """
     cmd = ["--torch-worker", f"{setting},{algo},{style}", "--repeats", str(repeats)]
     return _worker(cmd, malloc)
@@ -410,8 +410,8 @@ def torch_in_subprocess(setting: str, algo: str, style: str, repeats: int, mallo
 
 def _worker(args: list[str], malloc: str = "default") -> dict:
     """Run this script with ``args`` in a fresh process; its last stdout line as JSON."""
+    # The worker does not call tune_host_allocator (see main): glibc's defaults unless `tuned`.
     env = {k: v for k, v in os.environ.items() if k not in mamlx.runtime.MALLOC_ENV}
-    env["MAMLX_TUNE_MALLOC"] = "0"  # the worker imports mamlx; keep glibc's defaults there
     env["JAX_PLATFORMS"] = "cpu"  # the worker's JAX must not open the GPU (torch times there)
     if malloc == "tuned":
         env.update(mamlx.runtime.MALLOC_ENV)
@@ -474,6 +474,9 @@ def _percent(x: float | None) -> str:
 
 
 def main(argv=None) -> dict:
+    worker = {"--torch-worker", "--torch-check"} & set(sys.argv[1:] if argv is None else argv)
+    if not worker:  # mamlx's steps run tuned, from before JAX's first computation (the parser's)
+        mamlx.runtime.tune_host_allocator()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="3 repeats instead of 10")
     ap.add_argument("--repeats", type=int, default=None)

@@ -13,12 +13,18 @@ only above 2 GB), the same effect as starting Python with::
 
     MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647
 
-``import mamlx`` calls it once, before JAX creates its CPU thread pool (threads
-keep the arena they started with, so later calls help only partly). Set
-``MAMLX_TUNE_MALLOC=0`` to leave the allocator alone. The cost: memory freed by
-the process goes back to the operating system only above the trim threshold,
-so the resident size stays near its peak, as with a caching allocator.
-Nothing happens on other C libraries or operating systems.
+It is an explicit call: ``import mamlx`` changes nothing in the process. The
+``mamlx`` command calls it before JAX computes anything (``mamlx --no-tune-malloc``
+or ``MAMLX_TUNE_MALLOC=0`` skips that); a script calls it first thing, before
+JAX's first computation creates its CPU thread pool (threads keep the arena they
+started with, so later calls help only partly)::
+
+    import mamlx
+    mamlx.runtime.tune_host_allocator()
+
+The cost: memory freed by the process goes back to the operating system only
+above the trim threshold, so the resident size stays near its peak, as with a
+caching allocator. Nothing happens on other C libraries or operating systems.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 _TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: 2 GB is the largest threshold
 
-#: The same settings as environment variables, for a process that does not import mamlx.
+#: The same settings as environment variables, for a process that does not call
+#: :func:`tune_host_allocator` (a child process, a PyTorch peer).
 MALLOC_ENV = {
     "MALLOC_ARENA_MAX": "1",
     "MALLOC_MMAP_MAX_": "0",
@@ -43,34 +50,36 @@ MALLOC_ENV = {
 _status: dict = {}
 
 
-def _backend_started() -> bool:
+def _thread_count() -> int | None:
+    """Threads of this process now (Linux ``/proc``), ``None`` where unknown."""
     try:
-        from jax._src import xla_bridge
-
-        return bool(getattr(xla_bridge, "_backends", {}))
-    except Exception:  # private API moved: assume the worst, report "partial"
-        return True
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
 
 
 def tune_host_allocator() -> dict:
     """Make glibc reuse large host buffers between calls instead of re-mapping them.
 
-    Idempotent. Safe to call at any time; most effective before JAX runs its
-    first computation.
+    Changes the C library's settings for the whole process, so it is never
+    done on import; the ``mamlx`` command calls it, scripts may. Idempotent.
+    Safe to call at any time; most effective before JAX runs its first
+    computation.
 
     Returns:
-        ``{}`` where it does not apply (not Linux with glibc, or turned off with
-        ``MAMLX_TUNE_MALLOC=0``), else ``{"arena_max": 1, "mmap_max": 0,
-        "trim_threshold": 2147483647, "backend_started": bool}``, where
-        ``backend_started`` says JAX's CPU threads already existed (then the
-        setting helps only allocations from threads started later).
+        ``{}`` where it does not apply (not Linux with glibc), else
+        ``{"arena_max": 1, "mmap_max": 0, "trim_threshold": 2147483647,
+        "threads": int | None}``, where ``threads`` counts the process's threads
+        at the first call (threads that already existed may keep an arena of
+        their own). With jax 0.10.2 that is 2 after ``import mamlx`` and 17 (on
+        2 cores) once JAX has computed on CPU and started its thread pool.
 
     Example:
         >>> status = tune_host_allocator()
         >>> status == {} or status["mmap_max"] == 0
         True
     """
-    if _status or os.environ.get("MAMLX_TUNE_MALLOC", "1") == "0":
+    if _status:
         return dict(_status)
     if not sys.platform.startswith("linux"):
         return {}
@@ -79,7 +88,7 @@ def tune_host_allocator() -> dict:
         libc.gnu_get_libc_version  # noqa: B018 - raises AttributeError on musl etc.
     except (OSError, AttributeError):
         return {}
-    started = _backend_started()
+    threads = _thread_count()
     ok = (
         libc.mallopt(_M_ARENA_MAX, 1) == 1
         and libc.mallopt(_M_MMAP_MAX, 0) == 1
@@ -87,7 +96,7 @@ def tune_host_allocator() -> dict:
     )
     if not ok:
         return {}
-    _status.update(arena_max=1, mmap_max=0, trim_threshold=_TRIM_THRESHOLD, backend_started=started)
+    _status.update(arena_max=1, mmap_max=0, trim_threshold=_TRIM_THRESHOLD, threads=threads)
     return dict(_status)
 
 
@@ -99,6 +108,3 @@ def host_allocator_status() -> dict:
         True
     """
     return dict(_status)
-
-
-tune_host_allocator()  # on import, i.e. on ``import mamlx``; MAMLX_TUNE_MALLOC=0 skips it

@@ -183,19 +183,15 @@ def test_vmap_per_task_kernels(impl, cin):
     np.testing.assert_allclose(g, g_ref, rtol=1e-3, atol=1e-3)
 
 
-def test_default_impl_and_switch(monkeypatch):
+def test_default_impl_depends_on_the_backend_only(monkeypatch):
     assert default_impl("cpu") == "patches"
     assert default_impl("gpu") == "xla"
     assert default_impl("gpu", batched_kernels=True) == "patches"
     assert default_impl("tpu", batched_kernels=True) == "xla"  # not measured there
+    assert default_impl() == default_impl(jax.default_backend())
+    # No process-wide switch: the environment does not change it (the CLI reads the variable).
     monkeypatch.setenv("MAMLX_CONV_IMPL", "xla")
-    assert default_impl("cpu") == "xla"
-    assert default_impl("gpu", batched_kernels=True) == "xla"  # the user's choice wins
-    conv_lib.set_default_impl("patches_autodiff")
-    try:
-        assert default_impl("gpu") == "patches_autodiff"
-    finally:
-        conv_lib.set_default_impl(None)
+    assert default_impl("cpu") == "patches" and not hasattr(conv_lib, "set_default_impl")
     with pytest.raises(ValueError):
         conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)), impl="nope")
     with pytest.raises(ValueError):
@@ -388,8 +384,13 @@ def test_batch_norm_mask_takes_statistics_from_the_masked_examples_only():
 def test_fewshot_learners_pick_the_convolution_by_algorithm(monkeypatch):
     """On GPU, learners that adapt the convolutions per task use patches (grouped
     convolutions are slow there too); ANIL, whose body is shared, keeps cuDNN's."""
-    from mamlx import Episode
-    from mamlx.experiments import FewShotConfig, conv_default, fewshot_learner
+    from mamlx import Episode, registry
+    from mamlx.config import FewShotConfig
+    from mamlx.datasets import conv_default as by_kernels
+    from mamlx.experiments import build_learner as fewshot_learner
+
+    def conv_default(algo, task_map="auto"):
+        return by_kernels(registry.get_learner(algo).per_task_kernels, task_map)
 
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # only traced below
     assert conv_default("maml") == conv_default("reptile") == "patches"

@@ -1,18 +1,31 @@
-"""The host-allocator tuning of mamlx.runtime: large XLA temporaries are reused, not re-faulted."""
+"""The host-allocator tuning of mamlx.runtime: large XLA temporaries are reused, not re-faulted.
+
+Also: ``import mamlx`` has no process-wide side effects (no malloc settings, no environment
+variables, no private JAX modules); the ``mamlx`` command tunes the allocator explicitly.
+"""
 
 import json
 import os
+import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import mamlx
 
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+# mallinfo2, which the probes read the allocator's state with, came in glibc 2.33.
+MALLINFO2 = GLIBC and tuple(int(v) for v in platform.libc_ver()[1].split(".")[:2]) >= (2, 33)
+
 _PROBE = r"""
-import json, resource
+import json, os, resource, sys
 import mamlx
 import jax, jax.numpy as jnp
+
+if sys.argv[1] == "tune":
+    mamlx.runtime.tune_host_allocator()
 
 @jax.jit
 def step(x):  # like a training step: large temporaries inside, a small carried state
@@ -28,25 +41,95 @@ for _ in range(8):
     x = jax.block_until_ready(step(x))
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
 faults = sorted(faults)[len(faults) // 2]  # median call
-print(json.dumps({"status": mamlx.runtime.host_allocator_status(), "faults": faults}))
+threads = len(os.listdir("/proc/self/task"))
+status = mamlx.runtime.host_allocator_status()
+print(json.dumps({"status": status, "faults": faults, "threads": threads}))
 """
 
+# Whether glibc serves a large block with mmap (its default) or from the heap (tuned), read
+# with mallinfo2 (glibc >= 2.33): the allocator's real state, not mamlx's record of it.
+_MMAPPED = r"""
+import ctypes
 
-def _probe(tune: bool) -> dict:
-    env = {**os.environ, "MAMLX_TUNE_MALLOC": "1" if tune else "0"}
+class _Info(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    ]
+
+_libc = ctypes.CDLL(None)
+_libc.malloc.restype, _libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+_libc.free.argtypes = [ctypes.c_void_p]
+_libc.mallinfo2.restype = _Info
+
+def large_block_mmapped():
+    before = _libc.mallinfo2().hblks
+    block = _libc.malloc(64 << 20)
+    mapped = _libc.mallinfo2().hblks > before
+    _libc.free(block)
+    return mapped
+"""
+
+# One fresh process (importing mamlx is most of a probe's time): import, then the CLI.
+_IMPORT_PROBE = (
+    _MMAPPED
+    + r"""
+import json, os
+mapped_before = large_block_mmapped()
+import mamlx
+from mamlx import cli, runtime
+out = {
+    "mapped_before": mapped_before,
+    "status_after_import": runtime.host_allocator_status(),
+    "mapped_after_import": large_block_mmapped(),
+    "conv_default": mamlx.models.conv.default_impl("cpu"),
+}
+missing = ["eval", "/nonexistent/mamlx-run"]  # fails fast with exit code 2, after the setup
+out["cli_env_off"] = [cli.main(missing), runtime.host_allocator_status()]
+del os.environ["MAMLX_TUNE_MALLOC"]
+out["cli_flag_off"] = [cli.main(["--no-tune-malloc", *missing]), runtime.host_allocator_status()]
+out["cli"] = [cli.main(missing), runtime.host_allocator_status()]
+out["mapped_after_tune"] = large_block_mmapped()
+print(json.dumps(out))
+"""
+)
+
+
+def _run(code: str, *args: str, **env: str) -> dict:
+    env = {**os.environ, **env}
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=True
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(
-    not mamlx.runtime.host_allocator_status(), reason="glibc allocator tuning not available"
-)
+def _probe(tune: bool) -> dict:
+    return _run(_PROBE, "tune" if tune else "plain")
+
+
+def test_mamlx_source_uses_no_private_jax_modules():
+    root = Path(mamlx.__file__).parent
+    users = [str(f) for f in root.rglob("*.py") if "jax._src" in f.read_text()]
+    assert not users
+
+
+@pytest.mark.skipif(not MALLINFO2, reason="needs glibc >= 2.33 (mallinfo2)")
+def test_import_changes_nothing_and_the_cli_tunes_unless_told_not_to():
+    # The variables the library once read on import or at trace time: now read by the CLI only.
+    got = _run(_IMPORT_PROBE, MAMLX_TUNE_MALLOC="0", MAMLX_CONV_IMPL="xla")
+    assert got["mapped_before"] and got["mapped_after_import"], got  # glibc's defaults kept
+    assert got["status_after_import"] == {} and got["conv_default"] == "patches", got
+    assert got["cli_env_off"] == [2, {}] and got["cli_flag_off"] == [2, {}], got
+    code, status = got["cli"]
+    assert code == 2 and status["mmap_max"] == 0 and not got["mapped_after_tune"], got
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc allocator tuning not available")
 def test_tuned_allocator_reuses_large_buffers():
     pages = 4 * 4 * 1024 * 1024 * 4 / 4096  # pages of the step's temporaries
     tuned, plain = _probe(True), _probe(False)
-    assert tuned["status"]["mmap_max"] == 0 and tuned["status"]["backend_started"] is False
+    # Tuned before JAX's first computation started its CPU thread pool.
+    assert tuned["status"]["mmap_max"] == 0 and tuned["status"]["threads"] < tuned["threads"]
     assert plain["status"] == {}
     # Untuned: every call maps and first-touches its temporaries afresh.
     assert plain["faults"] > 0.8 * pages, plain

@@ -28,10 +28,12 @@ forward-mode autodiff (jvp) to a custom_vjp function``; ``jax.linearize`` raises
 when its linear function is called; the taps-major first layer is plain slices).
 For forward mode pick ``'patches_autodiff'`` (the same patches through plain
 autodiff; Omniglot 5-way 1-shot on 2 CPU cores: MAML 8% slower, first-order MAML
-the same, ``benchmarks/results/throughput_conv_impls_cpu.md``) or ``'xla'``:
-``impl=``, :func:`set_default_impl` or ``MAMLX_CONV_IMPL``. (A forward-mode rule
-would need a custom transpose for the tangent, which JAX offers only without a
-batching rule.)
+the same, ``benchmarks/results/throughput_conv_impls_cpu.md``) or ``'xla'``
+with ``impl=`` (``Conv4(conv_impl=...)``, ``mamlx train --conv-impl``). The
+default depends on the backend only (:func:`default_impl`): no global setting
+and no environment variable changes it. (A forward-mode rule would need a
+custom transpose for the tangent, which JAX offers only without a batching
+rule.)
 
 Example:
     >>> import jax.numpy as jnp
@@ -43,7 +45,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 
 import jax
@@ -53,23 +54,6 @@ from jax import lax
 Array = jax.Array
 Padding = str | Sequence[tuple[int, int]]
 IMPLS = ("xla", "patches", "patches_autodiff")
-
-_default_impl: str | None = None
-
-
-def set_default_impl(impl: str | None) -> None:
-    """Set the implementation used when ``conv2d`` is called without ``impl``.
-
-    Args:
-        impl: One of :data:`IMPLS`, or ``None`` for the default of
-            :func:`default_impl` (``'patches'`` on CPU and for per-task kernels
-            on GPU, ``'xla'`` otherwise). The environment
-            variable ``MAMLX_CONV_IMPL`` gives the same choice without code.
-    """
-    global _default_impl
-    if impl is not None and impl not in IMPLS:
-        raise ValueError(f"unknown conv impl {impl!r}; choose from {IMPLS}")
-    _default_impl = impl
 
 
 def default_impl(backend: str | None = None, *, batched_kernels: bool = False) -> str:
@@ -86,17 +70,15 @@ def default_impl(backend: str | None = None, *, batched_kernels: bool = False) -
             TPUs were not measured and keep ``'xla'``.
 
     Returns:
-        The value set by :func:`set_default_impl`, else ``$MAMLX_CONV_IMPL``,
-        else ``'patches'`` on CPU, and on GPU for batched kernels; ``'xla'``
+        ``'patches'`` on CPU, and on GPU for batched kernels; ``'xla'``
         otherwise (cuDNN for shared kernels on GPU, the TPU convolution units).
+        Decided by these arguments alone: to use another implementation, pass
+        ``impl=`` to :func:`conv2d` (``conv_impl=`` to the models).
+
+    Example:
+        >>> default_impl("cpu"), default_impl("gpu"), default_impl("gpu", batched_kernels=True)
+        ('patches', 'xla', 'patches')
     """
-    if _default_impl is not None:
-        return _default_impl
-    env = os.environ.get("MAMLX_CONV_IMPL")
-    if env:
-        if env not in IMPLS:
-            raise ValueError(f"MAMLX_CONV_IMPL={env!r}; choose from {IMPLS}")
-        return env
     backend = backend or jax.default_backend()
     if backend == "cpu" or (batched_kernels and backend != "tpu"):
         return "patches"
@@ -294,7 +276,8 @@ def conv2d(
             with a fused custom-VJP adjoint, then a matrix product; reverse
             mode only, see the module docstring) or ``'patches_autodiff'``
             (same, but plain autodiff through the slices: forward mode too).
-            ``None`` picks :func:`default_impl`.
+            ``None`` (the default) picks :func:`default_impl` of the default
+            backend, i.e. ``'patches'`` on CPU and ``'xla'`` elsewhere.
         precision: Passed to the convolution or matrix product.
 
     Returns:
