@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mamlx.algorithms import imaml, maml  # noqa: E402
+from mamlx import imaml, maml  # noqa: E402
 from mamlx.models import model  # noqa: E402
 from mamlx.models.conv import default_impl  # noqa: E402
 from mamlx.models.conv4 import Conv4  # noqa: E402

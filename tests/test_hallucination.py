@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 from metric_helpers import logits_fn, tiny_conv, tiny_data, tiny_mlp64
 
-from mamlx.algorithms import hallucinate, hallucination, protonet
+from mamlx import hallucination, protonet
+from mamlx.algorithms import hallucinate
 from mamlx.models import MLP, model, tree_cast
 from mamlx.tasks import fewshot_sampler
 from mamlx.testing import check_meta_learner

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from mamlx import Episode
-from mamlx.algorithms import fomaml, maml, pretrain, reptile
-from mamlx.experiments import sinusoid_model
+from mamlx import Episode, fomaml, maml, pretrain, reptile
+from mamlx.datasets import sinusoid_model
 from mamlx.losses import mse
 from mamlx.models import tree_cast
 from mamlx.tasks import sinusoid

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from metric_helpers import logits_fn, tiny_conv, tiny_data, tiny_mlp64
 
-from mamlx.algorithms import matching
+from mamlx import matching
 from mamlx.algorithms.matching import cosine_attention, matching_log_probs
 from mamlx.tasks import fewshot_sampler
 from mamlx.testing import check_meta_learner

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from metric_helpers import logits_fn, tiny_conv, tiny_data, tiny_mlp64
 
-from mamlx.algorithms import protonet, prototypes
-from mamlx.algorithms.protonet import squared_distances
+from mamlx import protonet
+from mamlx.algorithms import prototypes
+from mamlx.algorithms.metric_based import squared_distances
 from mamlx.tasks import fewshot_sampler
 from mamlx.testing import check_meta_learner
 
@@ -105,12 +106,12 @@ def test_out_of_range_support_labels_raise_or_give_nan_never_drop_a_class(method
     episode = fewshot_sampler(4, 1, 5).sample(jax.random.PRNGKey(3), tiny_data())
     from test_relation import tiny_relation
 
-    from mamlx import algorithms
+    import mamlx
 
     if method == "relation":
         learner = tiny_relation()
     else:
-        learner = getattr(algorithms, method)(*tiny_conv())
+        learner = getattr(mamlx, method)(*tiny_conv())
     params = learner.init(jax.random.PRNGKey(0))
     shifted = episode._replace(support_y=episode.support_y + 1)
     with pytest.raises(ValueError, match=r"support labels: label value\(s\) \[4\] out of range"):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from metric_helpers import logits_fn, tiny_conv, tiny_data
 
-from mamlx.algorithms import relation
+from mamlx import relation
 from mamlx.algorithms.relation import relation_mse
 from mamlx.tasks import fewshot_sampler
 from mamlx.testing import check_meta_learner

@@ -6,9 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from mamlx import Episode
-from mamlx.algorithms import anil, head_by_path, maml, metasgd, reptile
-from mamlx.experiments import sinusoid_model
+from mamlx import Episode, anil, maml, metasgd, reptile
+from mamlx.algorithms import head_by_path
+from mamlx.datasets import sinusoid_model
 from mamlx.models import tree_cast
 from mamlx.tasks import sinusoid
 from mamlx.testing import check_meta_learner

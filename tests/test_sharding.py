@@ -11,8 +11,8 @@ SCRIPT = textwrap.dedent(
     """
     import jax, numpy as np, optax
     from mamlx import sharding
-    from mamlx.algorithms import maml
-    from mamlx.experiments import sinusoid_model
+    from mamlx import maml
+    from mamlx.datasets import sinusoid_model
     from mamlx.tasks import sinusoid
     from mamlx.train import init_state, make_step, fit
 
@@ -49,7 +49,7 @@ SCRIPT = textwrap.dedent(
     import sys
     sys.path.insert(0, "tests")
     from metric_helpers import tiny_conv, tiny_data
-    from mamlx.algorithms import matching, meta_lstm, reptile
+    from mamlx import matching, meta_lstm, reptile
     from mamlx.optimizers import lstm_optimizer, lstm_optimizer_params_sgd
     from mamlx.tasks import fewshot_sampler
     images = tiny_data()

@@ -7,7 +7,8 @@ import optax
 import pytest
 from metric_helpers import tiny_conv, tiny_data, tiny_mlp64
 
-from mamlx.algorithms import pair_sampler, roc_auc, siamese, siamese_net
+from mamlx import siamese
+from mamlx.algorithms import pair_sampler, roc_auc, siamese_net
 from mamlx.algorithms.siamese import verification_metrics
 from mamlx.tasks import fewshot_sampler
 from mamlx.testing import check_meta_learner

@@ -32,14 +32,27 @@ def test_docstring_examples(name):
     assert result.failed == 0
 
 
-def test_no_submodule_is_hidden_by_a_top_level_name():
-    """``import mamlx.x as m`` must give the module ``mamlx/x.py``, not a function exported
-    as ``mamlx.x`` (the evaluation module was once shadowed by ``mamlx.evaluate``)."""
-    modules = {m.name for m in pkgutil.iter_modules(mamlx.__path__)}
-    for name in modules:
-        importlib.import_module(f"mamlx.{name}")
-        attr = getattr(mamlx, name)
-        assert attr is importlib.import_module(f"mamlx.{name}"), (
-            f"mamlx.{name} is {attr!r}, not the submodule mamlx/{name}"
-        )
+def imported_as(name: str):
+    """What ``import a.b.c as m`` binds to ``m``: attribute lookups from the top package."""
+    obj = importlib.import_module(name.split(".")[0])
+    for part in name.split(".")[1:]:
+        obj = getattr(obj, part)
+    return obj
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_no_submodule_is_hidden_by_a_name_of_its_package(name):
+    """``importlib.import_module(name)`` and ``import name as m`` both give the module
+    ``name``, for every submodule at every depth (``mamlx.evaluation`` was once shadowed
+    by ``mamlx.evaluate``, ``mamlx.algorithms.maml`` by the function ``maml``)."""
+    module = importlib.import_module(name)
+    assert module.__name__ == name
+    attr = imported_as(name)
+    assert attr is module, f"{name} is {attr!r}, not the submodule {name}"
+
+
+def test_learner_factories_stay_public_at_the_top_level():
+    import mamlx.algorithms.maml as maml_module
+
+    assert mamlx.maml is maml_module.maml and callable(mamlx.maml)
     assert callable(mamlx.evaluate) and not isinstance(mamlx.evaluate, type(mamlx))

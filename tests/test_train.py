@@ -9,9 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from mamlx import checkpoint
-from mamlx.algorithms import maml
-from mamlx.experiments import sinusoid_model
+from mamlx import checkpoint, maml
+from mamlx.datasets import sinusoid_model
 from mamlx.tasks import sinusoid
 from mamlx.train import NonFiniteLossError, fit, init_state, make_step, restore
 
@@ -182,7 +181,7 @@ class OutOfRangeLabels:
 def test_nan_loss_error_names_out_of_range_labels_as_a_likely_cause():
     from metric_helpers import tiny_conv, tiny_data
 
-    from mamlx.algorithms import protonet
+    from mamlx import protonet
     from mamlx.tasks import fewshot_sampler
 
     learner, opt = protonet(*tiny_conv()), optax.adam(1e-3)

@@ -1,50 +1,42 @@
-"""Meta-learners, each a :class:`MetaLearner` of pure functions."""
+"""Meta-learners, each a :class:`MetaLearner` of pure functions.
 
-from mamlx.algorithms.anil import anil, head_by_path
+One module per learner (``mamlx.algorithms.maml``, ``mamlx.algorithms.protonet``,
+...); its factory is public at the top level (:func:`mamlx.maml`,
+:func:`mamlx.protonet`, ...). This package binds no name of a submodule to anything
+but that submodule, so ``import mamlx.algorithms.maml as m`` gives the module.
+Pieces shared by several learners live in :mod:`mamlx.algorithms.base` (the
+contract and the mapping over tasks), :mod:`mamlx.algorithms.gradient_based` and
+:mod:`mamlx.algorithms.metric_based`.
+"""
+
+from mamlx.algorithms.anil import head_by_path
 from mamlx.algorithms.base import (
     MetaLearner,
     gradient_meta_grad,
+    learner_key,
     map_tasks,
     map_tasks_mean,
     resolve_task_map,
 )
-from mamlx.algorithms.hallucination import hallucinate, hallucination
-from mamlx.algorithms.imaml import imaml
-from mamlx.algorithms.maml import fomaml, maml
-from mamlx.algorithms.matching import matching
-from mamlx.algorithms.meta_lstm import meta_lstm, meta_lstm_gate_trace
-from mamlx.algorithms.metasgd import metasgd, scale_by_learned_lr
-from mamlx.algorithms.pretrain import pretrain
-from mamlx.algorithms.protonet import protonet, prototypes
-from mamlx.algorithms.relation import relation
-from mamlx.algorithms.reptile import reptile
-from mamlx.algorithms.siamese import pair_sampler, roc_auc, siamese, siamese_net
+from mamlx.algorithms.hallucination import hallucinate
+from mamlx.algorithms.meta_lstm import meta_lstm_gate_trace
+from mamlx.algorithms.metasgd import scale_by_learned_lr
+from mamlx.algorithms.metric_based import prototypes
+from mamlx.algorithms.siamese import pair_sampler, roc_auc, siamese_net
 
 __all__ = [
     "MetaLearner",
-    "anil",
-    "fomaml",
     "gradient_meta_grad",
     "hallucinate",
-    "hallucination",
     "head_by_path",
-    "imaml",
-    "maml",
+    "learner_key",
     "map_tasks",
     "map_tasks_mean",
-    "matching",
-    "meta_lstm",
     "meta_lstm_gate_trace",
-    "metasgd",
     "pair_sampler",
-    "pretrain",
-    "protonet",
     "prototypes",
-    "relation",
-    "reptile",
     "resolve_task_map",
     "roc_auc",
     "scale_by_learned_lr",
-    "siamese",
     "siamese_net",
 ]

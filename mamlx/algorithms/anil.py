@@ -13,13 +13,8 @@ from collections.abc import Callable
 import jax
 
 from mamlx import inner
-from mamlx.algorithms.base import (
-    MetaLearner,
-    check_inner_args,
-    gradient_learner,
-    query_outer_loss,
-)
-from mamlx.algorithms.maml import make_predict
+from mamlx.algorithms.base import MetaLearner, gradient_learner, query_outer_loss
+from mamlx.algorithms.gradient_based import check_inner_args, make_predict
 from mamlx.losses import task_metrics
 from mamlx.models.adapter import ApplyFn
 from mamlx.types import Params, PRNGKey
@@ -81,7 +76,7 @@ def anil(
       first_order: drop second derivatives.
       loss_fn: ``loss_fn(pred, y)``; default by target dtype.
       task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
-      transductive: see :func:`mamlx.algorithms.maml.make_predict`.
+      transductive: see :func:`mamlx.algorithms.gradient_based.make_predict`.
 
     Returns:
       A :class:`MetaLearner`.

@@ -5,36 +5,47 @@ A meta-learner is a ``NamedTuple`` of pure functions, in the style of
 serve all of them:
 
 * ``init(key) -> meta_params``
-* ``adapt(meta_params, support_x, support_y, steps=None) -> task_state``: the
-  task-specific predictor (adapted weights, class prototypes, ...).
+* ``adapt(meta_params, support_x, support_y, steps=None, key=None) -> task_state``:
+  the task-specific predictor (adapted weights, class prototypes, ...).
   ``steps=None`` means the learner's training setting.
 * ``predict(task_state, x) -> outputs`` (logits or regression values).
-* ``outer_loss(meta_params, episode) -> (loss, metrics)`` for one task.
-* ``meta_grad(meta_params, episodes) -> (grads, metrics)`` for a batch of tasks
-  (leading task axis). For most learners this is ``jax.grad`` of the mean outer
+* ``outer_loss(meta_params, episode, key=None) -> (loss, metrics)`` for one task.
+* ``meta_grad(meta_params, episodes, key=None) -> (grads, metrics)`` for a batch of
+  tasks (leading task axis). For most learners this is ``jax.grad`` of the mean outer
   loss; Reptile returns its pseudo-gradient φ − θ̃ instead, so every learner's
   outer update is an optax transformation applied to ``grads``.
 * ``predict_loss(outputs, labels) -> scalar`` (optional field, default ``None``):
   the loss of ``predict``'s outputs that evaluation reports, i.e. the learner's own
   ``loss_fn`` (Relation Networks: the MSE of their scores). ``None``: cross-entropy
   for integer labels, MSE otherwise (:func:`mamlx.losses.default_loss`).
+
+**Keys.** ``key`` is an optional PRNG key for stochastic learners (the
+hallucinator's noise); deterministic learners accept it and ignore it, and every
+function works without one. ``meta_grad`` gives task ``i`` of the batch the key
+``jax.random.split(key, num_tasks)[i]`` (:func:`map_tasks`). :func:`mamlx.fit` passes
+``meta_grad`` a key derived from each step's key and :func:`mamlx.evaluate` passes
+``adapt`` one per task, both by :func:`learner_key`, so the sampled tasks are the same
+as without keys.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from mamlx import inner
 from mamlx.episodes import Episode
 from mamlx.losses import task_metrics
 from mamlx.sharding import varying_like
 from mamlx.types import Array, Metrics, Params, PRNGKey
 
 TASK_MAPS = ("vmap", "map", "auto")
+
+#: ``fold_in`` data of :func:`learner_key` ("maml" in ASCII).
+LEARNER_KEY_SALT = 0x6D616D6C
 
 
 class MetaLearner(NamedTuple):
@@ -43,8 +54,8 @@ class MetaLearner(NamedTuple):
     init: Callable[[PRNGKey], Params]
     adapt: Callable[..., Any]
     predict: Callable[[Any, Array], Array]
-    outer_loss: Callable[[Params, Episode], tuple[Array, Metrics]]
-    meta_grad: Callable[[Params, Episode], tuple[Params, Metrics]]
+    outer_loss: Callable[..., tuple[Array, Metrics]]
+    meta_grad: Callable[..., tuple[Params, Metrics]]
     predict_loss: Callable[[Array, Array], Array] | None = None
 
 
@@ -67,17 +78,101 @@ def resolve_task_map(task_map: str) -> str:
     return "map" if jax.default_backend() == "cpu" and jax.device_count() == 1 else "vmap"
 
 
-def map_tasks(fn: Callable, meta_params: Params, episodes: Episode, task_map: str = "vmap"):
+def learner_key(key: PRNGKey) -> PRNGKey:
+    """The learner's key, derived from a step's or a task's sampling key.
+
+    ``jax.random.fold_in(key, LEARNER_KEY_SALT)``: a fold-in far from the small
+    counters that ``jax.random.split(key, n)`` and ``fold_in(key, i)`` use, so the
+    learner's randomness is independent of the tasks sampled from ``key`` and the
+    sampled tasks do not change when a learner gets a key (:func:`mamlx.fit`,
+    :func:`mamlx.evaluate`).
+
+    Args:
+      key: a raw (``PRNGKey``) or typed (``jax.random.key``) key.
+
+    Returns:
+      A key of the same kind.
+
+    Example:
+      >>> k = jax.random.PRNGKey(0)
+      >>> data = lambda k: jax.random.key_data(k).tolist()
+      >>> data(learner_key(k)) not in [data(s) for s in jax.random.split(k)]
+      True
+    """
+    return jax.random.fold_in(key, LEARNER_KEY_SALT)
+
+
+def takes_key(fn: Callable) -> bool:
+    """Whether ``fn`` accepts a ``key=`` keyword (or ``**kwargs``).
+
+    Learners written before ``key`` was part of the contract do not;
+    :func:`mamlx.fit` and :func:`mamlx.evaluate` call them without one.
+
+    Example:
+      >>> takes_key(lambda params, episodes, key=None: 0), takes_key(lambda p, e: 0)
+      (True, False)
+    """
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # callables without a signature
+        return False
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD or (p.name == "key" and p.kind in named)
+        for p in params
+    )
+
+
+def call_with_key(fn: Callable, *args, key: PRNGKey | None = None, **kwargs):
+    """``fn(*args, **kwargs)``, with ``key=key`` added when a key is given.
+
+    Functions of the contract called without a key keep working, and functions
+    written without a ``key`` parameter keep working when none is given.
+    """
+    if key is None:
+        return fn(*args, **kwargs)
+    return fn(*args, key=key, **kwargs)
+
+
+def _per_task(fn: Callable, episodes: Episode, key: PRNGKey | None):
+    """``(task_fn, xs)``: ``task_fn(meta_params, x)`` runs ``fn`` on one element of ``xs``,
+    the episodes, or the episodes each with its key ``jax.random.split(key, n)[i]``."""
+    if key is None:
+        return fn, episodes
+    n = jax.tree.leaves(episodes)[0].shape[0]
+    keys = jax.random.split(key, n)
+    return (lambda p, x: fn(p, x[0], key=x[1])), (episodes, keys)
+
+
+def map_tasks(
+    fn: Callable,
+    meta_params: Params,
+    episodes: Episode,
+    task_map: str = "vmap",
+    key: PRNGKey | None = None,
+):
     """Apply ``fn(meta_params, episode)`` to every task of a batch.
 
     ``"vmap"`` vectorizes over tasks (best on accelerators); ``"map"`` runs tasks
     one after another inside the compiled program with ``lax.map`` (often faster
     on CPU, where per-task convolution kernels vectorize poorly); ``"auto"`` picks
     one (:func:`resolve_task_map`).
+
+    Args:
+      fn: ``fn(meta_params, episode[, key=]) -> outputs`` for one task.
+      meta_params: shared by all tasks.
+      episodes: a batch of tasks (leading task axis).
+      task_map: ``"vmap"``, ``"map"`` or ``"auto"``.
+      key: optional; task ``i`` is then called as ``fn(meta_params, episode_i,
+        key=jax.random.split(key, num_tasks)[i])``.
+
+    Returns:
+      ``fn``'s outputs stacked over tasks.
     """
+    task_fn, xs = _per_task(fn, episodes, key)
     if resolve_task_map(task_map) == "vmap":
-        return jax.vmap(fn, in_axes=(None, 0))(meta_params, episodes)
-    return jax.lax.map(lambda ep: fn(meta_params, ep), episodes)
+        return jax.vmap(task_fn, in_axes=(None, 0))(meta_params, xs)
+    return jax.lax.map(lambda x: task_fn(meta_params, x), xs)
 
 
 def mean_metrics(metrics: Metrics) -> Metrics:
@@ -85,31 +180,38 @@ def mean_metrics(metrics: Metrics) -> Metrics:
     return jax.tree.map(jnp.mean, metrics)
 
 
-def map_tasks_mean(fn: Callable, meta_params: Params, episodes: Episode, task_map: str = "vmap"):
-    """Mean over tasks of ``fn(meta_params, episode) -> (tree, metrics)``.
+def map_tasks_mean(
+    fn: Callable,
+    meta_params: Params,
+    episodes: Episode,
+    task_map: str = "vmap",
+    key: PRNGKey | None = None,
+):
+    """Mean over tasks of ``fn(meta_params, episode[, key=]) -> (tree, metrics)``.
 
     ``"vmap"`` vectorizes over tasks and averages. ``"map"`` runs one task at a
     time in a ``lax.scan`` that carries the running sum of ``tree``, so only one
     task's intermediates (and, where ``fn`` takes a gradient, its backward pass)
     are alive at once: they stay in the CPU's cache and the memory does not grow
-    with the meta-batch.
+    with the meta-batch. ``key``: per-task keys as in :func:`map_tasks`.
 
     Returns:
       ``(mean_tree, mean_metrics)``.
     """
     if resolve_task_map(task_map) == "vmap":
-        trees, metrics = map_tasks(fn, meta_params, episodes, "vmap")
+        trees, metrics = map_tasks(fn, meta_params, episodes, "vmap", key)
         return jax.tree.map(lambda t: jnp.mean(t, axis=0), trees), mean_metrics(metrics)
+    task_fn, xs = _per_task(fn, episodes, key)
     n = jax.tree.leaves(episodes)[0].shape[0]
-    first = jax.tree.map(lambda x: x[0], episodes)
-    shapes = jax.eval_shape(fn, meta_params, first)[0]
+    first = jax.tree.map(lambda x: x[0], xs)
+    shapes = jax.eval_shape(task_fn, meta_params, first)[0]
 
-    def body(total, episode):
-        tree, metrics = fn(meta_params, episode)
+    def body(total, x):
+        tree, metrics = task_fn(meta_params, x)
         return jax.tree.map(jnp.add, total, tree), metrics
 
     zeros = varying_like(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), episodes)
-    total, metrics = jax.lax.scan(body, zeros, episodes)
+    total, metrics = jax.lax.scan(body, zeros, xs)
     return jax.tree.map(lambda t: t / n, total), mean_metrics(metrics)
 
 
@@ -121,26 +223,29 @@ def gradient_meta_grad(outer_loss: Callable, task_map: str = "vmap") -> Callable
     calling ``backward``: the same mean gradient, one task's activations at a time.
 
     Args:
-      outer_loss: ``outer_loss(meta_params, episode) -> (loss, metrics)``.
+      outer_loss: ``outer_loss(meta_params, episode, key=None) -> (loss, metrics)``
+        (called without ``key`` when none is given).
       task_map: how tasks are mapped, see :func:`map_tasks`.
 
     Returns:
-      ``meta_grad(meta_params, episodes) -> (grads, metrics)``, metrics averaged
-      over tasks.
+      ``meta_grad(meta_params, episodes, key=None) -> (grads, metrics)``, metrics
+      averaged over tasks; with a key, task ``i`` gets ``jax.random.split(key,
+      num_tasks)[i]``.
     """
     check_task_map(task_map)
 
-    def task_grad(meta_params, episode):
-        return jax.grad(outer_loss, has_aux=True)(meta_params, episode)
+    def task_grad(meta_params, episode, key=None):
+        loss = lambda p: call_with_key(outer_loss, p, episode, key=key)
+        return jax.grad(loss, has_aux=True)(meta_params)
 
-    def batch_loss(meta_params, episodes):  # vmap only: "map" takes per-task gradients
-        losses, metrics = map_tasks(outer_loss, meta_params, episodes, "vmap")
+    def batch_loss(meta_params, episodes, key):  # vmap only: "map" takes per-task gradients
+        losses, metrics = map_tasks(outer_loss, meta_params, episodes, "vmap", key)
         return jnp.mean(losses), mean_metrics(metrics)
 
-    def meta_grad(meta_params, episodes):
+    def meta_grad(meta_params, episodes, key=None):
         if resolve_task_map(task_map) == "map":
-            return map_tasks_mean(task_grad, meta_params, episodes, "map")
-        return jax.grad(batch_loss, has_aux=True)(meta_params, episodes)
+            return map_tasks_mean(task_grad, meta_params, episodes, "map", key)
+        return jax.grad(batch_loss, has_aux=True)(meta_params, episodes, key)
 
     return meta_grad
 
@@ -158,27 +263,12 @@ def gradient_learner(
     return MetaLearner(init, adapt, predict, outer_loss, meta_grad, predict_loss)
 
 
-def check_inner_args(inner_steps: int, inner_opt: Any, task_map: str) -> None:
-    """Validate the arguments every optimization-based learner shares (clear errors early)."""
-    inner.check_steps(inner_steps)
-    inner.as_optimizer(inner_opt)
-    check_task_map(task_map)
-
-
-def support_loss_fn(apply_fn: Callable, loss_fn: Callable | None = None) -> Callable:
-    """``support_loss(params, x, y)``: the task loss of ``apply_fn(params, x)``."""
-
-    def support_loss(params, x, y):
-        return task_metrics(apply_fn(params, x), y, loss_fn)[0]
-
-    return support_loss
-
-
 def query_outer_loss(adapt: Callable, predict: Callable, loss_fn: Callable | None = None):
-    """``outer_loss(meta_params, episode)``: query loss and metrics after adapting on support."""
+    """``outer_loss(meta_params, episode, key=None)``: query loss and metrics after
+    adapting on the support set (``adapt`` gets the key, when one is given)."""
 
-    def outer_loss(meta_params, episode: Episode):
-        state = adapt(meta_params, episode.support_x, episode.support_y)
+    def outer_loss(meta_params, episode: Episode, key: PRNGKey | None = None):
+        state = call_with_key(adapt, meta_params, episode.support_x, episode.support_y, key=key)
         return task_metrics(predict(state, episode.query_x), episode.query_y, loss_fn)
 
     return outer_loss

@@ -17,10 +17,13 @@ chosen by scores keyed on each example's contents (:func:`seed_scores`) and the
 noise is indexed by (class, slot), so permuting ``support_x`` and ``support_y``
 together gives the same hallucinations and predictions (up to float rounding).
 
-Noise: ``adapt(..., key=None)`` takes an optional PRNG key; without one (as in
-:func:`mamlx.evaluate` and the training loop) the key is derived from the
-support set's contents, taken as a set (:func:`episode_key`), so every task gets
-its own noise and results stay deterministic functions of the episode.
+Noise: ``adapt(..., key=None)`` and ``outer_loss(..., key=None)`` take an optional
+PRNG key, from which the seeds' draw and the noise ``z`` come. :func:`mamlx.fit`
+passes one derived from each step's key (``meta_grad`` splits it over the tasks) and
+:func:`mamlx.evaluate` one per test task, so each step and each task gets fresh
+noise. Only without a key (a direct call) is it derived from the support set's
+contents, taken as a set (:func:`episode_key`): a deterministic function of the
+episode.
 """
 
 from __future__ import annotations
@@ -37,12 +40,8 @@ from mamlx.algorithms.base import (
     gradient_learner,
     query_outer_loss,
 )
-from mamlx.algorithms.protonet import (
-    ProtoState,
-    class_one_hot,
-    mask_absent,
-    squared_distances,
-)
+from mamlx.algorithms.metric_based import class_one_hot, mask_absent, squared_distances
+from mamlx.algorithms.protonet import ProtoState
 from mamlx.models.adapter import ApplyFn, model
 from mamlx.models.mlp import MLP
 from mamlx.types import Array, Params, PRNGKey
@@ -203,7 +202,8 @@ def hallucination(
 
     Returns:
       A :class:`MetaLearner` with params ``{"embed", "generator"}``; ``adapt(params,
-      x, y, steps=None, key=None)`` returns a :class:`HallucinationState`.
+      x, y, steps=None, key=None)`` returns a :class:`HallucinationState`. The noise
+      comes from ``key``; without one, from :func:`episode_key` of the support set.
 
     Example:
       >>> from mamlx.models import model

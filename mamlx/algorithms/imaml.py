@@ -12,30 +12,25 @@ back-propagating through the inner steps:
 solved with conjugate gradients on Hessian-vector products. Memory is constant in
 the number of inner steps (nothing is stored for the backward pass).
 
-The meta-gradient is ``learner.meta_grad`` (the implicit one above). ``learner.outer_loss``
-is for evaluation and metrics only: the inner loop starts from and is anchored to
-``stop_gradient(φ)``, so ``jax.grad(learner.outer_loss)`` is exactly zero, not the
-meta-gradient.
+The inner solve is a ``jax.custom_vjp`` whose backward pass is that conjugate-gradient
+solve, so the implicit gradient is what ``jax.grad`` of anything computed from the
+adapted weights gives: ``jax.grad(learner.outer_loss)`` is the task's implicit
+meta-gradient, and ``learner.meta_grad`` is simply the gradient of the task-mean
+outer loss (:func:`mamlx.algorithms.base.gradient_meta_grad`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from mamlx import inner
-from mamlx.algorithms.base import (
-    MetaLearner,
-    check_inner_args,
-    map_tasks_mean,
-    query_outer_loss,
-    support_loss_fn,
-)
-from mamlx.algorithms.maml import SupportContext, make_predict
+from mamlx.algorithms.base import MetaLearner, gradient_meta_grad, query_outer_loss
+from mamlx.algorithms.gradient_based import check_inner_args, make_predict, support_loss_fn
 from mamlx.episodes import Episode
-from mamlx.losses import task_metrics
 from mamlx.models.adapter import ApplyFn
 from mamlx.types import Params, PRNGKey
 
@@ -93,15 +88,31 @@ def imaml(
       cg_steps: conjugate-gradient iterations for (I + H/λ) g = ∇L_query.
       loss_fn: ``loss_fn(pred, y)``; default by target dtype.
       task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
-      transductive: see :func:`mamlx.algorithms.maml.make_predict`.
+      transductive: see :func:`mamlx.algorithms.gradient_based.make_predict`.
 
     Returns:
-      A :class:`MetaLearner` whose ``meta_grad`` is the implicit meta-gradient,
-      averaged over the task batch. Its ``outer_loss`` (query loss after the inner
-      loop) is for evaluation and metrics only: its gradient with respect to the
-      meta-parameters is exactly zero (the inner loop is anchored to
-      ``stop_gradient(φ)``), so train with ``meta_grad``, never with
-      ``jax.grad(outer_loss)``.
+      A :class:`MetaLearner`. Its ``adapt`` solves the proximal inner problem inside a
+      ``jax.custom_vjp`` whose backward pass is the implicit gradient: a cotangent
+      θ̄ of θ* becomes φ̄ = (I + H/λ)^{-1} θ̄ (``cg_steps`` of conjugate gradients),
+      and the support data get −(∂²L_support/∂θ∂data)ᵀ φ̄/λ. So ``jax.grad`` of
+      ``outer_loss`` (the query loss after adapting) is the task's implicit
+      meta-gradient, and ``meta_grad`` is the gradient of the task-mean
+      ``outer_loss``. The backward pass assumes θ* solves the inner problem
+      (enough ``inner_steps``); forward-mode ``jax.jvp`` through ``adapt`` is not
+      supported (``jax.custom_vjp``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from mamlx.episodes import Episode
+      >>> x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 3))  # 2 tasks of 5 shots
+      >>> y = x @ jnp.array([1.0, -1.0, 0.5])
+      >>> learner = imaml(lambda w, x: x @ w, None, inner_lr=0.1, inner_steps=20, lam=1.0)
+      >>> w = jnp.zeros(3)
+      >>> grads, metrics = learner.meta_grad(w, Episode(x, y, x, y))
+      >>> task_grad = lambda t: jax.grad(
+      ...     lambda w: learner.outer_loss(w, Episode(x[t], y[t], x[t], y[t]))[0])(w)
+      >>> bool(jnp.allclose(grads, (task_grad(0) + task_grad(1)) / 2, atol=1e-6))
+      True
     """
     check_inner_args(inner_steps, inner_lr, task_map)
     cg_steps = inner.check_steps(cg_steps, "cg_steps")
@@ -114,20 +125,20 @@ def imaml(
 
     support_loss = support_loss_fn(apply_fn, loss_fn)
 
-    def adapt_params(meta_params, support_x, support_y, steps=None):
-        steps = inner_steps if steps is None else steps
-        anchor = jax.lax.stop_gradient(meta_params)
+    grad_support = jax.grad(support_loss)
 
+    def prox_solve(meta_params, support_x, support_y, steps):
+        # θ*: ``steps`` SGD steps on L_support(θ) + λ/2 ‖θ − φ‖² from θ = φ
         def prox_loss(p, x, y):
             reg = sum(
                 jnp.sum(jnp.square(a - b))
-                for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(anchor), strict=True)
+                for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(meta_params), strict=True)
             )
             return support_loss(p, x, y) + 0.5 * lam * reg
 
         params, _ = inner.adapt(
             prox_loss,
-            anchor,
+            meta_params,
             support_x,
             support_y,
             steps=steps,
@@ -136,49 +147,59 @@ def imaml(
         )
         return params
 
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+    def implicit_solve(meta_params, support_x, support_y, steps):
+        return prox_solve(meta_params, support_x, support_y, steps)
+
+    def implicit_solve_fwd(meta_params, support_x, support_y, steps):
+        theta = prox_solve(meta_params, support_x, support_y, steps)
+        return theta, (theta, support_x, support_y)  # nothing of the inner loop is kept
+
+    def implicit_solve_bwd(steps, residuals, theta_bar):
+        # θ* solves F = ∇L_support(θ; x, y) + λ(θ − φ) = 0, so by the implicit function
+        # theorem z̄ = −(∂F/∂z)ᵀ (H + λI)^{-1} θ̄ for z = φ, x, y: φ̄ = (I + H/λ)^{-1} θ̄.
+        theta, support_x, support_y = residuals
+
+        def matvec(v):  # (I + H/λ) v with H the support-loss Hessian at θ*
+            # reverse-over-reverse Hessian-vector product: works with custom_vjp layers
+            dot = lambda p: _vdot(grad_support(p, support_x, support_y), v)
+            hv = jax.grad(dot)(theta)
+            return jax.tree.map(lambda a, b: a + b / lam, v, hv)
+
+        phi_bar = conjugate_gradient(matvec, theta_bar, cg_steps)
+        # support data (zero cost when unused: dead code under jit); integer labels: float0
+        _, pullback = jax.vjp(lambda x, y: grad_support(theta, x, y), support_x, support_y)
+        x_bar, y_bar = pullback(jax.tree.map(lambda a: -a / lam, phi_bar))
+        return phi_bar, x_bar, y_bar
+
+    implicit_solve.defvjp(implicit_solve_fwd, implicit_solve_bwd)
+
+    def adapt_params(meta_params, support_x, support_y, steps=None):
+        steps = inner.check_steps(inner_steps if steps is None else steps)
+        return implicit_solve(meta_params, support_x, support_y, steps)
+
     adapt, predict = make_predict(apply_fn, adapt_params, transductive)
 
     query_loss_after_adapt = query_outer_loss(adapt, predict, loss_fn)
 
-    def outer_loss(meta_params, episode: Episode):
-        """Query loss and metrics after the proximal inner loop, for evaluation only.
+    def outer_loss(meta_params, episode: Episode, key=None):
+        """Query loss and metrics after the proximal inner loop.
 
-        Not differentiable in the meta-parameters: ``jax.grad`` of it is exactly
-        zero because the inner loop is anchored to ``stop_gradient(meta_params)``.
-        The iMAML meta-gradient is ``meta_grad`` (implicit function theorem).
+        Its ``jax.grad`` with respect to the meta-parameters is the task's implicit
+        meta-gradient (I + H/λ)^{-1} ∇L_query(θ*); ``meta_grad`` is that gradient
+        averaged over a task batch.
 
         Args:
           meta_params: meta-parameters φ.
           episode: one task's support and query data.
+          key: accepted and ignored (the inner loop is deterministic).
 
         Returns:
           ``(loss, metrics)`` on the query set.
         """
+        del key
         return query_loss_after_adapt(meta_params, episode)
 
-    def task_grad(meta_params, episode: Episode):
-        sx, sy = episode.support_x, episode.support_y
-        theta = adapt_params(meta_params, sx, sy)
-        wrap = (lambda p: p) if transductive else (lambda p: SupportContext(p, sx))
-
-        def query_loss(p):
-            return task_metrics(predict(wrap(p), episode.query_x), episode.query_y, loss_fn)
-
-        (_, metrics), g_query = jax.value_and_grad(query_loss, has_aux=True)(theta)
-        grad_support = lambda p: jax.grad(support_loss)(p, sx, sy)
-
-        def matvec(v):  # (I + H/λ) v with H the support-loss Hessian at θ*
-            # reverse-over-reverse Hessian-vector product: works with custom_vjp layers
-            dot = lambda p: sum(
-                jnp.vdot(a, b)
-                for a, b in zip(jax.tree.leaves(grad_support(p)), jax.tree.leaves(v), strict=True)
-            )
-            hv = jax.grad(dot)(theta)
-            return jax.tree.map(lambda a, b: a + b / lam, v, hv)
-
-        return conjugate_gradient(matvec, g_query, cg_steps), metrics
-
-    def meta_grad(meta_params, episodes: Episode):
-        return map_tasks_mean(task_grad, meta_params, episodes, task_map)
+    meta_grad = gradient_meta_grad(outer_loss, task_map)
 
     return MetaLearner(init_fn, adapt, predict, outer_loss, meta_grad, loss_fn)

@@ -12,50 +12,14 @@ MAML drops the Hessian term and uses ∇L_query(θ') directly.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
-
-import jax
-import jax.numpy as jnp
 
 from mamlx import inner
-from mamlx.algorithms.base import (
-    MetaLearner,
-    check_inner_args,
-    gradient_learner,
-    query_outer_loss,
-    support_loss_fn,
-)
+from mamlx.algorithms.base import MetaLearner, gradient_learner, query_outer_loss
+from mamlx.algorithms.gradient_based import check_inner_args, make_predict, support_loss_fn
 from mamlx.models.adapter import ApplyFn
-from mamlx.types import Array, Params, PRNGKey
+from mamlx.types import Params, PRNGKey
 
-
-class SupportContext(NamedTuple):
-    """Adapted params plus the support inputs, for non-transductive prediction."""
-
-    params: Params
-    support_x: Array
-
-
-def make_predict(apply_fn: ApplyFn, adapt_params: Callable, transductive: bool = True):
-    """``(adapt, predict)`` for a learner whose task state is adapted parameters.
-
-    Transductive (the original MAML and Reptile setting): the query batch is
-    predicted at once, so batch norm uses the query batch's statistics.
-    Non-transductive: each query example is predicted together with the support set
-    (batch statistics of support ∪ {x}), so predictions do not depend on the other
-    queries (Nichol et al. 2018, Sec. 6).
-    """
-    if transductive:
-        return adapt_params, apply_fn
-
-    def adapt(meta_params, support_x, support_y, steps=None):
-        return SupportContext(adapt_params(meta_params, support_x, support_y, steps), support_x)
-
-    def predict(state: SupportContext, x):
-        one = lambda xi: apply_fn(state.params, jnp.concatenate([state.support_x, xi[None]]))[-1]
-        return jax.vmap(one)(x)
-
-    return adapt, predict
+__all__ = ["fomaml", "maml"]
 
 
 def maml(
@@ -86,7 +50,7 @@ def maml(
       task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
       transductive: batch-norm statistics from the whole query batch (True, as
         the original MAML) or from support ∪ {one query} (False); see
-        :func:`make_predict`.
+        :func:`mamlx.algorithms.gradient_based.make_predict`.
 
     Returns:
       A :class:`MetaLearner`.

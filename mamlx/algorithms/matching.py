@@ -11,7 +11,7 @@ bidirectional LSTM over the support embeddings and ``f`` an attention LSTM with
 ``K`` processing steps (:class:`~mamlx.models.heads.FullContextEmbedding`);
 the result then depends on the order of the support set, as in the paper.
 
-Classes are indexed as in :mod:`mamlx.algorithms.protonet`: ``S`` columns,
+Classes are indexed as in :mod:`mamlx.algorithms.metric_based`: ``S`` columns,
 those without support examples at ``-inf``.
 """
 
@@ -29,7 +29,7 @@ from mamlx.algorithms.base import (
     gradient_learner,
     query_outer_loss,
 )
-from mamlx.algorithms.protonet import class_one_hot, mask_absent
+from mamlx.algorithms.metric_based import class_one_hot, mask_absent
 from mamlx.losses import check_label_range
 from mamlx.models.adapter import ApplyFn, model
 from mamlx.models.heads import FullContextEmbedding
@@ -140,8 +140,8 @@ def matching(
             params["fce"] = fce_init(k_fce)
         return params
 
-    def adapt(meta_params: Params, support_x: Array, support_y: Array, steps=None):
-        del steps
+    def adapt(meta_params: Params, support_x: Array, support_y: Array, steps=None, key=None):
+        del steps, key  # no inner optimisation, deterministic
         check_label_range(support_y, support_y.shape[0], "support labels")
         raw = embed_fn(meta_params["embed"], support_x)
         raw = raw.reshape(raw.shape[0], -1)

@@ -29,14 +29,8 @@ import jax
 from jax import lax
 
 from mamlx import inner
-from mamlx.algorithms.base import (
-    MetaLearner,
-    check_task_map,
-    gradient_learner,
-    query_outer_loss,
-    support_loss_fn,
-)
-from mamlx.algorithms.maml import make_predict
+from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_learner, query_outer_loss
+from mamlx.algorithms.gradient_based import make_predict, support_loss_fn
 from mamlx.models.adapter import ApplyFn
 from mamlx.optimizers.meta_lstm import init_meta_lstm, meta_lstm_trajectory
 from mamlx.types import Params, PRNGKey
@@ -91,7 +85,7 @@ def meta_lstm(
       loss_fn: ``loss_fn(pred, y)``; default cross-entropy for integer labels, MSE otherwise.
       task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
       transductive: batch-norm statistics from the whole query batch (the paper uses
-        batch statistics at test time too); see :func:`mamlx.algorithms.maml.make_predict`.
+        batch statistics at test time too); see :func:`mamlx.algorithms.gradient_based.make_predict`.
 
     Returns:
       A :class:`MetaLearner` over meta-parameters ``{"init", "lstm"}``.
@@ -134,7 +128,7 @@ def meta_lstm(
             lambda p: support_loss(p, support_x, support_y),
             meta_params["init"],
             steps,
-            second_order=second_order,
+            first_order=not second_order,  # the one inner-loop convention
             remat=remat,
             unroll=unroll,
         )

@@ -16,14 +16,8 @@ import jax.numpy as jnp
 import optax
 
 from mamlx import inner
-from mamlx.algorithms.base import (
-    MetaLearner,
-    check_inner_args,
-    gradient_learner,
-    query_outer_loss,
-    support_loss_fn,
-)
-from mamlx.algorithms.maml import make_predict
+from mamlx.algorithms.base import MetaLearner, gradient_learner, query_outer_loss
+from mamlx.algorithms.gradient_based import check_inner_args, make_predict, support_loss_fn
 from mamlx.models.adapter import ApplyFn
 from mamlx.types import Params, PRNGKey
 
@@ -66,7 +60,7 @@ def metasgd(
         reduces to MAML with step size ``inner_lr``.
       loss_fn: ``loss_fn(pred, y)``; default by target dtype.
       task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
-      transductive: see :func:`mamlx.algorithms.maml.make_predict`.
+      transductive: see :func:`mamlx.algorithms.gradient_based.make_predict`.
 
     Returns:
       A :class:`MetaLearner` over meta-parameters ``{"params", "lr"}``.

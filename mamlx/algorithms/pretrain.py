@@ -16,12 +16,8 @@ from collections.abc import Callable
 import jax.numpy as jnp
 
 from mamlx import inner
-from mamlx.algorithms.base import (
-    MetaLearner,
-    check_inner_args,
-    gradient_learner,
-    support_loss_fn,
-)
+from mamlx.algorithms.base import MetaLearner, gradient_learner
+from mamlx.algorithms.gradient_based import check_inner_args, support_loss_fn
 from mamlx.episodes import Episode
 from mamlx.losses import task_metrics
 from mamlx.models.adapter import ApplyFn
@@ -55,14 +51,16 @@ def pretrain(
 
     support_loss = support_loss_fn(apply_fn, loss_fn)
 
-    def adapt(meta_params, support_x, support_y, steps=None):
+    def adapt(meta_params, support_x, support_y, steps=None, key=None):
+        del key  # deterministic fine-tuning
         steps = inner_steps if steps is None else steps
         params, _ = inner.adapt(
             support_loss, meta_params, support_x, support_y, steps=steps, optimizer=inner_lr
         )
         return params
 
-    def outer_loss(meta_params, episode: Episode):
+    def outer_loss(meta_params, episode: Episode, key=None):
+        del key  # deterministic
         x = jnp.concatenate([episode.support_x, episode.query_x])
         y = jnp.concatenate([episode.support_y, episode.query_y])
         return task_metrics(apply_fn(meta_params, x), y, loss_fn)

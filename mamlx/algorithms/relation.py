@@ -10,7 +10,7 @@ module ``g_ϕ``:
 Training regresses the scores onto one-hot targets with the mean squared error
 (Sung et al. 2018, Eq. 2). ``predict`` returns the scores (arg-max is the
 predicted class; a cross-entropy computed from them is not the training loss).
-Classes are indexed as in :mod:`mamlx.algorithms.protonet` (``S`` columns;
+Classes are indexed as in :mod:`mamlx.algorithms.metric_based` (``S`` columns;
 absent classes score 0 and are left out of the loss).
 """
 
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from mamlx.algorithms.base import MetaLearner, check_task_map, gradient_learner
-from mamlx.algorithms.protonet import class_one_hot, mask_absent
+from mamlx.algorithms.metric_based import class_one_hot, mask_absent
 from mamlx.episodes import Episode
 from mamlx.losses import accuracy
 from mamlx.models.adapter import ApplyFn, model
@@ -127,8 +127,8 @@ def relation(
         k_embed, k_rel = jax.random.split(key)
         return {"embed": init_fn(k_embed), "relation": rel_init(k_rel)}
 
-    def adapt(meta_params: Params, support_x: Array, support_y: Array, steps=None):
-        del steps
+    def adapt(meta_params: Params, support_x: Array, support_y: Array, steps=None, key=None):
+        del steps, key  # no inner optimisation, deterministic
         feats = embed_fn(meta_params["embed"], support_x)
         onehot = class_one_hot(support_y).astype(feats.dtype)
         counts = onehot.sum(0)
@@ -163,7 +163,8 @@ def relation(
     def predict(state: RelationState, x: Array) -> Array:
         return mask_absent(scores(state, x), state.counts)
 
-    def outer_loss(meta_params: Params, episode: Episode):
+    def outer_loss(meta_params: Params, episode: Episode, key=None):
+        del key  # deterministic
         state = adapt(meta_params, episode.support_x, episode.support_y)
         r = scores(state, episode.query_x)
         loss = relation_mse(r, episode.query_y, state.counts)

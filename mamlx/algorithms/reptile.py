@@ -9,24 +9,29 @@ toward the adapted weights:
 transformation is the outer update: ``optax.sgd(ε)`` gives exactly the rule above,
 and ``optax.chain(optax.clip_by_global_norm(...), optax.sgd(schedule))`` composes as
 usual (the paper anneals ε linearly to 0).
+
+:func:`reptile_optimizer` is the same algorithm written as one optax transformation
+(lookahead-style, Zhang et al. 2019): it is fed one task's gradient per inner step in
+a plain optax loop, and every k-th update moves the slow weights φ toward the fast ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from mamlx import inner
-from mamlx.algorithms.base import (
-    MetaLearner,
+from mamlx.algorithms.base import MetaLearner, map_tasks_mean, query_outer_loss
+from mamlx.algorithms.gradient_based import (
+    SupportContext,
     check_inner_args,
-    map_tasks_mean,
-    query_outer_loss,
+    make_predict,
     support_loss_fn,
 )
-from mamlx.algorithms.maml import SupportContext, make_predict
 from mamlx.episodes import Episode
 from mamlx.losses import task_metrics
 from mamlx.models.adapter import ApplyFn
@@ -62,7 +67,7 @@ def reptile(
 
     Example:
       >>> import jax, optax
-      >>> from mamlx.experiments import sinusoid_model
+      >>> from mamlx.datasets import sinusoid_model
       >>> learner = reptile(*sinusoid_model(), inner_opt=0.02, inner_steps=5)
       >>> outer = optax.sgd(0.1)   # φ ← φ + 0.1 (θ̃ − φ)
     """
@@ -86,8 +91,152 @@ def reptile(
         metrics = task_metrics(predict(state, episode.query_x), episode.query_y, loss_fn)[1]
         return adapted, metrics
 
-    def meta_grad(meta_params, episodes: Episode):
+    def meta_grad(meta_params, episodes: Episode, key=None):
+        del key  # deterministic
         adapted, metrics = map_tasks_mean(task_update, meta_params, episodes, task_map)
         return jax.tree.map(jnp.subtract, meta_params, adapted), metrics
 
     return MetaLearner(init_fn, adapt, predict, outer_loss, meta_grad, loss_fn)
+
+
+class ReptileState(NamedTuple):
+    """State of :func:`reptile_optimizer`.
+
+    Attributes:
+      slow: the slow weights φ (the meta-parameters). The params equal them right
+        after every ``inner_steps``-th update; in between, the params are the fast
+        weights θ of the current task. In a chain, read them with
+        ``optax.tree.get(state, "slow")``.
+      count: number of updates so far; inner step ``count % inner_steps`` of
+        meta-step ``count // inner_steps``.
+      inner_state: state of the fast (inner) optimizer (with a leading task axis if
+        ``task_axis``).
+      outer_state: state of the slow (outer) optimizer.
+    """
+
+    slow: Params
+    count: jax.Array
+    inner_state: optax.OptState
+    outer_state: optax.OptState
+
+
+def reptile_optimizer(
+    inner_opt: inner.InnerOpt,
+    inner_steps: int,
+    outer_opt: optax.ScalarOrSchedule | optax.GradientTransformation,
+    *,
+    task_axis: bool = False,
+    reset_inner_state: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    """Reptile as an optax transformation: k fast steps on a task, then one slow step.
+
+    Call ``update`` once per inner step with that step's gradient of the current
+    task's loss at ``params`` (the fast weights θ). Each call applies ``inner_opt``;
+    every ``inner_steps``-th call instead also moves the slow weights toward the
+    adapted ones and resets the fast weights (and, by default, ``inner_opt``'s state)
+    to them:
+
+        θ ← θ + inner_opt(∇L_τ(θ))   (k times, from θ = φ),   φ ← φ + ε (θ̃ − φ),   θ ← φ
+
+    where ε is ``outer_opt`` (a number or schedule is ``optax.sgd(ε)``; any optax
+    transformation ``outer_opt`` gets the pseudo-gradient φ − θ̃). This is
+    :func:`reptile`'s update at a meta-batch of one task: ``reptile_optimizer(inner_opt,
+    k, outer_opt)`` over k calls equals one step of ``reptile(..., inner_opt=inner_opt,
+    inner_steps=k).meta_grad`` followed by ``outer_opt``. With ``task_axis=True`` the
+    params, gradients and fast states carry a leading task axis (one fast copy per
+    task, initialised as n copies of φ) and φ moves toward the task mean of θ̃:
+    the meta-batch-n update of :func:`reptile`.
+
+    Unlike :func:`reptile`, whose meta-step is a single compiled function, this is
+    for plain optax loops (or Lookahead-style training on one stream of tasks). Its
+    updates must be applied unchanged, so put clipping or other gradient
+    transformations before it: ``optax.chain(optax.clip_by_global_norm(c), tx)``
+    clips each inner gradient (over all tasks together if ``task_axis``).
+
+    Args:
+      inner_opt: the fast optimizer: a learning rate (SGD) or an optax transformation
+        (the paper uses Adam with β1 = 0); extra arguments such as ``value=`` pass through.
+      inner_steps: k, inner steps per task (>= 1).
+      outer_opt: ε (number or schedule over meta-steps), or an optax transformation
+        applied to the pseudo-gradient φ − θ̃.
+      task_axis: params and gradients have a leading task (meta-batch) axis.
+      reset_inner_state: re-initialise ``inner_opt``'s state at every slow step
+        (as :func:`reptile`, one fresh inner optimizer per task).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is a
+      :class:`ReptileState`; ``update`` needs ``params``.
+
+    References:
+      Nichol, Achiam & Schulman, "On First-Order Meta-Learning Algorithms", 2018
+      (Algorithm 1); Zhang et al., "Lookahead Optimizer: k steps forward, 1 step
+      back", 2019.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> tx = reptile_optimizer(0.1, inner_steps=2, outer_opt=0.5)
+      >>> params = jnp.zeros(2)
+      >>> state = tx.init(params)
+      >>> for target in (jnp.ones(2), jnp.ones(2), -jnp.ones(2), -jnp.ones(2)):
+      ...     grads = jax.grad(lambda p: jnp.sum((p - target) ** 2))(params)
+      ...     updates, state = tx.update(grads, state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> params.tolist() == optax.tree.get(state, "slow").tolist()  # synced after 2k steps
+      True
+    """
+    if inner.check_steps(inner_steps, "inner_steps") < 1:
+        raise ValueError(f"inner_steps must be >= 1, got {inner_steps!r}")
+    fast = optax.with_extra_args_support(inner.as_optimizer(inner_opt))
+    if isinstance(outer_opt, optax.GradientTransformation):
+        outer = outer_opt
+    elif callable(outer_opt):
+        outer = optax.sgd(outer_opt)
+    else:
+        outer = optax.sgd(inner.check_positive(outer_opt, "outer_opt (the outer step size ε)"))
+
+    def per_task(fn):
+        return jax.vmap(fn) if task_axis else fn
+
+    def init_fn(params):
+        slow = jax.tree.map(lambda p: p[0], params) if task_axis else params
+        return ReptileState(
+            slow=slow,
+            count=jnp.zeros([], jnp.int32),
+            inner_state=per_task(fast.init)(params),
+            outer_state=outer.init(slow),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError("reptile_optimizer needs params (the fast weights) in update()")
+        fast_update = lambda g, s, p: fast.update(g, s, p, **extra_args)
+        fast_updates, inner_state = per_task(fast_update)(updates, state.inner_state, params)
+        adapted = optax.apply_updates(params, fast_updates)  # θ after this inner step
+
+        def slow_step(inner_state, outer_state):
+            theta = jax.tree.map(lambda a: jnp.mean(a, 0), adapted) if task_axis else adapted
+            pseudo_grad = jax.tree.map(jnp.subtract, state.slow, theta)  # φ − θ̃
+            outer_updates, outer_state = outer.update(pseudo_grad, outer_state, state.slow)
+            slow = optax.apply_updates(state.slow, outer_updates)
+            fast_params = (
+                jax.tree.map(lambda s, p: jnp.broadcast_to(s, p.shape), slow, params)
+                if task_axis
+                else slow
+            )
+            if reset_inner_state:
+                inner_state = per_task(fast.init)(fast_params)
+            to_slow = jax.tree.map(
+                lambda s, p, u: (s - p).astype(u.dtype), fast_params, params, fast_updates
+            )
+            return to_slow, slow, inner_state, outer_state
+
+        def fast_step(inner_state, outer_state):
+            return fast_updates, state.slow, inner_state, outer_state
+
+        sync = (state.count + 1) % inner_steps == 0
+        new_updates, slow, inner_state, outer_state = jax.lax.cond(
+            sync, slow_step, fast_step, inner_state, state.outer_state
+        )
+        return new_updates, ReptileState(slow, state.count + 1, inner_state, outer_state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

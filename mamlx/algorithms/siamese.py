@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from mamlx.algorithms.base import MetaLearner, check_task_map, map_tasks, mean_metrics
-from mamlx.algorithms.protonet import class_counts, mask_absent
+from mamlx.algorithms.metric_based import class_counts, mask_absent
 from mamlx.episodes import Episode
 from mamlx.losses import accuracy
 from mamlx.models.adapter import ApplyFn
@@ -54,7 +54,15 @@ class Pairs(NamedTuple):
 
 
 class PairSampler(NamedTuple):
-    """Pure functions sampling same/different pairs (see :func:`pair_sampler`)."""
+    """Pure functions sampling same/different pairs (a :class:`~mamlx.tasks.Sampler`).
+
+    Attributes:
+      pairs, rotate: the settings the sampler was built with (see :func:`pair_sampler`).
+      sample: ``sample(key, data) -> Pairs`` of one batch of pairs.
+      sample_batch: ``sample_batch(key, data, num_tasks) -> Pairs`` with a leading axis
+        of ``num_tasks`` (``jax.vmap`` of ``sample`` over ``num_tasks`` split keys,
+        :func:`~mamlx.tasks.base.vmap_sample`); ``num_tasks`` static under ``jax.jit``.
+    """
 
     pairs: int
     rotate: bool
@@ -69,10 +77,10 @@ def pair_sampler(pairs: int, *, rotate: bool = False) -> PairSampler:
     pairs are two distinct examples of one class and the rest examples of two
     distinct classes (uniform over classes and examples). Pure JAX: jittable and
     vmappable; ``sample_batch(key, data, n)`` adds a leading axis of ``n``
-    batches (so it plugs into :func:`mamlx.fit`). ``uint8`` images are scaled
-    to [0, 1] (divided by 255), bool images become 0 / 1, floats are used as they
-    are; other integer dtypes raise a ``ValueError`` (their value range is
-    unknown). ``rotate=True`` treats 90-degree rotations as new classes, as
+    batches (so it plugs into :func:`mamlx.fit`; see :class:`~mamlx.tasks.Sampler`).
+    ``uint8`` images are scaled to [0, 1] (divided by 255), bool images become 0 / 1,
+    floats are used as they are; other integer dtypes raise a ``ValueError`` (their
+    value range is unknown). ``rotate=True`` treats 90-degree rotations as new classes, as
     :func:`mamlx.tasks.fewshot_sampler` does.
 
     Args:
@@ -119,8 +127,10 @@ def pair_sampler(pairs: int, *, rotate: bool = False) -> PairSampler:
         x1 = images(a, e1)
         return Pairs(x1, images(b, e2), same.astype(x1.dtype))
 
-    def sample_batch(key: PRNGKey, data: Array, num: int) -> Pairs:
-        return jax.vmap(sample, in_axes=(0, None))(jax.random.split(key, num), data)
+    def sample_batch(key: PRNGKey, data: Array, num_tasks: int) -> Pairs:
+        from mamlx.tasks.base import vmap_sample  # the samplers' one batching convention
+
+        return vmap_sample(sample, key, data, num_tasks)
 
     return PairSampler(pairs, rotate, sample, sample_batch)
 
@@ -316,8 +326,8 @@ def siamese(
         e = embed_fn(params["embed"], x)
         return e.reshape(e.shape[0], -1)
 
-    def adapt(meta_params: Params, support_x: Array, support_y: Array, steps=None):
-        del steps
+    def adapt(meta_params: Params, support_x: Array, support_y: Array, steps=None, key=None):
+        del steps, key  # no inner optimisation, deterministic
         return SiameseState(meta_params, embed(meta_params, support_x), support_y)
 
     def predict(state: SiameseState, x: Array) -> Array:
@@ -326,7 +336,8 @@ def siamese(
         best = jax.ops.segment_max(logits.T, state.support_y, num_segments=n).T
         return mask_absent(best, class_counts(state.support_y))
 
-    def outer_loss(meta_params: Params, episode: Episode):
+    def outer_loss(meta_params: Params, episode: Episode, key=None):
+        del key  # deterministic
         state = adapt(meta_params, episode.support_x, episode.support_y)
         q = embed(meta_params, episode.query_x)
         logits = net.pair_logits(meta_params, q, state.support)
@@ -341,7 +352,8 @@ def siamese(
         losses, metrics = map_tasks(fn, params, batch, task_map)
         return jnp.mean(losses), mean_metrics(metrics)
 
-    def meta_grad(meta_params: Params, batch):
+    def meta_grad(meta_params: Params, batch, key=None):
+        del key  # deterministic
         fn = net.pair_loss if train_on == "pairs" else outer_loss
         return jax.grad(batch_loss, has_aux=True)(meta_params, batch, fn)
 
