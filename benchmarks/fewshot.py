@@ -21,12 +21,11 @@ import argparse
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mamlx.cli import main as cli  # noqa: E402
-from mamlx.experiments import PRESETS  # noqa: E402
+from mamlx.presets import PRESETS  # noqa: E402
 
 from common import RESULTS, git_rev, machine  # noqa: E402
 
@@ -94,6 +93,78 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_preset(
+    preset: str,
+    *,
+    out: str | Path,
+    data_dir: str = "",
+    flags: str = "",
+    stopped: bool = False,
+    name: str = "",
+) -> dict:
+    """Train a preset with ``mamlx train`` and evaluate it with ``mamlx eval`` (both test
+    protocols where the split has rotations): the one path every harness row takes.
+
+    Args:
+      preset: a name in :data:`mamlx.presets.PRESETS`.
+      out: parent folder of the run directory (``out/preset``).
+      data_dir: the data folder (``""``: the run's default).
+      flags: more ``mamlx train`` flags, e.g. ``"--max-minutes 20"`` or ``"--steps 300"``.
+      stopped: do not train, evaluate the run already there (stopped early).
+      name: the run directory's name under ``out`` (default: the preset's).
+
+    Returns:
+      The row: accuracy and 95% CI (%), the rotated-test protocol's where it applies,
+      per-task accuracies (``per_task``: same tasks for every run of the same test
+      protocol), steps trained, training wall time, machine, commit and command.
+    """
+    if preset not in PRESETS:
+        raise SystemExit(f"unknown preset {preset!r}; available: {sorted(PRESETS)}")
+    run_dir = Path(out) / (name or preset)
+    cmd = ["train", PRESETS[preset][0], "--preset", preset, "--out", str(run_dir), "--no-progress"]
+    cmd += ["--data-dir", data_dir] if data_dir else []
+    cmd += shlex.split(flags)
+    if not stopped and cli(cmd) != 0:
+        raise SystemExit(f"mamlx {' '.join(cmd)} failed")
+    config = json.loads((run_dir / "config.json").read_text())
+    rotated = None
+    if config["task"] == "omniglot" and config["split"] == "vinyals":
+        # The same model on the other test protocol too (rotated test classes).
+        if cli(["eval", str(run_dir), "--eval-rotate"]) != 0:
+            raise SystemExit(f"mamlx eval {run_dir} --eval-rotate failed")
+        rotated = json.loads((run_dir / "eval.json").read_text())["accuracy"]
+    if cli(["eval", str(run_dir)]) != 0:  # the run's own protocol, left in eval.json
+        raise SystemExit(f"mamlx eval {run_dir} failed")
+    res = json.loads((run_dir / "eval.json").read_text())
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    command = "mamlx " + " ".join(cmd)
+    if log[-1]["step"] < config["steps"]:
+        command += (
+            f" (stopped by its wall-clock budget at step {log[-1]['step']} of "
+            f"{config['steps']}; best validation checkpoint = step {res['step']})"
+        )
+    return {
+        "preset": preset,
+        "flags": flags,
+        "accuracy": 100 * res["accuracy"][0],
+        "ci": 100 * res["accuracy"][1],
+        "eval_rotate": res.get("eval_rotate", False),
+        **(
+            {"accuracy_rotated_test": 100 * rotated[0], "ci_rotated_test": 100 * rotated[1]}
+            if rotated
+            else {}
+        ),
+        "per_task": res["per_task_accuracy"],
+        "test_tasks": res["tasks"],
+        "steps": log[-1]["step"],
+        "wall_s": sum(r["seconds"] for r in log),
+        "device": machine(),
+        "commit": git_rev(),
+        "batch_norm": res["batch_norm"],
+        "command": command,
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="*", default=["fomaml-5w1s-cpu"])
@@ -114,46 +185,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     runs = load_runs()
     for preset in [] if args.table_only else args.presets:
-        if preset not in PRESETS:
-            raise SystemExit(f"unknown preset {preset!r}; available: {sorted(PRESETS)}")
-        run_dir = Path(args.out) / preset
-        cmd = [
-            "train",
-            PRESETS[preset][0],
-            "--preset",
-            preset,
-            "--out",
-            str(run_dir),
-            "--no-progress",
-        ]
-        cmd += ["--data-dir", args.data_dir] if args.data_dir else []
-        cmd += ["--steps", str(args.steps)] if args.steps else []
-        cmd += shlex.split(args.flags)
-        t0 = time.perf_counter()
-        if not args.stopped and cli(cmd) != 0:
-            return 1
-        wall = time.perf_counter() - t0
-        config = json.loads((run_dir / "config.json").read_text())
-        rotated = None
-        if config["task"] == "omniglot" and config["split"] == "vinyals":
-            # The same model on the other test protocol too (rotated test classes).
-            if cli(["eval", str(run_dir), "--eval-rotate"]) != 0:
-                return 1
-            rotated = json.loads((run_dir / "eval.json").read_text())["accuracy"]
-        if cli(["eval", str(run_dir)]) != 0:  # the run's own protocol, left in eval.json
-            return 1
-        res = json.loads((run_dir / "eval.json").read_text())
-        command = "mamlx " + " ".join(cmd)
-        if args.stopped:
-            log = [
-                json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            ]
-            wall = sum(r["seconds"] for r in log)
-            command += (
-                f" (stopped by its wall-clock budget at step {log[-1]['step']} of "
-                f"{config['steps']}; best validation checkpoint = step {res['step']})"
-            )
-            config["steps"] = log[-1]["step"]
+        flags = args.flags + (f" --steps {args.steps}" if args.steps else "")
+        row = run_preset(
+            preset, out=args.out, data_dir=args.data_dir, flags=flags, stopped=args.stopped
+        )
+        row.pop("per_task")
+        row["flags"] = args.flags
         runs = [
             r
             for r in runs
@@ -163,26 +200,7 @@ def main(argv=None) -> int:
                 and r.get("flags", "") == args.flags
             )
         ]
-        runs.append(
-            {
-                "preset": preset,
-                "flags": args.flags,
-                "accuracy": 100 * res["accuracy"][0],
-                "ci": 100 * res["accuracy"][1],
-                "eval_rotate": res.get("eval_rotate", False),
-                **(
-                    {"accuracy_rotated_test": 100 * rotated[0], "ci_rotated_test": 100 * rotated[1]}
-                    if rotated
-                    else {}
-                ),
-                "steps": config["steps"],
-                "wall_s": wall,
-                "device": machine(),
-                "commit": git_rev(),
-                "batch_norm": res["batch_norm"],
-                "command": command,
-            }
-        )
+        runs.append(row)
         STORE.write_text(json.dumps(runs, indent=1) + "\n")
     md = table(runs)
     (RESULTS / "fewshot.md").write_text(md)

@@ -24,7 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from mamlx.algorithms import meta_lstm_gate_trace  # noqa: E402
 from mamlx.cli import _load_trained  # noqa: E402
-from mamlx.experiments import fewshot_learner, fewshot_model  # noqa: E402
+from mamlx.datasets import fewshot_model  # noqa: E402
+from mamlx.experiments import build_learner as fewshot_learner  # noqa: E402
 
 
 def learner_apply_fn(config):

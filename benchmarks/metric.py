@@ -7,23 +7,23 @@ al. 2015) on Omniglot 5-way/20-way 1-shot/5-shot, plus mini-ImageNet
 at 1 and 2 shots, measured on the *same* test tasks with a paired 95% CI.
 Writes ``benchmarks/results/metric.{md,json}``.
 
-Configurations (frozen dataclasses below):
+Every row is one preset of :mod:`mamlx.presets` trained with ``mamlx train`` and
+evaluated with ``mamlx eval`` through :func:`fewshot.run_preset`, the same path as
+``benchmarks/fewshot.py`` (run directories under ``--out``, kept for ``mamlx eval``):
 
-* ``PAPER``: the papers' settings (episodes, ways, queries, optimiser), each
-  citing its source. Far beyond a CPU budget; for accelerators.
-* ``CPU``: ProtoNet 20-way 1-shot on 2 CPU cores: full Conv-4 (64 filters),
-  60-way 1-shot training episodes with 5 queries per class (Snell et al.'s
-  higher-way training), Adam 1e-3 halved every 2000 steps, one episode per step,
-  stopped at ``--minutes`` of training wall time; 1000 test tasks.
-* ``--quick``: small Conv-4 (16 filters), a few hundred steps per row, 200 test
-  tasks; minutes on a laptop. The figures are smoke-level, not reproductions.
+* paper: the papers' settings (``protonet-20w1s`` ...), each citing its source. Far
+  beyond a CPU budget; for accelerators, or with ``--minutes``.
+* ``--cpu``: ``protonet-20w1s-cpu``, ProtoNet 20-way 1-shot on 2 CPU cores (60-way
+  training episodes, Adam 1e-3 halved every 2000 steps), stopped at ``--minutes``.
+* ``--quick``: the same presets with a small Conv-4 (16 filters) and 300 steps, 200
+  test tasks; minutes on a laptop. The figures are smoke-level, not reproductions.
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/metric.py --cpu --minutes 12      # ProtoNet 20w1s CPU run
-    PYTHONPATH=. python benchmarks/metric.py --quick --hallucination # hallucination gain, quick
-    PYTHONPATH=. python benchmarks/metric.py --quick --table         # all Omniglot rows, quick
-    PYTHONPATH=. python benchmarks/metric.py --paper --table         # paper settings (accelerator)
+    python benchmarks/metric.py --cpu --minutes 20 --data-dir ../shared/data/omniglot
+    python benchmarks/metric.py --quick --hallucination --data-dir DIR
+    python benchmarks/metric.py --quick --table --data-dir DIR        # all Omniglot rows, quick
+    python benchmarks/metric.py --table --data-dir DIR                # paper settings
 
 Results from several invocations are merged into ``results/metric.json`` (keyed
 by row) and the markdown table is regenerated from it.
@@ -32,30 +32,21 @@ by row) and the markdown table is regenerated from it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
-import platform
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from mamlx.algorithms import hallucination, matching, protonet, relation, siamese
-from mamlx.algorithms.siamese import pair_sampler
-from mamlx.evaluation import mean_ci
-from mamlx.models import ConvEmbedding, model
-from mamlx.tasks import fewshot_sampler, load_omniglot, omniglot_split
-from mamlx.train import init_state, make_step
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fewshot import run_preset  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results"
+from mamlx.evaluation import mean_ci  # noqa: E402
+
+from common import RESULTS  # noqa: E402
+
 SETTINGS = ((5, 1), (5, 5), (20, 1), (20, 5))
+QUICK = "--filters 16 --steps 300 --eval-tasks 200 --halve-every 0"
 
 #: Published Omniglot accuracies (%) for 5w1s, 5w5s, 20w1s, 20w5s.
 PUBLISHED_OMNIGLOT = {
@@ -72,258 +63,80 @@ PUBLISHED_MINIIMAGENET = {
 }
 
 
-@dataclass(frozen=True)
-class Preset:
-    """One training configuration of a metric learner on Omniglot (28x28, Vinyals split).
-
-    Attributes:
-      method: ``protonet``, ``matching``, ``relation`` or ``siamese``.
-      train_ways, train_shots, train_queries: training episodes (Siamese: pairs
-        per step is ``train_ways * (train_shots + train_queries)``).
-      steps: meta-training steps (episodes).
-      meta_batch: episodes per step.
-      lr: Adam learning rate, halved every ``halve_every`` steps (0: constant).
-      filters: Conv-4 channels.
-      test_tasks: evaluation episodes (15 queries per class at 5 ways, 5 at 20).
-      source: where the setting comes from.
-    """
-
-    method: str
-    train_ways: int
-    train_shots: int
-    train_queries: int
-    steps: int
-    meta_batch: int = 1
-    lr: float = 1e-3
-    halve_every: int = 2000
-    filters: int = 64
-    test_tasks: int = 1000
-    source: str = ""
-
-
-def paper_preset(method: str, ways: int, shots: int) -> Preset:
-    """The papers' Omniglot settings (for accelerators)."""
-    if (
-        method == "protonet"
-    ):  # Snell et al. 2017, Sec. 3.1: 60-way training, 5 queries, Adam 1e-3 /2 every 2000
-        return Preset(method, 60, shots, 5, 20000, source="Snell et al. 2017, Sec. 3.1")
-    if method == "matching":  # Vinyals et al. 2016, Sec. 4.1: train on N-way K-shot episodes
-        return Preset(
-            method,
-            ways,
-            shots,
-            5 if ways == 20 else 15,
-            20000,
-            32,
-            source="Vinyals et al. 2016, Sec. 4.1",
-        )
-    if (
-        method == "relation"
-    ):  # Sung et al. 2018, Sec. 4.1: 19/15 (5-way) or 10/5 (20-way) queries, 1M episodes
-        queries = {(5, 1): 19, (5, 5): 15, (20, 1): 10, (20, 5): 5}[(ways, shots)]
-        return Preset(
-            method,
-            ways,
-            shots,
-            queries,
-            1_000_000,
-            lr=1e-3,
-            halve_every=100_000,
-            source="Sung et al. 2018, Sec. 4.1",
-        )
-    if method == "siamese":  # Koch et al. 2015, Sec. 4: verification pairs (128 per minibatch)
-        return Preset(
-            method, 64, 1, 1, 20000, source="Koch et al. 2015, Sec. 4 (pairs, minibatch 128)"
-        )
-    raise ValueError(method)
-
-
-def quick_preset(method: str, ways: int, shots: int) -> Preset:
-    """Smoke-level settings: small Conv-4, a few hundred steps."""
-    train_ways = 20 if method == "protonet" else ways
-    return Preset(
-        method, train_ways, shots, 5, 300, filters=16, test_tasks=200, halve_every=0, source="quick"
-    )
-
-
-#: The documented CPU configuration (ProtoNet 20-way 1-shot).
-CPU = Preset(
-    "protonet", 60, 1, 5, 100_000, source="Snell et al. 2017 settings, CPU budget (stopped by time)"
-)
-
-
-def build(method: str, filters: int, num_hallucinated: int = 0):
-    """(learner, train sampler factory) for a method with a Conv-4 of ``filters`` channels."""
-    flat = model(lambda r: ConvEmbedding(1, filters=filters, rngs=r))
-    if method == "protonet":
-        return protonet(*flat)
-    if method == "hallucination":
-        return hallucination(*flat, feature_dim=filters, num_hallucinated=num_hallucinated)
-    if method == "matching":
-        return matching(*flat)
-    if method == "siamese":
-        return siamese(*flat, feature_dim=filters)
-    if method == "relation":  # Sung et al.: pool in the first two blocks -> 7x7 maps
-        maps = model(
-            lambda r: ConvEmbedding(1, filters=filters, pool_blocks=2, flatten=False, rngs=r)
-        )
-        return relation(*maps, feature_shape=(7, 7, filters), filters=filters)
-    raise ValueError(method)
-
-
-def optimizer(p: Preset) -> optax.GradientTransformation:
-    if not p.halve_every:
-        return optax.adam(p.lr)
-    sched = optax.exponential_decay(p.lr, p.halve_every, 0.5, staircase=True)
-    return optax.adam(sched)
-
-
-def per_task_accuracy(
-    learner, params, ways: int, shots: int, data, key, num_tasks: int, batch=20, rotate=False
-):
-    """Query accuracy of each of ``num_tasks`` test tasks (same key -> same tasks).
-
-    ``rotate=True`` counts the 90-degree rotations of the test characters as classes too,
-    as Snell et al. 2017 do ("the remaining classes, including rotations, for test").
-    """
-    queries = 15 if ways == 5 else 5
-    sampler = fewshot_sampler(ways, shots, queries, rotate=rotate)
-
-    @jax.jit
-    def accs(params, k):
-        eps = sampler.sample_batch(k, data, batch)
-
-        def one(ep):
-            logits = learner.predict(learner.adapt(params, ep.support_x, ep.support_y), ep.query_x)
-            return jnp.mean(jnp.argmax(logits, -1) == ep.query_y)
-
-        # vmap, not lax.map: XLA:CPU convolutions inside loops are slow.
-        return jax.vmap(one)(eps)
-
-    out = [
-        np.asarray(accs(params, jax.random.fold_in(key, i))) for i in range(-(-num_tasks // batch))
-    ]
-    return np.concatenate(out)[:num_tasks]
-
-
-def train(
-    p: Preset, train_data, *, minutes: float | None = None, seed: int = 0, num_hallucinated=None
-):
-    """Meta-train a preset; stops early after ``minutes`` of training wall time."""
-    method = p.method if num_hallucinated is None else "hallucination"
-    learner = build(method, p.filters, num_hallucinated or 0)
-    opt = optimizer(p)
-    state = init_state(learner, opt, jax.random.PRNGKey(seed))
-    if p.method == "siamese":
-        sampler = pair_sampler(p.train_ways * (p.train_shots + p.train_queries), rotate=True)
-    else:
-        sampler = fewshot_sampler(p.train_ways, p.train_shots, p.train_queries, rotate=True)
-    # One jitted step per host call, not ``fit``'s ``lax.scan`` chunks: XLA:CPU runs
-    # convolutions inside a while loop about 7x slower (measured: 1.0 s for one
-    # 60-way ProtoNet gradient, 13.9 s for a scan of two).
-    step = jax.jit(make_step(learner, sampler, opt, p.meta_batch))
-    start = time.perf_counter()
-    while int(state.step) < p.steps:
-        state, metrics = step(state, train_data)
-        if int(state.step) % 100 == 0:
-            loss = float(metrics["loss"])
-            if not np.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {int(state.step)}")
-            print(
-                f"  step {int(state.step)} loss {loss:.4f} {time.perf_counter() - start:.0f}s",
-                flush=True,
-            )
-            if minutes is not None and time.perf_counter() - start > 60 * minutes:
-                break
-    return learner, state.params, int(state.step), time.perf_counter() - start
-
-
-def load() -> tuple[jax.Array, jax.Array]:
-    root = Path(os.environ.get("MAMLX_DATA_DIR", REPO.parent / "shared" / "data")) / "omniglot"
-    split = omniglot_split(load_omniglot("npz", root), "vinyals", seed=0)
-    return jnp.asarray(split.train), jnp.asarray(split.test)
-
-
-def machine() -> str:
-    try:
-        load1 = os.getloadavg()[0]
-    except OSError:
-        load1 = float("nan")
-    return f"{platform.machine()}, {os.cpu_count()} cores, load {load1:.1f}, jax {jax.__version__} {jax.default_backend()}"
-
-
-def run_row(p: Preset, ways: int, shots: int, train_data, test_data, minutes, label):
-    learner, params, steps, secs = train(p, train_data, minutes=minutes)
-    key = jax.random.PRNGKey(1234)
-    mean, ci = mean_ci(
-        per_task_accuracy(learner, params, ways, shots, test_data, key, p.test_tasks)
-    )
-    rot = mean_ci(
-        per_task_accuracy(learner, params, ways, shots, test_data, key, p.test_tasks, rotate=True)
+def metric_row(method: str, ways: int, shots: int, label: str, args) -> dict:
+    """Train and evaluate one Omniglot row through :func:`fewshot.run_preset`."""
+    preset = "protonet-20w1s-cpu" if label == "cpu" else f"{method}-{ways}w{shots}s"
+    flags = QUICK + (" --ways 20" if method == "protonet" else "") if label == "quick" else ""
+    flags += f" --max-minutes {args.minutes}" if args.minutes else ""
+    r = run_preset(
+        preset, out=args.out, data_dir=args.data_dir, flags=flags.strip(), name=f"{preset}-{label}"
     )
     return {
-        "method": p.method,
+        "method": method,
         "setting": f"{ways}w{shots}s",
         "config": label,
-        "accuracy": 100 * mean,
-        "ci95": 100 * ci,
-        "accuracy_rotated_test": 100 * rot[0],
-        "ci95_rotated_test": 100 * rot[1],
-        "steps": steps,
-        "train_s": round(secs, 1),
-        "test_tasks": p.test_tasks,
-        "preset": dataclasses.asdict(p),
-        "machine": machine(),
-        "command": _command(),
+        "accuracy": r["accuracy"],
+        "ci95": r["ci"],
+        **(
+            {
+                "accuracy_rotated_test": r["accuracy_rotated_test"],
+                "ci95_rotated_test": r["ci_rotated_test"],
+            }
+            if "accuracy_rotated_test" in r
+            else {}
+        ),
+        "steps": r["steps"],
+        "train_s": round(r["wall_s"], 1),
+        "test_tasks": r["test_tasks"],
+        "preset": preset,
+        "machine": r["device"],
+        "command": r["command"],
     }
 
 
-def hallucination_gain(train_data, test_data, *, quick: bool, num_hallucinated: int = 3):
-    """ProtoNet with vs without hallucination at 1 and 2 shots, same test tasks, paired CI."""
+def hallucination_gain(args, num_hallucinated: int = 3) -> list[dict]:
+    """ProtoNet with and without hallucination at 1 and 2 shots: 20-way training, 5-way
+    test on the same test tasks (``mamlx eval``'s seed), paired 95% interval of the gain."""
+    quick = args.quick
     rows = []
     for shots in (1, 2):
-        p = Preset(
-            "protonet",
-            20,
-            shots,
-            5,
-            300 if quick else 5000,
-            filters=16 if quick else 64,
-            test_tasks=300 if quick else 1000,
-            halve_every=0 if quick else 2000,
-        )
-        results = {}
-        for m in (0, num_hallucinated):
-            learner, params, steps, secs = train(p, train_data, num_hallucinated=m)
-            results[m] = (
-                per_task_accuracy(
-                    learner, params, 5, shots, test_data, jax.random.PRNGKey(99), p.test_tasks
-                ),
-                secs,
+        common = (
+            f"--ways 20 --shots {shots} --queries 5 --eval-ways 5 --eval-queries 15 "
+            + (
+                QUICK.replace("--eval-tasks 200", "--eval-tasks 300")
+                if quick
+                else "--steps 5000 --eval-tasks 1000"
             )
-        base, hall = results[0][0], results[num_hallucinated][0]
+            + (f" --max-minutes {args.minutes}" if args.minutes else "")
+        )
+        runs = {}
+        for m in (0, num_hallucinated):
+            algo = f"--algo hallucination --num-hallucinated {m}" if m else ""
+            runs[m] = run_preset(
+                "protonet-5w1s",
+                out=args.out,
+                data_dir=args.data_dir,
+                flags=f"{common} {algo}".strip(),
+                name=f"hallucination-{shots}s-m{m}{'-quick' if quick else ''}",
+            )
+        base = np.asarray(runs[0]["per_task"])
+        hall = np.asarray(runs[num_hallucinated]["per_task"])
         rows.append(
             {
                 "shots": shots,
                 "num_hallucinated": num_hallucinated,
-                "steps": p.steps,
+                "steps": runs[0]["steps"],
                 "protonet": mean_ci(100 * base),
                 "hallucination": mean_ci(100 * hall),
                 "gain": mean_ci(100 * (hall - base)),
-                "train_s": [round(results[0][1], 1), round(results[num_hallucinated][1], 1)],
+                "train_s": [round(runs[m]["wall_s"], 1) for m in runs],
                 "config": "quick" if quick else "full",
-                "preset": dataclasses.asdict(p),
-                "machine": machine(),
-                "command": _command(),
+                "machine": runs[0]["device"],
+                "command": " ; ".join(r["command"] for r in runs.values()),
             }
         )
         print(rows[-1])
     return rows
-
-
-def _command() -> str:
-    """How this script was run, for the results' rows."""
-    return " ".join(["python", "benchmarks/metric.py", *sys.argv[1:]])
 
 
 def write_markdown(db: dict) -> str:
@@ -405,7 +218,6 @@ def write_markdown(db: dict) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small smoke-level settings")
-    ap.add_argument("--paper", action="store_true", help="the papers' settings")
     ap.add_argument("--cpu", action="store_true", help="the CPU configuration: ProtoNet 20w1s")
     ap.add_argument("--table", action="store_true", help="all Omniglot rows of --methods")
     ap.add_argument("--methods", default="protonet,matching,relation,siamese")
@@ -413,18 +225,19 @@ def main(argv=None):
         "--hallucination", action="store_true", help="hallucination gain at 1 and 2 shots"
     )
     ap.add_argument("--minutes", type=float, default=None, help="training time budget per row")
+    ap.add_argument("--data-dir", default="", help="the Omniglot folder (default: the run's)")
+    ap.add_argument("--out", default="runs/metric", help="parent folder of the run directories")
     args = ap.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "metric.json"
     db = json.loads(path.read_text()) if path.is_file() else {"rows": {}, "hallucination": []}
-    train_data, test_data = load()
 
     def save():
         path.write_text(json.dumps(db, indent=1))
         (RESULTS / "metric.md").write_text(write_markdown(db))
 
     if args.cpu:
-        r = run_row(CPU, 20, 1, train_data, test_data, args.minutes, "cpu")
+        r = metric_row("protonet", 20, 1, "cpu", args)
         db["rows"]["protonet/20w1s/cpu"] = r
         print(r)
         save()
@@ -432,13 +245,12 @@ def main(argv=None):
         label = "quick" if args.quick else "paper"
         for method in args.methods.split(","):
             for ways, shots in SETTINGS:
-                p = (quick_preset if args.quick else paper_preset)(method, ways, shots)
-                r = run_row(p, ways, shots, train_data, test_data, args.minutes, label)
+                r = metric_row(method, ways, shots, label, args)
                 db["rows"][f"{method}/{ways}w{shots}s/{label}"] = r
                 print(r)
                 save()
     if args.hallucination:
-        db["hallucination"] = hallucination_gain(train_data, test_data, quick=args.quick)
+        db["hallucination"] = hallucination_gain(args)
         save()
     save()
 

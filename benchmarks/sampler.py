@@ -99,7 +99,8 @@ def maml_step_ms(preset: str, data, sampler, tasks: int, repeats: int) -> float:
     """Median ms of one whole compiled MAML meta-training step (sampling included)."""
     import optax
 
-    from mamlx.experiments import fewshot_learner, preset_config
+    from mamlx.experiments import build_learner as fewshot_learner
+    from mamlx.presets import preset_config
     from mamlx.train import init_state, make_step
 
     config = preset_config(preset, queries=sampler.queries, meta_batch=tasks)

@@ -4,30 +4,24 @@ An episode is a pytree, a meta-learner is a tuple of pure functions, and one
 meta-training step is a single compiled function.
 """
 
-# First: tunes the host allocator before JAX starts its CPU threads (see mamlx.runtime).
-from mamlx import runtime
-
-# isort: split
-from mamlx import checkpoint
-from mamlx.algorithms import (
-    MetaLearner,
-    anil,
-    fomaml,
-    hallucination,
-    imaml,
-    maml,
-    matching,
-    meta_lstm,
-    metasgd,
-    pretrain,
-    protonet,
-    relation,
-    reptile,
-    siamese,
-)
+from mamlx import checkpoint, registry, runtime
+from mamlx.algorithms.anil import anil
+from mamlx.algorithms.base import MetaLearner
+from mamlx.algorithms.hallucination import hallucination
+from mamlx.algorithms.imaml import imaml
+from mamlx.algorithms.maml import fomaml, maml
+from mamlx.algorithms.matching import matching
+from mamlx.algorithms.meta_lstm import meta_lstm
+from mamlx.algorithms.metasgd import metasgd
+from mamlx.algorithms.pretrain import pretrain
+from mamlx.algorithms.protonet import protonet
+from mamlx.algorithms.relation import relation
+from mamlx.algorithms.reptile import ReptileState, reptile, reptile_optimizer
+from mamlx.algorithms.siamese import siamese
+from mamlx.config import FewShotConfig, MiniImageNetConfig, SinusoidConfig
 from mamlx.episodes import Episode, check_episode, num_query, num_support, num_tasks
 from mamlx.evaluation import evaluate, make_evaluator, mean_ci
-from mamlx.experiments import SinusoidConfig, build
+from mamlx.experiments import build
 from mamlx.inner import adapt
 from mamlx.models import MLP, ConvEmbedding, functional, model
 from mamlx.optimizers import (
@@ -41,6 +35,7 @@ from mamlx.tasks import (
     MiniImageNetSplit,
     OmniglotChars,
     OmniglotSplit,
+    Sampler,
     Sinusoid,
     fewshot_sampler,
     load_miniimagenet,
@@ -64,6 +59,9 @@ __all__ = [
     "protonet",
     "relation",
     "reptile",
+    "reptile_optimizer",
+    "ReptileState",
+    "Sampler",
     "siamese",
     "FewShotSampler",
     "MiniImageNetSplit",
@@ -79,6 +77,9 @@ __all__ = [
     "NonFiniteLossError",
     "Sinusoid",
     "SinusoidConfig",
+    "FewShotConfig",
+    "MiniImageNetConfig",
+    "registry",
     "TrainState",
     "__version__",
     "adapt",

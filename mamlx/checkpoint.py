@@ -69,6 +69,10 @@ def save(path: str | os.PathLike, tree: Any, metadata: dict | None = None) -> Pa
     return Path(path)
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file that cannot be read back (cut short, overwritten, not ours)."""
+
+
 def load(path: str | os.PathLike, template: Any) -> tuple[Any, dict]:
     """Load a checkpoint into the structure of ``template``.
 
@@ -81,8 +85,9 @@ def load(path: str | os.PathLike, template: Any) -> tuple[Any, dict]:
 
     Raises:
       FileNotFoundError: if ``path`` does not exist.
-      ValueError: if the file is corrupt, of another format, or does not match the
-        template (names the first mismatching leaf).
+      CorruptCheckpointError: if the file cannot be read (a ``ValueError``).
+      ValueError: if the file is of another format or does not match the template
+        (names the first mismatching leaf).
     """
     path = Path(path)
     if not path.is_file():
@@ -91,9 +96,9 @@ def load(path: str | os.PathLike, template: Any) -> tuple[Any, dict]:
         with np.load(path, allow_pickle=False) as z:
             stored = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise ValueError(f"checkpoint {path} is corrupt or truncated: {e}") from e
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt or truncated: {e}") from e
     if "__meta__" not in stored:
-        raise ValueError(f"{path} is not a mamlx checkpoint (no __meta__ entry)")
+        raise CorruptCheckpointError(f"{path} is not a mamlx checkpoint (no __meta__ entry)")
     meta = json.loads(str(stored.pop("__meta__")))
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")

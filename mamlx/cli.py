@@ -3,6 +3,12 @@
 Flags of ``train`` are generated from the fields of the task's configuration
 dataclass (see :mod:`mamlx.experiments`), so every setting of a run can be
 given on the command line and is saved in ``RUN_DIR/config.json``.
+
+The command makes the process-wide settings that ``import mamlx`` never makes:
+it tunes glibc's malloc before JAX computes anything
+(:func:`mamlx.runtime.tune_host_allocator`; ``mamlx --no-tune-malloc ...`` or
+``MAMLX_TUNE_MALLOC=0`` skips it), turns on JAX's persistent compilation cache,
+and takes defaults from ``MAMLX_*`` environment variables (:func:`_env_defaults`).
 """
 
 from __future__ import annotations
@@ -18,20 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mamlx import checkpoint
-from mamlx.experiments import (
-    CONFIGS,
-    FEWSHOT_ALGOS,
-    PRESETS,
-    SINUSOID_ALGOS,
-    FewShotConfig,
-    SinusoidConfig,
-    build,
-    config_from_dict,
-    preset_config,
-    resolve_data_dir,
-    resolved_settings,
-)
+from mamlx import checkpoint, registry
+from mamlx.config import FewShotConfig, config_class, config_from_dict
+from mamlx.experiments import build, resolved_settings
+from mamlx.presets import PRESETS, preset_config
 
 # How a run is executed (not what it computes): saved in RUN_DIR/run.json, restored on resume.
 RUN_DEFAULTS = {
@@ -41,40 +37,138 @@ RUN_DEFAULTS = {
     "distributed": False,
     "progress": True,
     "compile_cache": True,
+    "max_minutes": 0.0,
 }
 
 
+def _env_defaults() -> dict[str, Any]:
+    """The CLI's defaults from ``MAMLX_*`` environment variables (the library reads none).
+
+    Returns:
+        ``conv_impl``: ``$MAMLX_CONV_IMPL`` (``None`` if unset), ``data_dir``:
+        ``$MAMLX_DATA_DIR`` (``None`` if unset), ``cache``: ``$MAMLX_CACHE`` or
+        ``~/.cache/mamlx``, ``jax_cache``: ``$MAMLX_JAX_CACHE`` or ``<cache>/jax``,
+        ``tune_malloc``: ``False`` where ``MAMLX_TUNE_MALLOC=0``. Empty means unset.
+    """
+    env = os.environ
+    cache = env.get("MAMLX_CACHE") or str(Path.home() / ".cache" / "mamlx")
+    return {
+        "conv_impl": env.get("MAMLX_CONV_IMPL") or None,
+        "data_dir": env.get("MAMLX_DATA_DIR") or None,
+        "cache": cache,
+        "jax_cache": env.get("MAMLX_JAX_CACHE") or str(Path(cache) / "jax"),
+        "tune_malloc": env.get("MAMLX_TUNE_MALLOC", "1") != "0",
+    }
+
+
 def enable_compilation_cache(path: str | None = None) -> None:
-    """Turn on JAX's persistent compilation cache (second runs skip most compiling)."""
+    """Turn on JAX's persistent compilation cache (second runs skip most compiling).
+
+    Args:
+        path: Cache folder; default ``_env_defaults()["jax_cache"]``
+            (``$MAMLX_JAX_CACHE``, else ``$MAMLX_CACHE/jax``, else ``~/.cache/mamlx/jax``).
+    """
     import jax
 
-    path = (
-        path
-        or os.environ.get("MAMLX_JAX_CACHE")
-        or str(Path(os.environ.get("MAMLX_CACHE", Path.home() / ".cache" / "mamlx")) / "jax")
-    )
+    path = path or _env_defaults()["jax_cache"]
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+def field_help(cls: type) -> dict[str, str]:
+    """One line of help per field, from the ``Attributes:`` section of a dataclass's
+    docstring (``name: text`` or ``a, b, c: text`` for fields described together)."""
+    out: dict[str, str] = {}
+    doc = (cls.__doc__ or "").split("Attributes:", 1)
+    if len(doc) < 2:
+        return out
+    names: list[str] = []
+    for line in doc[1].splitlines():
+        text = line.strip()
+        head, sep, rest = text.partition(": ")
+        if sep and all(n.strip().isidentifier() for n in head.split(",")):
+            names = [n.strip() for n in head.split(",")]
+            for n in names:
+                out[n] = rest
+        elif text and names:
+            for n in names:
+                out[n] += " " + text
+        else:
+            names = []
+    return {k: v.split(". ")[0].rstrip(".") for k, v in out.items()}
+
+
+def _flag_kwargs(f: dataclasses.Field, help_text: str, choices: tuple | None) -> dict:
+    default = f.default
+    shown = "none" if default in ("", None) else default
+    kw: dict[str, Any] = {
+        "default": argparse.SUPPRESS,  # absent unless given (never overwrites `train --steps N`)
+        "help": f"{help_text} (default: {shown})".strip(),
+    }
+    if choices:
+        kw["choices"] = [c for c in choices if c != ""] if default == "" else list(choices)
+    if isinstance(default, bool):
+        kw["action"] = argparse.BooleanOptionalAction
+    elif isinstance(default, tuple):
+        kw.update(nargs="+", type=int)
+    elif isinstance(default, (int, float, str)):
+        kw["type"] = type(default)
+    return kw
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, task: str) -> None:
+    """Flags of a data set's run configuration and of every learner that takes it."""
+    data = registry.get_dataset(task)
+    cls = data.config
+    helps = field_help(cls)
+    choices = getattr(cls, "CHOICES", {})
+    seen = set()
     for f in dataclasses.fields(cls):
-        if not f.init:
+        if not f.init or f.name == "learner":
             continue
+        seen.add(f.name)
         flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        kw: dict[str, Any] = {"default": None, "help": f"(default: {default})"}
         if f.name == "algo":
-            kw["choices"] = sorted(SINUSOID_ALGOS if cls is SinusoidConfig else FEWSHOT_ALGOS)
+            names = registry.learner_names(data.family)
+            parser.add_argument(
+                flag,
+                choices=names,
+                default=argparse.SUPPRESS,
+                help="the learner (default: maml; `mamlx list` describes each)",
+            )
+            continue
         if f.name == "preset":
-            kw["help"] = "published setting to start from: " + ", ".join(sorted(PRESETS))
-        if isinstance(default, bool):
-            kw["action"] = argparse.BooleanOptionalAction
-        elif isinstance(default, tuple):
-            kw.update(nargs="+", type=int)
-        elif isinstance(default, (int, float, str)):
-            kw["type"] = type(default)
-        parser.add_argument(flag, **kw)
+            mine = sorted(n for n, p in PRESETS.items() if p[0] == task)
+            parser.add_argument(
+                flag,
+                metavar="NAME",
+                choices=mine,
+                default=argparse.SUPPRESS,
+                help="published setting to start from (`mamlx list` shows each): "
+                + ", ".join(mine),
+            )
+            continue
+        parser.add_argument(flag, **_flag_kwargs(f, helps.get(f.name, ""), choices.get(f.name)))
+    group = parser.add_argument_group("learners' own settings (each applies to the learners named)")
+    for name in registry.learner_names(data.family):
+        entry = registry.get_learner(name)
+        for f in dataclasses.fields(entry.config):
+            if f.name in seen:
+                continue
+            seen.add(f.name)
+            users = [
+                n
+                for n in registry.learners_with_field(f.name)
+                if n in registry.learner_names(data.family)
+            ]
+            helps = field_help(entry.config)
+            kw = _flag_kwargs(
+                f, helps.get(f.name, ""), getattr(entry.config, "CHOICES", {}).get(f.name)
+            )
+            kw["help"] = f"[{', '.join(users)}] " + kw["help"]
+            if task in ("miniimagenet", "sinusoid") and f.name in cls.learner_defaults:
+                kw["help"] += f"; {task}: {cls.learner_defaults[f.name]}"
+            group.add_argument("--" + f.name.replace("_", "-"), **kw)
 
 
 def _add_run_flags(parser: argparse.ArgumentParser, default: Any = None) -> None:
@@ -103,7 +197,19 @@ def _add_run_flags(parser: argparse.ArgumentParser, default: Any = None) -> None
     parser.add_argument(
         "--checkpoint-every", type=int, default=default, help=f"({d['checkpoint_every']})"
     )
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=default)
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=default,
+        help="show a progress bar with the live loss (default: on)",
+    )
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=default,
+        help="wall-clock training budget of this invocation: stop after the chunk that "
+        "passes it, validate and checkpoint (0: none; default 0)",
+    )
     parser.add_argument(
         "--compile-cache",
         action=argparse.BooleanOptionalAction,
@@ -125,6 +231,10 @@ def _run_settings(args: argparse.Namespace, run_dir: Path, resume: bool) -> argp
     for name in ("chunk", "checkpoint_every"):
         if settings[name] <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {settings[name]}")
+    if not (math.isfinite(settings["max_minutes"]) and settings["max_minutes"] >= 0):
+        raise ValueError(
+            f"--max-minutes must be >= 0 (0: no budget), got {settings['max_minutes']}"
+        )
     if settings["devices"] < 0:
         raise ValueError(f"--devices must be >= 0 (0: all devices), got {settings['devices']}")
     return argparse.Namespace(**settings)
@@ -150,12 +260,25 @@ def _note_resolved_changes(path: Path, resolved: dict) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mamlx", description="Meta-learning in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="meta-train a learner on a task distribution")
+    train = sub.add_parser(
+        "train",
+        help="meta-train a learner on a data set",
+        description="mamlx train DATASET [--algo NAME] [--preset NAME] [flags]; "
+        "mamlx train --resume RUN_DIR [--steps N]. `mamlx train DATASET --help` lists "
+        "the data set's settings and its learners' own.",
+    )
     _add_run_flags(train)
+    train.add_argument(
+        "--steps",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="with --resume RUN_DIR: train on to this many steps in all",
+    )
     tasks = train.add_subparsers(dest="task")
-    for name, cls in CONFIGS.items():
-        p = tasks.add_parser(name, help=(cls.__doc__ or "").splitlines()[0])
-        _add_config_flags(p, cls)
+    for name in registry.dataset_names():
+        entry = registry.get_dataset(name)
+        p = tasks.add_parser(name, help=entry.description, description=entry.description)
+        _add_config_flags(p, name)
         p.add_argument("--out", help="run directory (default: runs/<task>-<algo>-<seed>)")
         _add_run_flags(p, default=argparse.SUPPRESS)
     ev = sub.add_parser("eval", help="evaluate trained runs on held-out tasks")
@@ -185,23 +308,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="few-shot runs: count the test characters' 90-degree rotations as classes, or not "
         "(default: as the run was configured)",
     )
+    ls = sub.add_parser("list", help="the learners, data sets and presets, as tables")
+    ls.add_argument("what", nargs="?", choices=["learners", "datasets", "presets"])
+    sh = sub.add_parser(
+        "show", help="a run's settings, step, best validation, checkpoint and curves (PNG)"
+    )
+    sh.add_argument("run_dir", metavar="RUN_DIR")
+    sh.add_argument("--figure", help="PNG path of the curves (default: RUN_DIR/curves.png)")
     return parser
 
 
 def _config_from_args(task: str, args: argparse.Namespace):
-    cls = CONFIGS[task]
+    """The configuration the flags describe, and the settings given explicitly."""
     given = {
-        f.name: tuple(v) if isinstance(v, list) else v
-        for f in dataclasses.fields(cls)
-        if f.init and (v := getattr(args, f.name, None)) is not None
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in vars(args).items()
+        if v is not None and k in _config_flag_names(task)
     }
     if given.get("preset"):
         name = given["preset"]
         if PRESETS.get(name, (task,))[0] != task:
             raise ValueError(f"preset {name!r} is for task {PRESETS[name][0]}")
         overrides = {k: v for k, v in given.items() if k != "preset"}
-        return preset_config(name, **overrides), given
-    return cls(**given), given
+        config = preset_config(name, **overrides)
+    else:
+        config = config_class(task)(**given)
+    # $MAMLX_CONV_IMPL sets --conv-impl's default (not counted as given on --resume).
+    env_impl = _env_defaults()["conv_impl"]
+    if env_impl and "conv_impl" not in given and hasattr(config, "conv_impl"):
+        if config.entry.network == "classifier":
+            config = dataclasses.replace(config, conv_impl=env_impl)
+    return config, given
+
+
+def _config_flag_names(task: str) -> set[str]:
+    """The names of a data set's configuration flags (its own and its learners')."""
+    data = registry.get_dataset(task)
+    names = {f.name for f in dataclasses.fields(data.config) if f.init and f.name != "learner"}
+    for algo in registry.learner_names(data.family):
+        names.update(registry.get_learner(algo).field_names())
+    return names
 
 
 def _json(obj: Any) -> str:
@@ -233,6 +379,41 @@ def _load_run_config(run_dir: Path):
         raise ValueError(f"{path}: not a valid mamlx configuration: {e}") from e
 
 
+def _extend(config, steps: int, run_dir: Path):
+    """A saved run's configuration trained on to ``steps``: allowed where the step count
+    does not change what the earlier steps computed (a linear decay to 0 would)."""
+    if getattr(config, "meta_lr_schedule", "constant") == "linear" and steps != config.steps:
+        raise ValueError(
+            f"--resume {run_dir} --steps {steps}: this run decays its meta learning rate "
+            f"linearly to 0 at step {config.steps}, so more steps would change what it computed"
+        )
+    if steps != config.steps:
+        print(f"note: {run_dir}: steps {config.steps} -> {steps}")
+    return dataclasses.replace(config, steps=steps)
+
+
+def _fit(training, exp, config, state, run, run_dir: Path, last: dict, validate, mesh):
+    """``mamlx.fit`` with the run's settings (``last`` receives each chunk's record)."""
+    return training.fit(
+        exp.learner,
+        exp.sampler,
+        exp.optimizer,
+        steps=config.steps,
+        meta_batch=config.meta_batch,
+        state=state,
+        data=exp.data,
+        chunk=run.chunk,
+        run_dir=run_dir,
+        checkpoint_every=run.checkpoint_every,
+        progress=run.progress,
+        on_chunk=lambda s, rec: last.update(rec),
+        validate=validate,
+        validate_every=getattr(config, "val_every", 1000),
+        mesh=mesh,
+        max_seconds=60 * run.max_minutes if run.max_minutes > 0 else None,
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import jax
 
@@ -241,9 +422,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     moved = False  # a resume given the run's data in another folder
     if args.task is None and not args.resume:
         raise ValueError("name a task (e.g. `mamlx train sinusoid`) or give --resume RUN_DIR")
-    if args.task is None:  # `mamlx train --resume RUN_DIR`
+    if args.task is None:  # `mamlx train --resume RUN_DIR [--steps N]`
         run_dir = Path(args.resume)
         config = _load_run_config(run_dir)
+        if getattr(args, "steps", None) is not None:
+            config = _extend(config, args.steps, run_dir)
     else:
         config, given = _config_from_args(args.task, args)
         if args.resume and args.out and Path(args.resume) != Path(args.out):
@@ -252,10 +435,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.resume and isinstance(config, FewShotConfig) and not config.data_dir:
             # Record the folder $MAMLX_DATA_DIR points to now, so eval and resume find it
             # without the variable (none set: the download cache, found again by itself).
-            found = resolve_data_dir(config)
+            env = _env_defaults()["data_dir"]
+            found = os.path.join(env, config.task) if env else None
             config = dataclasses.replace(config, data_dir=found) if found else config
+        if not args.resume and isinstance(config, FewShotConfig) and not config.cache_dir:
+            config = dataclasses.replace(config, cache_dir=_env_defaults()["cache"])
         if args.resume:
             saved = _load_run_config(run_dir)
+            if "steps" in given:
+                saved = _extend(saved, given["steps"], run_dir)
             if "data_dir" in given and saved.data_dir != config.data_dir:
                 # Where the data lives, not what the run computes: a moved folder is fine.
                 print(f"note: data folder {saved.data_dir!r} -> {config.data_dir!r}")
@@ -298,6 +486,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if restored is not None:
             state = restored
         print(f"resuming {run_dir} at step {int(state.step)} of {config.steps}")
+    if resume and not moved:  # `--steps N` extends a run: its config.json says so
+        moved = _load_run_config(run_dir).steps != config.steps
     if (not resume or moved) and jax.process_index() == 0:  # one writer, also on many hosts
         run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write_text(
@@ -313,32 +503,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     if isinstance(config, FewShotConfig) and "val" in exp.splits:  # no val classes: no validation
         from mamlx.evaluation import make_evaluator
 
-        val_eval = make_evaluator(exp.learner, exp.eval_sampler, steps=[config.eval_inner_steps])
+        val_eval = make_evaluator(exp.learner, exp.eval_sampler, steps=[config.eval_steps])
         val_key = jax.random.PRNGKey(config.seed + 7919)
 
         def validate(params):
             res = val_eval(params, exp.splits["val"], key=val_key, num_tasks=config.val_tasks)
-            return {k: v[0] for k, v in res[config.eval_inner_steps].items()}
+            return {k: v[0] for k, v in res[config.eval_steps].items()}
 
     t0 = time.perf_counter()
     last: dict = {}
-    state = training.fit(
-        exp.learner,
-        exp.sampler,
-        exp.optimizer,
-        steps=config.steps,
-        meta_batch=config.meta_batch,
-        state=state,
-        data=exp.data,
-        chunk=run.chunk,
-        run_dir=run_dir,
-        checkpoint_every=run.checkpoint_every,
-        progress=run.progress,
-        on_chunk=lambda s, rec: last.update(rec),
-        validate=validate,
-        validate_every=getattr(config, "val_every", 1000),
-        mesh=mesh,
-    )
+    try:
+        state = _fit(training, exp, config, state, run, run_dir, last, validate, mesh)
+    except training.TrainingInterrupted as e:
+        saved = "checkpoint saved" if e.checkpoint_path else "no checkpoint written here"
+        print(
+            f"interrupted at step {e.step}; {saved}; resume with: mamlx train --resume {run_dir}",
+            file=sys.stderr,
+        )
+        return 130
     wall = time.perf_counter() - t0
     summary = {k: v for k, v in last.items() if k not in ("seconds",)}
     summary.update(wall_seconds=round(wall, 1), run_dir=str(run_dir))
@@ -382,7 +564,7 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
     """Accuracy ± 95% CI on held-out test classes, as the papers report it."""
     import jax
 
-    from mamlx.evaluation import evaluate
+    from mamlx.evaluation import evaluate, mean_ci
 
     if args.max_steps is not None or args.queries is not None:
         raise ValueError(
@@ -398,8 +580,8 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
         eval_shots=args.shots[0] if args.shots else None,
     )
     tasks = args.tasks or config.eval_tasks
-    steps = config.eval_inner_steps
-    res = evaluate(
+    steps = config.eval_steps
+    per_task = evaluate(
         exp.learner,
         state.params,
         exp.eval_sampler,
@@ -407,15 +589,18 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
         key=jax.random.PRNGKey(args.seed),
         num_tasks=tasks,
         steps=[steps],
+        per_task=True,
     )[steps]
-    bn = "transductive" if config.transductive else "non-transductive"
+    res = {k: mean_ci(v) for k, v in per_task.items()}
+    bn = "transductive" if getattr(config, "transductive", True) else "non-transductive"
     acc, ci = res["accuracy"]
-    ways, shots = config.ways, config.eval_shots or config.shots
+    ways, shots = config.eval_ways or config.ways, config.eval_shots or config.shots
     rotated = ", test classes with rotations" if config.eval_rotate else ""
+    how = f"{steps} inner steps, " if steps is not None else ""
     print(
         f"{run_dir}: {config.algo} {config.task} {ways}-way {shots}-shot, step {int(state.step)}"
         f": accuracy {100 * acc:.2f} ± {100 * ci:.2f}% over {tasks} test tasks "
-        f"({steps} inner steps, {bn} batch norm{rotated})"
+        f"({how}{bn} batch norm{rotated})"
     )
     out = {
         "tasks": tasks,
@@ -428,9 +613,93 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
         "eval_rotate": config.eval_rotate,
         "accuracy": [acc, ci],
         "loss": list(res["loss"]),
+        # Task i is the same for every run evaluated with this seed: paired comparisons.
+        "per_task_accuracy": [round(float(a), 6) for a in per_task["accuracy"]],
     }
     checkpoint.atomic_write_text(run_dir / "eval.json", _json(out))
     return out
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print the learner, data-set and preset tables."""
+    from mamlx.presets import MEASURED_TIME
+
+    learners = [
+        [n, ",".join(e.families), e.network, e.description, e.reference]
+        for n in registry.learner_names()
+        for e in [registry.get_learner(n)]
+    ]
+    data = [
+        [n, e.family, e.description]
+        for n in registry.dataset_names()
+        for e in [registry.get_dataset(n)]
+    ]
+    presets = []
+    for name, (task, values, source) in sorted(PRESETS.items()):
+        t = MEASURED_TIME.get(name, {})
+        timed = "; ".join(f"{k}: {v}" for k, v in t.items()) or "not timed"
+        presets.append([name, task, values.get("algo", "maml"), source, timed])
+    what = args.what or "all"
+    if what in ("all", "learners"):
+        print(_table(learners, ["learner", "data", "network", "what it is", "reference"]) + "\n")
+    if what in ("all", "datasets"):
+        print(_table(data, ["data set", "family", "what it is"]) + "\n")
+    if what in ("all", "presets"):
+        print(
+            _table(
+                presets, ["preset", "data set", "learner", "source (published)", "measured time"]
+            )
+        )
+        print("\ncpu: 2 CPU cores (AMD EPYC); gpu: one device as named")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Summarise a run: settings, progress, best validation, the checkpoint eval uses, and a
+    PNG of its curves."""
+    from mamlx.plots import plot_training_curves
+
+    run_dir = Path(args.run_dir)
+    config = _load_run_config(run_dir)
+    defaults = config_class(config.task)(algo=config.algo).to_dict()
+    changed = {k: v for k, v in config.to_dict().items() if defaults.get(k) != v}
+    settings = " ".join(f"{k}={v}" for k, v in changed.items() if k not in ("algo", "task"))
+    print(f"{run_dir}: {config.task} --algo {config.algo} {settings}".rstrip())
+    log = run_dir / "metrics.jsonl"
+    records = [json.loads(r) for r in log.read_text().splitlines()] if log.is_file() else []
+    step = records[-1]["step"] if records else 0
+    print(f"step {step} of {config.steps}" + (" (finished)" if step >= config.steps else ""))
+    vals = [r for r in records if "val_accuracy" in r]
+    if vals:
+        best = max(vals, key=lambda r: r["val_accuracy"])
+        print(
+            f"validation accuracy: best {100 * best['val_accuracy']:.2f}% at step {best['step']}"
+            f", last {100 * vals[-1]['val_accuracy']:.2f}% at step {vals[-1]['step']}"
+        )
+    if (run_dir / "best.npz").is_file():
+        print(f"mamlx eval uses {run_dir / 'best.npz'} (the best validation)")
+    elif (latest := checkpoint.latest_checkpoint(run_dir)) is not None:
+        print(f"mamlx eval uses {latest} (the latest; no validation recorded)")
+    else:
+        print("no checkpoint yet")
+    if (run_dir / "eval.json").is_file():
+        ev = json.loads((run_dir / "eval.json").read_text())
+        if "accuracy" in ev:
+            acc, ci = ev["accuracy"]
+            print(
+                f"last eval: accuracy {100 * acc:.2f} ± {100 * (ci or 0):.2f}% ({ev['tasks']} tasks)"
+            )
+    if records:
+        fig = Path(args.figure) if args.figure else run_dir / "curves.png"
+        plot_training_curves(records, fig, title=f"{config.task} {config.algo} {settings}"[:120])
+        print(f"figure: {fig}")
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -519,11 +788,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    parser.add_argument(
+        "--no-tune-malloc",
+        dest="tune_malloc",
+        action="store_false",
+        default=_env_defaults()["tune_malloc"],
+        help="leave glibc's malloc settings alone (default: tune them for XLA's large "
+        "temporaries, see mamlx.runtime; MAMLX_TUNE_MALLOC=0 also skips it)",
+    )
     args = parser.parse_args(argv)
+    if args.tune_malloc:  # before JAX computes anything (its CPU threads then share one heap)
+        from mamlx.runtime import tune_host_allocator
+
+        tune_host_allocator()
     try:
-        if args.command == "train":
-            return cmd_train(args)
-        return cmd_eval(args)
+        commands = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "show": cmd_show}
+        return commands[args.command](args)
+    except KeyboardInterrupt:  # outside fit (loading, compiling, evaluating): nothing to keep
+        print(
+            f"mamlx: interrupted during {args.command}; no checkpoint was written", file=sys.stderr
+        )
+        return 130
     except Exception as e:
         # OSError: files, downloads; JaxRuntimeError: e.g. out of device memory.
         runtime = type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError")

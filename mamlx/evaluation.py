@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mamlx._checks import check_count
-from mamlx.algorithms.base import MetaLearner
+from mamlx.algorithms.base import MetaLearner, call_with_key, learner_key, takes_key
 from mamlx.episodes import Episode
 from mamlx.losses import task_metrics
+from mamlx.tasks.base import Sampler
 from mamlx.types import Params, PRNGKey
 
 
@@ -36,15 +37,20 @@ def mean_ci(values: Any, z: float = 1.96) -> tuple[float, float]:
 
 
 def task_metrics_after(learner: MetaLearner, steps: int | None, loss_fn=None):
-    """``f(meta_params, episode) -> metrics`` on the query set after ``steps`` adaptation steps.
+    """``f(meta_params, episode, key=None) -> metrics`` on the query set after ``steps``
+    adaptation steps.
 
     The loss is ``loss_fn``, else the learner's ``predict_loss`` (its own loss), else
-    cross-entropy for integer labels and MSE otherwise.
+    cross-entropy for integer labels and MSE otherwise. ``key`` goes to
+    ``learner.adapt`` (not to an ``adapt`` without a ``key`` parameter).
     """
     loss_fn = loss_fn or learner.predict_loss
+    keyed = takes_key(learner.adapt)
 
-    def f(meta_params: Params, episode: Episode):
-        task_state = learner.adapt(meta_params, episode.support_x, episode.support_y, steps=steps)
+    def f(meta_params: Params, episode: Episode, key: PRNGKey | None = None):
+        sx, sy = episode.support_x, episode.support_y
+        key = key if keyed else None
+        task_state = call_with_key(learner.adapt, meta_params, sx, sy, steps=steps, key=key)
         pred = learner.predict(task_state, episode.query_x)
         return task_metrics(pred, episode.query_y, loss_fn)[1]
 
@@ -60,7 +66,7 @@ def out_of_device_memory(err: Exception) -> bool:
 
 def make_evaluator(
     learner: MetaLearner,
-    sampler: Any,
+    sampler: Sampler,
     *,
     steps: Sequence[int | None] = (None,),
     batch_size: int = 100,
@@ -74,19 +80,23 @@ def make_evaluator(
     the smaller size for later calls). A run of fewer than ``batch_size`` tasks
     evaluates only those. Samplers without ``sample`` are called as
     ``sample_batch(fold_in(key, first_task), data, batch)``, which ties the tasks to the
-    batch size.
+    batch size. Task ``i`` is adapted with the key ``learner_key(fold_in(key, i))``
+    (:func:`mamlx.algorithms.learner_key`: apart from the sampler's keys), the same for
+    every setting of ``steps``.
 
     Args:
       learner: the meta-learner.
-      sampler: sampler of held-out tasks (``sample(key, data)``, or only
-        ``sample_batch(key, data, n)``).
+      sampler: sampler of held-out tasks, a :class:`~mamlx.tasks.Sampler` (one with
+        only ``sample_batch(key, data, n)`` is accepted too, see above).
       steps: test-time adaptation steps to report (``None``: the learner's default).
       batch_size: at most this many tasks sampled and evaluated per compiled call.
       loss_fn: optional loss override (default: the learner's ``predict_loss``).
 
     Returns:
-      ``run(meta_params, data, *, key, num_tasks) -> {steps: {metric: (mean, ci95)}}``.
-      Every setting in ``steps`` is evaluated on the same tasks (paired comparison).
+      ``run(meta_params, data, *, key, num_tasks, per_task=False) -> {steps: {metric:
+      (mean, ci95)}}``; with ``per_task=True``, ``{steps: {metric: array of one value
+      per task}}`` instead. Every setting in ``steps`` is evaluated on the same tasks
+      (paired comparison, also across models evaluated with the same key).
     """
     batch_size = check_count("batch_size", batch_size, low=1)
     per_task_keys = hasattr(sampler, "sample")
@@ -95,20 +105,22 @@ def make_evaluator(
 
     def batch_fn(s, b):
         if (s, b) not in fns:
-            metric = jax.vmap(task_metrics_after(learner, s, loss_fn), (None, 0))
+            metric = jax.vmap(task_metrics_after(learner, s, loss_fn), (None, 0, 0))
 
             def sample(k, d, first):
-                if not per_task_keys:
-                    return sampler.sample_batch(jax.random.fold_in(k, first), d, b)
                 keys = jax.vmap(lambda i: jax.random.fold_in(k, i))(first + jnp.arange(b))
-                return jax.vmap(sampler.sample, (0, None))(keys, d)
+                if not per_task_keys:
+                    episodes = sampler.sample_batch(jax.random.fold_in(k, first), d, b)
+                else:
+                    episodes = jax.vmap(sampler.sample, (0, None))(keys, d)
+                return episodes, jax.vmap(learner_key)(keys)
 
-            fns[s, b] = jax.jit(lambda p, d, k, first: metric(p, sample(k, d, first)))
+            fns[s, b] = jax.jit(lambda p, d, k, first: metric(p, *sample(k, d, first)))
         return fns[s, b]
 
-    def run(meta_params: Params, data: Any, *, key: PRNGKey, num_tasks: int):
+    def run(meta_params: Params, data: Any, *, key: PRNGKey, num_tasks: int, per_task=False):
         num_tasks = check_count("num_tasks", num_tasks, low=1)
-        per_task: dict = {s: {} for s in steps}
+        values: dict = {s: {} for s in steps}
         done = 0
         while done < num_tasks:
             b = min(largest[0], num_tasks)
@@ -123,11 +135,10 @@ def make_evaluator(
             n = min(b, num_tasks - done)
             for s, metrics in out.items():
                 for name, v in metrics.items():
-                    per_task[s].setdefault(name, []).append(np.asarray(v)[:n])
+                    values[s].setdefault(name, []).append(np.asarray(v)[:n])
             done += n
-        return {
-            s: {k: mean_ci(np.concatenate(v)) for k, v in m.items()} for s, m in per_task.items()
-        }
+        reduce = np.concatenate if per_task else lambda v: mean_ci(np.concatenate(v))
+        return {s: {k: reduce(v) for k, v in m.items()} for s, m in values.items()}
 
     return run
 
@@ -135,7 +146,7 @@ def make_evaluator(
 def evaluate(
     learner: MetaLearner,
     meta_params: Params,
-    sampler: Any,
+    sampler: Sampler,
     data: Any = None,
     *,
     key: PRNGKey,
@@ -143,22 +154,26 @@ def evaluate(
     steps: Sequence[int | None] = (None,),
     batch_size: int = 100,
     loss_fn=None,
-) -> dict[int | None, dict[str, tuple[float, float]]]:
+    per_task: bool = False,
+) -> dict[int | None, dict[str, Any]]:
     """Query metrics (mean, 95% CI) over ``num_tasks`` held-out tasks per number of steps.
 
     Args:
       learner: the meta-learner.
       meta_params: trained meta-parameters.
-      sampler: sampler of held-out tasks (``sample_batch(key, data, n)``).
+      sampler: sampler of held-out tasks, a :class:`~mamlx.tasks.Sampler` (see
+        :func:`make_evaluator` for how tasks are drawn).
       data: the held-out dataset array (``None`` for analytic tasks).
       key: PRNG key for the test tasks (keep it apart from training keys).
       num_tasks: number of test tasks (the papers use 600 or more).
       steps: test-time adaptation steps to report (``None``: the learner's default).
       batch_size: at most this many tasks per compiled call (halved when out of memory).
       loss_fn: optional loss override (default: the learner's ``predict_loss``).
+      per_task: return each task's value instead of the mean and interval.
 
     Returns:
-      ``{steps: {metric: (mean, ci95)}}``; see :func:`make_evaluator`.
+      ``{steps: {metric: (mean, ci95)}}`` (``per_task``: ``{steps: {metric: array}}``);
+      see :func:`make_evaluator`.
     """
     run = make_evaluator(learner, sampler, steps=steps, batch_size=batch_size, loss_fn=loss_fn)
-    return run(meta_params, data, key=key, num_tasks=num_tasks)
+    return run(meta_params, data, key=key, num_tasks=num_tasks, per_task=per_task)

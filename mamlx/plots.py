@@ -71,3 +71,38 @@ def plot_sinusoid_fits(
         ax.set_title("MSE ± 95% CI")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def plot_training_curves(records: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
+    """Training loss and validation metrics against meta-steps, from ``metrics.jsonl``.
+
+    Args:
+      records: the run's log lines (dicts with ``step``, ``loss`` and, at validations,
+        ``val_accuracy`` / ``val_loss``).
+      path: the PNG to write.
+      title: the figure's title (e.g. the run's configuration in one line).
+
+    Example:
+      >>> import tempfile, pathlib
+      >>> recs = [{"step": 10, "loss": 1.0}, {"step": 20, "loss": 0.5, "val_accuracy": 0.7}]
+      >>> out = pathlib.Path(tempfile.mkdtemp()) / "curves.png"
+      >>> plot_training_curves(recs, out)
+      >>> out.stat().st_size > 0
+      True
+    """
+    from matplotlib.figure import Figure
+
+    val_keys = [k for k in ("val_accuracy", "val_loss") if any(k in r for r in records)]
+    fig = Figure(figsize=(5 + 4 * len(val_keys), 3.6))
+    axes = fig.subplots(1, 1 + len(val_keys), squeeze=False)[0]
+    steps = [r["step"] for r in records if "loss" in r]
+    axes[0].plot(steps, [r["loss"] for r in records if "loss" in r], lw=1)
+    axes[0].set(xlabel="meta-step", ylabel="training loss (chunk mean)")
+    for ax, k in zip(axes[1:], val_keys, strict=True):
+        pts = [(r["step"], r[k]) for r in records if k in r]
+        ax.plot(*zip(*pts, strict=True), "o-", ms=3)
+        ax.set(xlabel="meta-step", ylabel=k.replace("_", " "))
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

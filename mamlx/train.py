@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,7 +24,8 @@ import optax
 
 from mamlx import checkpoint, sharding
 from mamlx._checks import check_count
-from mamlx.algorithms.base import MetaLearner
+from mamlx.algorithms.base import MetaLearner, call_with_key, learner_key, takes_key
+from mamlx.tasks.base import Sampler
 from mamlx.types import Metrics, Params, PRNGKey
 
 
@@ -58,6 +60,22 @@ class NonFiniteLossError(FloatingPointError):
         )
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during :func:`fit`: the state after the last finished chunk is
+    checkpointed first (when ``fit`` has a ``run_dir``), so the run resumes from there.
+
+    Attributes:
+      step: the step of that state.
+      checkpoint_path: the checkpoint written, or ``None`` without a ``run_dir``.
+      state: that :class:`TrainState`.
+    """
+
+    def __init__(self, step: int, checkpoint_path: Path | None, state: Any = None):
+        self.step, self.checkpoint_path, self.state = step, checkpoint_path, state
+        where = f"; checkpoint saved at {checkpoint_path}" if checkpoint_path else ""
+        super().__init__(f"interrupted at step {step}{where}")
+
+
 def init_state(learner: MetaLearner, optimizer: optax.GradientTransformation, key) -> TrainState:
     """Initial training state: fresh meta-parameters and optimizer state.
 
@@ -81,7 +99,7 @@ def init_state(learner: MetaLearner, optimizer: optax.GradientTransformation, ke
 
 def make_step(
     learner: MetaLearner,
-    sampler: Any,
+    sampler: Sampler,
     optimizer: optax.GradientTransformation,
     meta_batch: int,
     mesh: Any = None,
@@ -89,23 +107,38 @@ def make_step(
     """One pure meta-training step ``step(state, data) -> (state, metrics)``.
 
     The step samples ``meta_batch`` tasks with ``sampler.sample_batch(key, data,
-    meta_batch)``, computes ``learner.meta_grad`` and applies the optimizer:
-    φ ← φ + optimizer(∇_φ Σ_i L_i(φ)). With a ``mesh`` (see
+    meta_batch)`` (a :class:`~mamlx.tasks.Sampler`), computes ``learner.meta_grad``
+    and applies the optimizer: φ ← φ + optimizer(∇_φ Σ_i L_i(φ)). With a ``mesh`` (see
     :func:`mamlx.sharding.task_mesh`) the task batch is split over its devices and
     each device maps the learner over its own tasks (:func:`mamlx.sharding.sharded_meta_grad`).
+
+    ``meta_grad`` gets ``key=learner_key(state.key)`` (:func:`mamlx.algorithms.learner_key`):
+    fresh every step for stochastic learners (the hallucinator's noise), independent of
+    the sampled tasks, which are those drawn without it. With a mesh, device ``d`` gets
+    ``fold_in(that key, d)``. A ``meta_grad`` without a ``key`` parameter is called
+    without one.
     """
     meta_batch = check_count("meta_batch", meta_batch, low=1)
     if mesh is not None:
         sharding.check_divisible(meta_batch, mesh)
+    keyed = takes_key(learner.meta_grad)
 
     def step(state: TrainState, data: Any) -> tuple[TrainState, Metrics]:
         key, k_tasks = jax.random.split(state.key)
         episodes = sampler.sample_batch(k_tasks, data, meta_batch)
+        k_learner = learner_key(state.key) if keyed else None
         if mesh is None:
-            grads, metrics = learner.meta_grad(state.params, episodes)
+            grads, metrics = call_with_key(learner.meta_grad, state.params, episodes, key=k_learner)
         else:
+
+            def device_meta_grad(params, episodes):  # inside shard_map: one key per device
+                k = k_learner
+                if k is not None:
+                    k = jax.random.fold_in(k, jax.lax.axis_index(sharding.AXIS))
+                return call_with_key(learner.meta_grad, params, episodes, key=k)
+
             episodes = sharding.shard_tasks(episodes, mesh)
-            grads, metrics = sharding.sharded_meta_grad(learner.meta_grad, mesh)(
+            grads, metrics = sharding.sharded_meta_grad(device_meta_grad, mesh)(
                 state.params, episodes
             )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -137,7 +170,7 @@ def _all_finite(tree) -> jax.Array:
 
 def fit(
     learner: MetaLearner,
-    sampler: Any,
+    sampler: Sampler,
     optimizer: optax.GradientTransformation,
     *,
     steps: int,
@@ -153,12 +186,14 @@ def fit(
     validate: Callable[[Params], dict] | None = None,
     validate_every: int = 1000,
     mesh: Any = None,
+    max_seconds: float | None = None,
 ) -> TrainState:
     """Meta-train until ``state.step == steps``.
 
     Args:
       learner: the meta-learner.
-      sampler: task sampler with ``sample_batch(key, data, num_tasks)``.
+      sampler: task sampler (:class:`~mamlx.tasks.Sampler`); meta-batches are drawn
+        with ``sample_batch(key, data, meta_batch)``.
       optimizer: outer optimizer.
       steps: total number of meta-steps (the run stops when ``state.step`` reaches it).
       meta_batch: tasks per meta-step.
@@ -177,6 +212,10 @@ def fit(
       validate_every: steps between validations.
       mesh: optional device mesh (:func:`mamlx.sharding.task_mesh`): the task batch
         is sharded over its devices, params and data are replicated.
+      max_seconds: optional wall-clock budget of this call's training (compiled
+        chunks, compilation included; validation not counted): after the chunk that
+        passes it, the run validates, checkpoints and returns early, as at its last
+        step (``state.step < steps`` tells a stopped run).
 
     Returns:
       The final :class:`TrainState`.
@@ -184,6 +223,8 @@ def fit(
     Raises:
       NonFiniteLossError: naming the step where the loss became NaN/inf; the last
         good state is checkpointed first when ``run_dir`` is set.
+      TrainingInterrupted: on Ctrl-C, after checkpointing the last finished chunk's
+        state when ``run_dir`` is set.
     """
     steps = check_count("steps", steps, low=0)
     chunk, checkpoint_every, validate_every = (
@@ -195,6 +236,9 @@ def fit(
         )
     )
     keep = check_count("keep", keep, low=0)  # 0: keep every checkpoint
+    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        raise ValueError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
+    trained = 0.0  # seconds spent in compiled chunks in this call
     step_fn = make_step(learner, sampler, optimizer, meta_batch, mesh)
     if mesh is not None:
         state, data = sharding.replicate((state, data), mesh)
@@ -235,12 +279,12 @@ def fit(
                     path = checkpoint.save_step(run_dir, done, state, keep=keep and keep + 1)
                 raise NonFiniteLossError(bad_step, path)
             state = new_state
+            trained += seconds
+            last = int(state.step) == steps or (max_seconds is not None and trained > max_seconds)
             record = {"step": int(state.step), "seconds": round(seconds, 4)}
             record.update({k: float(np.mean(v)) for k, v in metrics.items()})
             record["tasks_per_s"] = round(n * meta_batch / max(seconds, 1e-9), 2)
-            if validate is not None and (
-                int(state.step) % validate_every == 0 or int(state.step) == steps
-            ):
+            if validate is not None and (int(state.step) % validate_every == 0 or last):
                 try:
                     val = _validation(validate, state)
                 except Exception as e:
@@ -255,16 +299,23 @@ def fit(
                     _keep_best(run_dir, state, val)
             if metrics_file is not None:
                 _append(metrics_file, record)
-            if run_dir is not None and (
-                int(state.step) % checkpoint_every == 0 or int(state.step) == steps
-            ):
+            if run_dir is not None and (int(state.step) % checkpoint_every == 0 or last):
                 checkpoint.save_step(run_dir, int(state.step), state, keep=keep)
-            if bar is not None:
-                bar.update(n)
+            if bar is not None:  # the chunk just finished: postfix first, then one redraw
                 shown = {k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "seconds")}
                 bar.set_postfix(shown, refresh=False)
+                bar.update(n)
             if on_chunk is not None:
                 on_chunk(state, record)
+            if last:
+                break
+    except KeyboardInterrupt as e:
+        if isinstance(e, TrainingInterrupted):
+            raise
+        path = None  # the chunk in flight is lost; the state before it is complete
+        if run_dir is not None:
+            path = checkpoint.save_step(run_dir, int(state.step), state, keep=keep)
+        raise TrainingInterrupted(int(state.step), path, state) from e
     finally:
         if bar is not None:
             bar.close()
@@ -341,15 +392,32 @@ def _keep_best(run_dir, state: TrainState, val: dict) -> None:
 def restore(run_dir: str | os.PathLike, template: TrainState) -> TrainState | None:
     """Load the newest checkpoint of ``run_dir`` into ``template``'s structure, or ``None``.
 
-    Metrics logged after that checkpoint (all of them if there is none) are dropped
+    A checkpoint that cannot be read (cut short by a full disk, overwritten) is skipped
+    with a warning naming it and the one used instead; one that does not match
+    ``template`` (another configuration) raises. Metrics logged after the checkpoint
+    used (all of them if there is none) are dropped
     from ``metrics.jsonl`` so a resumed run's log reads as one run; a line cut short
     by a kill is dropped too.
     """
-    path = checkpoint.latest_checkpoint(run_dir)
-    state, step = None, 0
-    if path is not None:
-        state, meta = checkpoint.load(path, template)
+    state, step, corrupt = None, 0, []
+    for _, path in reversed(checkpoint.list_checkpoints(run_dir)):
+        try:
+            state, meta = checkpoint.load(path, template)
+        except checkpoint.CorruptCheckpointError as e:
+            corrupt.append(e)
+            continue
         step = meta["step"]
+        break
+    if corrupt and state is None:
+        raise checkpoint.CorruptCheckpointError(
+            f"no checkpoint of {run_dir} can be read: " + "; ".join(map(str, corrupt))
+        )
+    if corrupt:
+        warnings.warn(
+            f"resuming from {path} (step {step}): {'; '.join(map(str, corrupt))} "
+            "(left in place; training on overwrites it)",
+            stacklevel=2,
+        )
     metrics_file = Path(run_dir) / "metrics.jsonl"
     if metrics_file.is_file() and jax.process_index() == 0:
         kept = []

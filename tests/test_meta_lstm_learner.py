@@ -9,11 +9,15 @@ import pytest
 from jax.test_util import check_grads
 
 import mamlx
-from mamlx.algorithms import fomaml, maml, meta_lstm, meta_lstm_gate_trace
-from mamlx.experiments import PRESETS, FewShotConfig, build, fewshot_learner, preset_config
+from mamlx import fomaml, maml, meta_lstm
+from mamlx.algorithms import meta_lstm_gate_trace
+from mamlx.config import FewShotConfig, outer_optimizer
+from mamlx.experiments import build
+from mamlx.experiments import build_learner as fewshot_learner
 from mamlx.models import model, tree_cast
 from mamlx.models.conv4 import Conv4
 from mamlx.optimizers import init_meta_lstm, meta_lstm_params_sgd
+from mamlx.presets import PRESETS, preset_config
 from mamlx.tasks import fewshot_sampler, sinusoid
 from mamlx.testing import check_meta_learner
 
@@ -21,7 +25,7 @@ LR = 0.05
 
 
 def tiny_mlp(hidden=(8,)):
-    from mamlx.experiments import sinusoid_model
+    from mamlx.datasets import sinusoid_model
 
     return sinusoid_model(hidden)
 
@@ -32,7 +36,7 @@ def sine_task(seed=7, shots=5):
 
 def test_exported():
     assert mamlx.meta_lstm is meta_lstm
-    assert "meta-lstm" in mamlx.experiments.FEWSHOT_ALGOS
+    assert "meta-lstm" in mamlx.registry.learner_names("classification")
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3])
@@ -103,7 +107,7 @@ def test_first_order_meta_gradient_matches_finite_differences_with_frozen_inputs
     """The paper's gradient: L_t and ∇_t enter the LSTM as constants. Rebuild it as the exact
     derivative of an unroll in which the LSTM's loss/gradient inputs are replaced by values
     recorded once (so they are constants), and compare with central differences."""
-    from mamlx.algorithms.base import support_loss_fn
+    from mamlx.algorithms.gradient_based import support_loss_fn
     from mamlx.optimizers import meta_lstm_optimizer
 
     with jax.enable_x64(True):
@@ -229,8 +233,6 @@ def test_presets_and_outer_optimizer_clip():
     mini = preset_config("meta-lstm-mini-5w5s")
     assert (mini.filters, mini.lstm_hidden, mini.queries, mini.algo) == (32, 20, 15, "meta-lstm")
     # clipping is applied before Adam: a huge gradient moves params by about the Adam step
-    from mamlx.experiments import outer_optimizer
-
     opt = outer_optimizer(preset_config("meta-lstm-5w1s"))
     p = {"a": jnp.zeros(3)}
     g = {"a": jnp.array([3e6, 4e6, 0.0])}
@@ -252,16 +254,23 @@ def test_fomaml_comparison_presets_share_the_protocol():
 
 def test_tiny_fake_miniimagenet_run(tmp_path, monkeypatch):
     """The mini-ImageNet preset builds and trains a few steps on fake RGB images (32x32 for speed)."""
-    from mamlx import experiments, fit, init_state
+    from types import SimpleNamespace
+
+    import mamlx.tasks
+    from mamlx import fit, init_state
 
     fake = {
         s: jax.random.uniform(jax.random.key(i), (6, 16, 32, 32, 3))
         for i, s in enumerate(("train", "val", "test"))
     }
-    fake["train_rotations"] = 1
-    monkeypatch.setattr(experiments, "load_fewshot_splits", lambda config: fake)
+    monkeypatch.setattr(
+        mamlx.tasks,
+        "load_miniimagenet",
+        lambda root, name, size, cache_dir=None: SimpleNamespace(images=fake[name]),
+    )
     config = preset_config(
         "meta-lstm-mini-5w1s",
+        data_dir=str(tmp_path),
         steps=2,
         queries=2,
         filters=4,

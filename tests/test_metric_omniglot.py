@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from mamlx.algorithms import protonet
+from mamlx import protonet
 from mamlx.evaluation import evaluate
 from mamlx.models import ConvEmbedding, model
 from mamlx.tasks import fewshot_sampler, load_omniglot, omniglot_split

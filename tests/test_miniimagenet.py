@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mamlx.tasks import fewshot_sampler, load_miniimagenet, miniimagenet, read_split_csv
+from mamlx.tasks import cache, fewshot_sampler, load_miniimagenet, miniimagenet, read_split_csv
 
 PER_CLASS = 4
 
@@ -231,9 +231,10 @@ def test_sampler_on_miniimagenet_arrays(folder):
 
 def test_experiment_builds_from_a_data_folder(tmp_path, miniimagenet_dir, monkeypatch):
     # The CLI's path: one folder with the three split CSVs and the images.
-    from mamlx.experiments import MiniImageNetConfig, build
+    from mamlx.config import MiniImageNetConfig
+    from mamlx.experiments import build
 
-    monkeypatch.setenv("MAMLX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "DEFAULT_CACHE_ROOT", tmp_path / "cache")
     for split in ("train", "val", "test"):
         _build(tmp_path, miniimagenet_dir / f"{split}.csv", split, 2, "flat")
         shutil.copy(tmp_path / "csv" / f"{split}.csv", tmp_path / "imgs" / f"{split}.csv")

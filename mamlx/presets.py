@@ -1,0 +1,272 @@
+"""Named settings from the papers (and 2-CPU budgets), each citing its source table.
+
+``PRESETS[name] = (data set, settings, source)``; :func:`preset_config` turns one into a
+run configuration, and ``mamlx train DATASET --preset NAME`` starts from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mamlx.config import config_class
+
+# Reptile (Nichol, Achiam & Schulman 2018, Appendix A, Table 3): inner Adam (lr 1e-3,
+# beta1 = 0), 10 training shots, 5 inner iterations (10 for 20-way, lr 5e-4), outer step size
+# 1.0 annealed linearly to 0, meta-batch 5, 50 inner iterations at test, non-transductive.
+_REPTILE = dict(
+    algo="reptile",
+    inner_opt="adam",
+    inner_lr=1e-3,
+    shots=10,
+    queries=10,
+    inner_steps=5,
+    eval_inner_steps=50,
+    meta_lr=1.0,
+    meta_lr_schedule="linear",
+    meta_batch=5,
+    steps=100_000,
+    transductive=False,
+)
+_REPTILE_20 = {**_REPTILE, "ways": 20, "inner_lr": 5e-4, "inner_steps": 10, "steps": 200_000}
+
+# Meta-learner LSTM (Ravi & Larochelle 2017) on a 2-core CPU: their learner (Conv-4 with 32
+# filters), their meta-learner (hidden 20, meta-gradient clipped to norm 0.25, Adam 1e-3,
+# first order), 5 LSTM updates on the support set (train and test), initial input gate 0.1,
+# 5 queries per class, meta-batch 4, 500 meta-steps (1-2 s each on 2 shared cores, about
+# 15 min; the meta-learner LSTM's per-coordinate state makes a step ~20x first-order MAML's).
+# The ``fomaml-*-mlstm-cmp`` presets run first-order MAML under the same protocol.
+_MLSTM_CPU = dict(
+    algo="meta-lstm",
+    filters=32,
+    inner_lr=0.1,
+    inner_steps=5,
+    eval_inner_steps=5,
+    lstm_hidden=20,
+    clip_norm=0.25,
+    meta_batch=4,
+    queries=5,
+    steps=500,
+    val_every=250,
+    val_tasks=100,
+)
+_MLSTM_CMP = {
+    **{k: v for k, v in _MLSTM_CPU.items() if k != "lstm_hidden"},
+    "algo": "fomaml",
+    "inner_lr": 0.4,
+    "inner_steps": 1,
+    "eval_inner_steps": 3,
+}
+# Meta-learner LSTM on mini-ImageNet, the authors' code defaults (twitter/meta-learning-lstm,
+# 5-shot: 8 updates on the whole 25-image support, 15 queries per class, one episode per
+# meta-update, 50,000 episodes, Adam 1e-3, gradient clipping 0.25, hidden 20, 32 filters).
+# The initial input gate σ(b_I) = 0.01 is the middle of the paper's b_I ~ U(-5, -4); the
+# 1-shot setting uses the same number of updates (not checked against the authors' config).
+_MLSTM_MINI = dict(
+    algo="meta-lstm",
+    inner_lr=0.01,
+    inner_steps=8,
+    eval_inner_steps=8,
+    lstm_hidden=20,
+    clip_norm=0.25,
+    meta_batch=1,
+    steps=50_000,
+)
+
+# Published settings. Each entry: (task, overrides, source).
+PRESETS: dict[str, tuple[str, dict, str]] = {
+    "maml-5w1s": (
+        "omniglot",
+        dict(),
+        "Finn et al. 2017, Sec. 5.2 / Table 1: Omniglot 5-way 1-shot 98.7 ± 0.4",
+    ),
+    "maml-5w5s": (
+        "omniglot",
+        dict(shots=5, queries=5),
+        "Finn et al. 2017, Table 1: Omniglot 5-way 5-shot 99.9 ± 0.1",
+    ),
+    "maml-20w1s": (
+        "omniglot",
+        dict(ways=20, inner_lr=0.1, inner_steps=5, eval_inner_steps=5, meta_batch=16),
+        "Finn et al. 2017, Sec. 5.2 / Table 1: Omniglot 20-way 1-shot 95.8 ± 0.3",
+    ),
+    "maml-20w5s": (
+        "omniglot",
+        dict(
+            ways=20,
+            shots=5,
+            queries=5,
+            inner_lr=0.1,
+            inner_steps=5,
+            eval_inner_steps=5,
+            meta_batch=16,
+        ),
+        "Finn et al. 2017, Table 1: Omniglot 20-way 5-shot 98.9 ± 0.2",
+    ),
+    "fomaml-5w1s": (
+        "omniglot",
+        dict(algo="fomaml"),
+        "Finn et al. 2017, Sec. 5.2 (first-order approximation)",
+    ),
+    "fomaml-5w1s-cpu": (
+        "omniglot",
+        dict(algo="fomaml", meta_batch=16, steps=16_000, task_map="map", val_every=1000),
+        "mamlx CPU configuration (2 cores, < 30 min): first-order MAML with the Finn et al. "
+        "2017 Omniglot 5-way 1-shot settings, meta-batch 16, 16k steps; measured 95.57 ± 0.79 "
+        "(benchmarks/results/fewshot.md)",
+    ),
+    "maml-mini-5w1s": (
+        "miniimagenet",
+        dict(),
+        "Finn et al. 2017, Table 1: mini-ImageNet 5-way 1-shot 48.70 ± 1.84",
+    ),
+    "maml-mini-5w5s": (
+        "miniimagenet",
+        dict(shots=5, meta_batch=2),
+        "Finn et al. 2017, Table 1: mini-ImageNet 5-way 5-shot 63.11 ± 0.92",
+    ),
+    "fomaml-mini-5w1s": (
+        "miniimagenet",
+        dict(algo="fomaml"),
+        "Finn et al. 2017, Table 1: first-order MAML mini-ImageNet 5-way 1-shot 48.07 ± 1.75",
+    ),
+    "fomaml-mini-5w5s": (
+        "miniimagenet",
+        dict(algo="fomaml", shots=5, meta_batch=2),
+        "Finn et al. 2017, Table 1: first-order MAML mini-ImageNet 5-way 5-shot 63.15 ± 0.91",
+    ),
+    "reptile-5w1s": (
+        "omniglot",
+        {**_REPTILE, "eval_shots": 1},
+        "Nichol et al. 2018, Table 1: Omniglot 5-way 1-shot 95.39 ± 0.09 (non-transductive)",
+    ),
+    "reptile-5w5s": (
+        "omniglot",
+        {**_REPTILE, "eval_shots": 5},
+        "Nichol et al. 2018, Table 1: Omniglot 5-way 5-shot 98.90 ± 0.10 (non-transductive)",
+    ),
+    "reptile-20w1s": (
+        "omniglot",
+        {**_REPTILE_20, "eval_shots": 1},
+        "Nichol et al. 2018, Table 1: Omniglot 20-way 1-shot 88.14 ± 0.15 (non-transductive)",
+    ),
+    "reptile-20w5s": (
+        "omniglot",
+        {**_REPTILE_20, "eval_shots": 5},
+        "Nichol et al. 2018, Table 1: Omniglot 20-way 5-shot 96.65 ± 0.33 (non-transductive)",
+    ),
+    "meta-lstm-5w1s": (
+        "omniglot",
+        {**_MLSTM_CPU, "shots": 1},
+        "mamlx CPU configuration of Ravi & Larochelle 2017 (meta-learner LSTM; the paper "
+        "reports mini-ImageNet only): Omniglot 5-way 1-shot, 500 meta-steps of 4 tasks",
+    ),
+    "meta-lstm-5w5s": (
+        "omniglot",
+        {**_MLSTM_CPU, "shots": 5},
+        "mamlx CPU configuration of Ravi & Larochelle 2017 (meta-learner LSTM): Omniglot "
+        "5-way 5-shot, 500 meta-steps of 4 tasks",
+    ),
+    "fomaml-5w1s-mlstm-cmp": (
+        "omniglot",
+        {**_MLSTM_CMP, "shots": 1},
+        "Finn et al. 2017 first-order MAML under the protocol of meta-lstm-5w1s (32 filters, "
+        "5 queries, meta-batch 4, 500 steps, clipping 0.25) for a same-budget comparison",
+    ),
+    "fomaml-5w5s-mlstm-cmp": (
+        "omniglot",
+        {**_MLSTM_CMP, "shots": 5},
+        "Finn et al. 2017 first-order MAML under the protocol of meta-lstm-5w5s",
+    ),
+    "maml-5w1s-mlstm-cmp": (
+        "omniglot",
+        {**_MLSTM_CMP, "algo": "maml", "shots": 1},
+        "Finn et al. 2017 second-order MAML under the protocol of meta-lstm-5w1s",
+    ),
+    "maml-5w5s-mlstm-cmp": (
+        "omniglot",
+        {**_MLSTM_CMP, "algo": "maml", "shots": 5},
+        "Finn et al. 2017 second-order MAML under the protocol of meta-lstm-5w5s",
+    ),
+    "meta-lstm-mini-5w1s": (
+        "miniimagenet",
+        {**_MLSTM_MINI, "shots": 1},
+        "Ravi & Larochelle 2017, Table 1: meta-learner LSTM mini-ImageNet 5-way 1-shot "
+        "43.44 ± 0.77",
+    ),
+    "meta-lstm-mini-5w5s": (
+        "miniimagenet",
+        {**_MLSTM_MINI, "shots": 5},
+        "Ravi & Larochelle 2017, Table 1: meta-learner LSTM mini-ImageNet 5-way 5-shot "
+        "60.60 ± 0.71",
+    ),
+}
+
+
+# Metric learners on Omniglot, the papers' settings (Vinyals split, 28x28, Conv-4 of 64
+# filters, Adam 1e-3). Test episodes: 15 queries per class at 5 ways, 5 at 20 ways.
+_PUBLISHED_METRIC = {  # 5w1s, 5w5s, 20w1s, 20w5s (%)
+    "protonet": ((98.8, 99.7, 96.0, 98.9), "Snell et al. 2017, Table 1"),
+    "matching": ((98.1, 98.9, 93.8, 98.5), "Vinyals et al. 2016, Table 1"),
+    "relation": ((99.6, 99.8, 97.6, 99.1), "Sung et al. 2018, Table 1"),
+    "siamese": ((97.3, 98.4, 88.2, 97.0), "Koch et al. 2015, as in Vinyals et al. 2016, Table 1"),
+}
+
+
+def _metric_settings(algo: str, ways: int, shots: int) -> dict:
+    test = dict(eval_ways=ways, eval_queries=15 if ways == 5 else 5, eval_tasks=1000)
+    if (
+        algo == "protonet"
+    ):  # Snell et al. 2017, Sec. 3.1: 60-way episodes, 5 queries, lr /2 per 2000
+        return dict(ways=60, shots=shots, queries=5, steps=20_000, halve_every=2000, **test)
+    if algo == "matching":  # Vinyals et al. 2016, Sec. 4.1: train on the test's N-way K-shot
+        return dict(ways=ways, shots=shots, queries=test["eval_queries"], steps=20_000, **test)
+    if algo == "relation":  # Sung et al. 2018, Sec. 4.1: 19/15 (5-way), 10/5 (20-way) queries
+        queries = {(5, 1): 19, (5, 5): 15, (20, 1): 10, (20, 5): 5}[(ways, shots)]
+        return dict(
+            ways=ways, shots=shots, queries=queries, steps=1_000_000, halve_every=100_000, **test
+        )
+    # Koch et al. 2015, Sec. 4: verification pairs, 128 per minibatch (64 ways x 2 examples)
+    return dict(ways=64, shots=1, queries=1, steps=20_000, eval_shots=shots, **test)
+
+
+for _algo, (_accs, _source) in _PUBLISHED_METRIC.items():
+    for (_ways, _shots), _acc in zip(((5, 1), (5, 5), (20, 1), (20, 5)), _accs, strict=True):
+        PRESETS[f"{_algo}-{_ways}w{_shots}s"] = (
+            "omniglot",
+            {"algo": _algo, "meta_batch": 1, **_metric_settings(_algo, _ways, _shots)},
+            f"{_source}: Omniglot {_ways}-way {_shots}-shot {_acc}",
+        )
+del _algo, _accs, _source, _ways, _shots, _acc
+
+# ProtoNet 20-way 1-shot on 2 CPU cores: Snell et al.'s settings, stopped by time (20 min
+# reached 3,100 steps: 96.58 ± 0.16, benchmarks/results/metric.md).
+PRESETS["protonet-20w1s-cpu"] = (
+    "omniglot",
+    {**PRESETS["protonet-20w1s"][1], "steps": 3_000, "val_every": 1000},
+    "mamlx CPU configuration (2 cores, about 20 min) of Snell et al. 2017's Omniglot 20-way "
+    "1-shot (96.0): 3,000 steps of 60-way episodes; measured 96.58 ± 0.16 at 3,100 steps",
+)
+
+
+def preset_config(name: str, **overrides) -> Any:
+    """The configuration of a named preset, with explicit ``overrides`` on top."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+    task, values, _ = PRESETS[name]
+    return config_class(task)(**{**values, **overrides, "preset": name})
+
+
+#: Training wall time measured for a preset (benchmarks/results/fewshot.md, metric.md),
+#: on 2 CPU cores (AMD EPYC) and on one GPU; a preset missing here was not timed.
+MEASURED_TIME: dict[str, dict[str, str]] = {
+    "maml-5w1s": {"gpu": "5.5 min for 56,000 steps (H100)"},
+    "maml-20w1s": {"gpu": "2.8 min for 2,000 of 60,000 steps (H200)"},
+    "fomaml-5w1s-cpu": {"cpu": "19-24 min"},
+    "protonet-20w1s-cpu": {"cpu": "20 min (3,100 steps)"},
+    "meta-lstm-5w1s": {"cpu": "13 min"},
+    "meta-lstm-5w5s": {"cpu": "9.5 min"},
+    "fomaml-5w1s-mlstm-cmp": {"cpu": "0.6 min"},
+    "fomaml-5w5s-mlstm-cmp": {"cpu": "0.6 min"},
+    "maml-5w1s-mlstm-cmp": {"cpu": "0.7 min"},
+    "maml-5w5s-mlstm-cmp": {"cpu": "0.8 min"},
+}
