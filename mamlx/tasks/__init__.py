@@ -4,7 +4,12 @@ from mamlx.tasks.base import Sampler, vmap_sample
 from mamlx.tasks.cache import cache_dir
 from mamlx.tasks.download import download_url, sha256_file
 from mamlx.tasks.fewshot import FewShotSampler, fewshot_sampler
-from mamlx.tasks.miniimagenet import MiniImageNetSplit, load_miniimagenet, read_split_csv
+from mamlx.tasks.miniimagenet import (
+    MiniImageNetSplit,
+    load_miniimagenet,
+    read_miniimagenet_images,
+    read_split_csv,
+)
 from mamlx.tasks.omniglot import (
     OMNIGLOT_ALPHABETS,
     OMNIGLOT_ARCHIVES,
@@ -18,6 +23,7 @@ from mamlx.tasks.omniglot import (
     omniglot_split,
     preprocess_omniglot,
 )
+from mamlx.tasks.omniglot_preprocess import read_omniglot_images
 from mamlx.tasks.sine import Sinusoid, sinusoid
 
 __all__ = [
@@ -40,6 +46,8 @@ __all__ = [
     "load_omniglot_zip",
     "omniglot_split",
     "preprocess_omniglot",
+    "read_miniimagenet_images",
+    "read_omniglot_images",
     "read_split_csv",
     "sha256_file",
     "sinusoid",

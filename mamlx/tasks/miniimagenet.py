@@ -14,12 +14,14 @@ in ``cache_dir("miniimagenet")`` (:func:`mamlx.tasks.cache.cached_arrays`), keye
 the CSV content, the image folder, the size and :data:`CACHE_VERSION`; the cache also
 records each image's size and modification time, and an image replaced since is read
 again (the cache stays usable when the images are deleted after it was built).
+:func:`read_miniimagenet_images` turns other image files into the same format.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -29,8 +31,15 @@ from PIL import Image, UnidentifiedImageError
 
 from mamlx.tasks.cache import cached_arrays
 from mamlx.tasks.download import sha256_file
+from mamlx.tasks.image_files import read_image
 
-__all__ = ["MiniImageNetSplit", "load_miniimagenet", "read_split_csv"]
+__all__ = [
+    "RGB_MODES",
+    "MiniImageNetSplit",
+    "load_miniimagenet",
+    "read_miniimagenet_images",
+    "read_split_csv",
+]
 
 CACHE_VERSION = 2
 SPLITS = ("train", "val", "test")
@@ -156,13 +165,69 @@ def _image_folder(image_dir: Path, files: list[str]) -> Path:
     return candidates[1] if candidates[1].is_dir() else candidates[0]
 
 
+def _rgb_array(im: Image.Image, size: int) -> np.ndarray:
+    """uint8 ``(size, size, 3)``: RGB, resized with Lanczos (Ravi & Larochelle's script)."""
+    im = im.convert("RGB")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(im, dtype=np.uint8)
+
+
+#: PIL modes :func:`read_miniimagenet_images` converts to RGB, as the loader does
+#: (gray is repeated over the channels, an alpha channel is dropped).
+RGB_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+
+
+def read_miniimagenet_images(paths: Sequence[str | os.PathLike], size: int = 84) -> np.ndarray:
+    """Image files as mini-ImageNet training inputs: the loader's conversion and resize.
+
+    Each file is converted to RGB (PIL's ``convert("RGB")``: gray repeated over the
+    channels, CMYK converted, alpha dropped) and resized to ``size`` with Lanczos where
+    it is larger, exactly as :func:`load_miniimagenet` builds the training arrays.
+
+    Args:
+      paths: image files (JPEG, PNG, ...): square, at least ``size`` pixels, 8 bits per
+        channel.
+      size: the run's ``image_size`` (84).
+
+    Returns:
+      uint8 ``(N, size, size, 3)``, as the training arrays (the samplers scale them to
+      [0, 1]).
+
+    Raises:
+      ValueError: no paths, a file that cannot be decoded, a mode other than
+        :data:`RGB_MODES` (16-bit or float images), an image that is not square or
+        smaller than ``size``; each names the file.
+
+    Example:
+      >>> import tempfile
+      >>> path = Path(tempfile.mkdtemp()) / "red.png"
+      >>> Image.new("RGB", (100, 100), (255, 0, 0)).save(path)
+      >>> x = read_miniimagenet_images([path])
+      >>> x.shape, x.dtype.name, x[0, 0, 0].tolist()
+      ((1, 84, 84, 3), 'uint8', [255, 0, 0])
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no image files given")
+    out = np.empty((len(paths), size, size, 3), np.uint8)
+    for i, p in enumerate(paths):
+        im = read_image(
+            p,
+            dataset="mini-ImageNet",
+            modes=RGB_MODES,
+            convert=lambda im: im.convert("RGB"),
+            min_size=size,
+            fix_mode="save it as an 8-bit RGB JPEG or PNG",
+        )
+        out[i] = _rgb_array(im, size)
+    return out
+
+
 def _load_image(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.LANCZOS)
-            return np.asarray(im, dtype=np.uint8)
+            return _rgb_array(im, size)
     except FileNotFoundError:
         raise FileNotFoundError(f"mini-ImageNet image {path} not found. {_HOW_TO_GET}") from None
     except (UnidentifiedImageError, OSError) as e:
