@@ -24,10 +24,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mamlx import checkpoint, registry
-from mamlx.config import FewShotConfig, config_class, config_from_dict
-from mamlx.experiments import build, resolved_settings
-from mamlx.presets import PRESETS, preset_config
+from mamlx import registry  # the tables: read only when a command needs them
+
+
+class _Deferred:
+    """A module imported on first attribute access: `mamlx --help` loads no JAX."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+
+checkpoint = _Deferred("mamlx.checkpoint")
+_config = _Deferred("mamlx.config")
+_experiments = _Deferred("mamlx.experiments")
+_presets = _Deferred("mamlx.presets")
 
 # How a run is executed (not what it computes): saved in RUN_DIR/run.json, restored on resume.
 RUN_DEFAULTS = {
@@ -138,7 +153,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, task: str) -> None:
             )
             continue
         if f.name == "preset":
-            mine = sorted(n for n, p in PRESETS.items() if p[0] == task)
+            mine = sorted(n for n, p in _presets.PRESETS.items() if p[0] == task)
             parser.add_argument(
                 flag,
                 metavar="NAME",
@@ -257,7 +272,9 @@ def _note_resolved_changes(path: Path, resolved: dict) -> None:
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(tables: bool = True) -> argparse.ArgumentParser:
+    """The ``mamlx`` parser; ``tables=False`` leaves out ``train``'s data-set sub-commands
+    (they read the learner and data-set tables, which import JAX)."""
     parser = argparse.ArgumentParser(prog="mamlx", description="Meta-learning in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
@@ -274,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="with --resume RUN_DIR: train on to this many steps in all",
     )
-    tasks = train.add_subparsers(dest="task")
-    for name in registry.dataset_names():
+    tasks = train.add_subparsers(dest="task", metavar="DATASET")
+    for name in registry.dataset_names() if tables else ():
         entry = registry.get_dataset(name)
         p = tasks.add_parser(name, help=entry.description, description=entry.description)
         _add_config_flags(p, name)
@@ -298,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-steps", type=int, help="sine runs: report 0..N inner steps (default 10)")
     ev.add_argument("--queries", type=int, help="sine runs: query points per task (default 100)")
     ev.add_argument("--seed", type=int, default=12345, help="seed of the held-out tasks")
+    ev.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="few-shot runs: show a progress bar over the test tasks (default: on)",
+    )
     ev.add_argument("--figure", help="PNG path (default: RUN_DIR/sinusoid_fits.png)")
     ev.add_argument(
         "--data-dir", help="few-shot runs: data folder, if moved since training (default: saved)"
@@ -315,6 +338,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sh.add_argument("run_dir", metavar="RUN_DIR")
     sh.add_argument("--figure", help="PNG path of the curves (default: RUN_DIR/curves.png)")
+    pr = sub.add_parser(
+        "predict",
+        help="classify image files with a trained run, adapted on your labelled examples",
+        description="mamlx predict RUN_DIR --support DIR --query DIR: adapt the run's learner on "
+        "the support images (one sub-folder per class, named after it) and print one line "
+        "per query image: path<TAB>predicted class. Images are preprocessed as the run's "
+        "training data (mamlx.runs.read_images).",
+    )
+    pr.add_argument("run_dir", metavar="RUN_DIR")
+    pr.add_argument(
+        "--support",
+        required=True,
+        metavar="DIR",
+        help="one sub-folder per class, named after the class, holding its example images",
+    )
+    pr.add_argument(
+        "--query",
+        required=True,
+        metavar="DIR",
+        help="image files to classify; files in sub-folders named after a class are also "
+        "scored against it (accuracy)",
+    )
+    pr.add_argument(
+        "--steps",
+        type=int,
+        help="adaptation steps (default: the run's eval_inner_steps; gradient-based learners)",
+    )
+    em = sub.add_parser(
+        "embed",
+        help="metric learners: embeddings of image files, as an (N, D) .npy array",
+        description="mamlx embed RUN_DIR --images DIR --out FILE.npy: the run's embedding "
+        "network applied to the images (one batch); prints the files in row order.",
+    )
+    em.add_argument("run_dir", metavar="RUN_DIR")
+    em.add_argument(
+        "--images", required=True, metavar="DIR", help="image files (and sub-folders of them)"
+    )
+    em.add_argument("--out", required=True, metavar="FILE.npy", help="where to write (N, D)")
+    for p in (pr, em):
+        p.add_argument(
+            "--latest",
+            action="store_true",
+            help="use the latest checkpoint (default: best.npz, the best validation, if any)",
+        )
     return parser
 
 
@@ -327,12 +394,12 @@ def _config_from_args(task: str, args: argparse.Namespace):
     }
     if given.get("preset"):
         name = given["preset"]
-        if PRESETS.get(name, (task,))[0] != task:
-            raise ValueError(f"preset {name!r} is for task {PRESETS[name][0]}")
+        if _presets.PRESETS.get(name, (task,))[0] != task:
+            raise ValueError(f"preset {name!r} is for task {_presets.PRESETS[name][0]}")
         overrides = {k: v for k, v in given.items() if k != "preset"}
-        config = preset_config(name, **overrides)
+        config = _presets.preset_config(name, **overrides)
     else:
-        config = config_class(task)(**given)
+        config = _config.config_class(task)(**given)
     # $MAMLX_CONV_IMPL sets --conv-impl's default (not counted as given on --resume).
     env_impl = _env_defaults()["conv_impl"]
     if env_impl and "conv_impl" not in given and hasattr(config, "conv_impl"):
@@ -366,17 +433,9 @@ def _json(obj: Any) -> str:
 
 
 def _load_run_config(run_dir: Path):
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{run_dir} is not a mamlx run directory (no config.json)")
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); was it edited or cut short?") from e
-    try:
-        return config_from_dict(saved)
-    except (TypeError, KeyError, AttributeError, ValueError) as e:
-        raise ValueError(f"{path}: not a valid mamlx configuration: {e}") from e
+    from mamlx.runs import read_config
+
+    return read_config(run_dir)
 
 
 def _extend(config, steps: int, run_dir: Path):
@@ -432,13 +491,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume and args.out and Path(args.resume) != Path(args.out):
             raise ValueError("--resume RUN_DIR and --out disagree; give one of them")
         run_dir = Path(args.resume or args.out or f"runs/{args.task}-{config.algo}-{config.seed}")
-        if not args.resume and isinstance(config, FewShotConfig) and not config.data_dir:
+        if not args.resume and isinstance(config, _config.FewShotConfig) and not config.data_dir:
             # Record the folder $MAMLX_DATA_DIR points to now, so eval and resume find it
             # without the variable (none set: the download cache, found again by itself).
             env = _env_defaults()["data_dir"]
             found = os.path.join(env, config.task) if env else None
             config = dataclasses.replace(config, data_dir=found) if found else config
-        if not args.resume and isinstance(config, FewShotConfig) and not config.cache_dir:
+        if not args.resume and isinstance(config, _config.FewShotConfig) and not config.cache_dir:
             config = dataclasses.replace(config, cache_dir=_env_defaults()["cache"])
         if args.resume:
             saved = _load_run_config(run_dir)
@@ -479,7 +538,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         mesh = task_mesh(run.devices or None)
         check_divisible(config.meta_batch, mesh)
-    exp = build(config)
+    exp = _experiments.build(config)
     state = training.init_state(exp.learner, exp.optimizer, jax.random.PRNGKey(config.seed))
     if resume:
         restored = training.restore(run_dir, state)
@@ -493,14 +552,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint.atomic_write_text(
             run_dir / "config.json", json.dumps(config.to_dict(), indent=2)
         )
-    resolved = resolved_settings(config)
+    resolved = _experiments.resolved_settings(config)
     _note_resolved_changes(run_dir / "run.json", resolved)
     if jax.process_index() == 0:  # the settings in force, for the next resume
         record = {**vars(run), "resolved": resolved}
         checkpoint.atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2))
     print(f"training {config.task} with {config.algo} -> {run_dir}")
     validate = None
-    if isinstance(config, FewShotConfig) and "val" in exp.splits:  # no val classes: no validation
+    if (
+        isinstance(config, _config.FewShotConfig) and "val" in exp.splits
+    ):  # no val classes: no validation
         from mamlx.evaluation import make_evaluator
 
         val_eval = make_evaluator(exp.learner, exp.eval_sampler, steps=[config.eval_steps])
@@ -541,23 +602,15 @@ def _load_trained(run_dir: Path, best: bool = True, **changes):
     that do not change what was trained: ``data_dir`` (data moved since), ``eval_rotate``
     and ``eval_shots`` (the test protocol).
     """
-    import jax
-
-    from mamlx import train as training
+    from mamlx.runs import load_state
 
     config = _load_run_config(run_dir)
     changes = {k: v for k, v in changes.items() if v is not None}
-    if changes and isinstance(config, FewShotConfig):
+    if changes and isinstance(config, _config.FewShotConfig):
         config = dataclasses.replace(config, **changes)
-    exp = build(config)
-    template = training.init_state(exp.learner, exp.optimizer, jax.random.PRNGKey(config.seed))
-    if best and (run_dir / "best.npz").is_file():
-        return config, exp, checkpoint.load(run_dir / "best.npz", template)[0]
-    latest = checkpoint.latest_checkpoint(run_dir)
-    if latest is None:
-        raise ValueError(f"{run_dir} has no checkpoint yet; train it first")
+    exp = _experiments.build(config)
     # Read only: the run may still be training (``restore`` would rewrite its metrics log).
-    return config, exp, checkpoint.load(latest, template)[0]
+    return config, exp, load_state(run_dir, config, exp.learner, exp.optimizer, best=best)[0]
 
 
 def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
@@ -590,6 +643,7 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
         num_tasks=tasks,
         steps=[steps],
         per_task=True,
+        progress=args.progress,
     )[steps]
     res = {k: mean_ci(v) for k, v in per_task.items()}
     bn = "transductive" if getattr(config, "transductive", True) else "non-transductive"
@@ -641,7 +695,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for e in [registry.get_dataset(n)]
     ]
     presets = []
-    for name, (task, values, source) in sorted(PRESETS.items()):
+    for name, (task, values, source) in sorted(_presets.PRESETS.items()):
         t = MEASURED_TIME.get(name, {})
         timed = "; ".join(f"{k}: {v}" for k, v in t.items()) or "not timed"
         presets.append([name, task, values.get("algo", "maml"), source, timed])
@@ -667,7 +721,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir)
     config = _load_run_config(run_dir)
-    defaults = config_class(config.task)(algo=config.algo).to_dict()
+    defaults = _config.config_class(config.task)(algo=config.algo).to_dict()
     changed = {k: v for k, v in config.to_dict().items() if defaults.get(k) != v}
     settings = " ".join(f"{k}={v}" for k, v in changed.items() if k not in ("algo", "task"))
     print(f"{run_dir}: {config.task} --algo {config.algo} {settings}".rstrip())
@@ -702,6 +756,56 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Adapt on a support folder, print ``path<TAB>class`` per query image (stdout) and a
+    summary, with the accuracy where query files sit in class folders (stderr)."""
+    from mamlx.runs import load_run, predict_folders
+
+    enable_compilation_cache()
+    run = load_run(args.run_dir, best=not args.latest)
+    pred = predict_folders(run, args.support, args.query, steps=args.steps)
+    for path, name in zip(pred.paths, pred.predicted, strict=True):
+        print(f"{path}\t{name}")
+    steps = args.steps if args.steps is not None else run.config.eval_steps
+    how = f", {steps} adaptation steps" if steps is not None else ""
+    print(
+        f"{len(pred.paths)} images, {len(pred.classes)} classes ({run.config.algo}, "
+        f"{run.checkpoint}, step {run.step}{how})",
+        file=sys.stderr,
+    )
+    if pred.accuracy is not None:
+        scored = sum(t is not None for t in pred.truth)
+        print(
+            f"accuracy {100 * pred.accuracy:.2f}% on {scored} images in class folders",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Write a metric learner's embeddings of image files (N, D) and print the files in
+    row order."""
+    import numpy as np
+
+    from mamlx.runs import embed_folder, load_run
+
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        raise ValueError(f"--out {out}: give a .npy file name (the array is saved with numpy)")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+    enable_compilation_cache()
+    run = load_run(args.run_dir, best=not args.latest)
+    paths, emb = embed_folder(run, args.images)
+    checkpoint.atomic_write_bytes(out, lambda f: np.save(f, emb))
+    for path in paths:
+        print(path)
+    print(
+        f"wrote {emb.shape[0]}x{emb.shape[1]} embeddings to {out} (row i: line i)", file=sys.stderr
+    )
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import jax
 
@@ -723,7 +827,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     sine.max_steps = 10 if args.max_steps is None else args.max_steps
     sine.queries = 100 if args.queries is None else args.queries
     for rd in map(Path, args.run_dirs):
-        if isinstance(_load_run_config(rd), FewShotConfig):
+        if isinstance(_load_run_config(rd), _config.FewShotConfig):
             eval_fewshot(rd, args)
             continue
         if args.eval_rotate is not None:
@@ -787,7 +891,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(tables="train" in words)
     parser.add_argument(
         "--no-tune-malloc",
         dest="tune_malloc",
@@ -802,8 +907,19 @@ def main(argv: list[str] | None = None) -> int:
 
         tune_host_allocator()
     try:
-        commands = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "show": cmd_show}
+        commands = {
+            "train": cmd_train,
+            "eval": cmd_eval,
+            "list": cmd_list,
+            "show": cmd_show,
+            "predict": cmd_predict,
+            "embed": cmd_embed,
+        }
         return commands[args.command](args)
+    except BrokenPipeError:  # `mamlx predict ... | head`: the reader left; not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)  # the exit's flush must not fail again
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:  # outside fit (loading, compiling, evaluating): nothing to keep
         print(
             f"mamlx: interrupted during {args.command}; no checkpoint was written", file=sys.stderr

@@ -4,18 +4,21 @@ Each row has a ``load(config) -> Data`` (the arrays on the device and the episod
 samplers; the only code here that reads files) and a ``context(config) -> Context``
 (the networks a learner builds on: the classifier that gradient-based learners adapt
 and the embedding of the metric learners), so a learner is built the same way on every
-data set (:func:`mamlx.experiments.build`).
+data set (:func:`mamlx.experiments.build`). The image data sets' rows also have an
+``images(config, paths)``: image files preprocessed as the training arrays
+(:func:`mamlx.runs.read_images`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mamlx import registry
 from mamlx.algorithms.base import resolve_task_map
@@ -210,6 +213,20 @@ def _miniimagenet_arrays(config: FewShotConfig, root: str | None) -> tuple[dict,
     return arrays, 1
 
 
+def _omniglot_images(config: FewShotConfig, paths: Sequence[str | os.PathLike]) -> np.ndarray:
+    """Image files as this run's Omniglot inputs (its ``image_size`` and ``resize``)."""
+    from mamlx.tasks.omniglot_preprocess import read_omniglot_images
+
+    return read_omniglot_images(paths, size=config.image_size, resize=config.resize)
+
+
+def _miniimagenet_images(config: FewShotConfig, paths: Sequence[str | os.PathLike]) -> np.ndarray:
+    """Image files as this run's mini-ImageNet inputs (uint8 RGB, its ``image_size``)."""
+    from mamlx.tasks.miniimagenet import read_miniimagenet_images
+
+    return read_miniimagenet_images(paths, size=config.image_size)
+
+
 def _image_load(arrays_fn: Callable) -> Callable[[FewShotConfig], Data]:
     """``load`` of an image data set whose ``arrays_fn(config, root)`` gives the splits."""
 
@@ -266,6 +283,7 @@ registry.register_dataset(
     family="classification",
     channels=1,
     description="Omniglot characters, 28x28 gray (Lake et al. 2015; Vinyals et al. split)",
+    images=_omniglot_images,
 )
 registry.register_dataset(
     "miniimagenet",
@@ -275,4 +293,5 @@ registry.register_dataset(
     family="classification",
     channels=3,
     description="mini-ImageNet, 84x84 RGB, Ravi & Larochelle's 64/16/20 class split",
+    images=_miniimagenet_images,
 )

@@ -93,9 +93,10 @@ def make_evaluator(
       loss_fn: optional loss override (default: the learner's ``predict_loss``).
 
     Returns:
-      ``run(meta_params, data, *, key, num_tasks, per_task=False) -> {steps: {metric:
-      (mean, ci95)}}``; with ``per_task=True``, ``{steps: {metric: array of one value
-      per task}}`` instead. Every setting in ``steps`` is evaluated on the same tasks
+      ``run(meta_params, data, *, key, num_tasks, per_task=False, progress=False) ->
+      {steps: {metric: (mean, ci95)}}``; with ``per_task=True``, ``{steps: {metric: array
+      of one value per task}}`` instead; ``progress=True`` shows a progress bar with the
+      running means (of the last setting of ``steps``) over the tasks done. Every setting in ``steps`` is evaluated on the same tasks
       (paired comparison, also across models evaluated with the same key).
     """
     batch_size = check_count("batch_size", batch_size, low=1)
@@ -118,9 +119,31 @@ def make_evaluator(
             fns[s, b] = jax.jit(lambda p, d, k, first: metric(p, *sample(k, d, first)))
         return fns[s, b]
 
-    def run(meta_params: Params, data: Any, *, key: PRNGKey, num_tasks: int, per_task=False):
+    def run(
+        meta_params: Params,
+        data: Any,
+        *,
+        key: PRNGKey,
+        num_tasks: int,
+        per_task: bool = False,
+        progress: bool = False,
+    ):
         num_tasks = check_count("num_tasks", num_tasks, low=1)
         values: dict = {s: {} for s in steps}
+        bar = None
+        if progress:  # the first batch compiles: the bar says so before it starts
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=num_tasks, unit="task", desc="evaluating (compiling)", leave=False)
+        try:
+            _evaluate_batches(meta_params, data, key, num_tasks, values, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        reduce = np.concatenate if per_task else lambda v: mean_ci(np.concatenate(v))
+        return {s: {k: reduce(v) for k, v in m.items()} for s, m in values.items()}
+
+    def _evaluate_batches(meta_params, data, key, num_tasks, values, bar) -> int:
         done = 0
         while done < num_tasks:
             b = min(largest[0], num_tasks)
@@ -137,8 +160,13 @@ def make_evaluator(
                 for name, v in metrics.items():
                     values[s].setdefault(name, []).append(np.asarray(v)[:n])
             done += n
-        reduce = np.concatenate if per_task else lambda v: mean_ci(np.concatenate(v))
-        return {s: {k: reduce(v) for k, v in m.items()} for s, m in values.items()}
+            if bar is not None:  # running means over the tasks done so far, this batch included
+                last = values[steps[-1]]
+                shown = {k: f"{np.mean(np.concatenate(v)):.4g}" for k, v in last.items()}
+                bar.set_description("evaluating", refresh=False)
+                bar.set_postfix(shown, refresh=False)
+                bar.update(n)
+        return done
 
     return run
 
@@ -155,6 +183,7 @@ def evaluate(
     batch_size: int = 100,
     loss_fn=None,
     per_task: bool = False,
+    progress: bool = False,
 ) -> dict[int | None, dict[str, Any]]:
     """Query metrics (mean, 95% CI) over ``num_tasks`` held-out tasks per number of steps.
 
@@ -170,10 +199,13 @@ def evaluate(
       batch_size: at most this many tasks per compiled call (halved when out of memory).
       loss_fn: optional loss override (default: the learner's ``predict_loss``).
       per_task: return each task's value instead of the mean and interval.
+      progress: show a progress bar (tasks done, running means).
 
     Returns:
       ``{steps: {metric: (mean, ci95)}}`` (``per_task``: ``{steps: {metric: array}}``);
       see :func:`make_evaluator`.
     """
     run = make_evaluator(learner, sampler, steps=steps, batch_size=batch_size, loss_fn=loss_fn)
-    return run(meta_params, data, key=key, num_tasks=num_tasks, per_task=per_task)
+    return run(
+        meta_params, data, key=key, num_tasks=num_tasks, per_task=per_task, progress=progress
+    )

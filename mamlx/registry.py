@@ -13,7 +13,9 @@ module plus one :func:`register_learner` call, and then it trains from Python, f
   with (``"adam"``, or ``"sgd"`` on Reptile's pseudo-gradient).
 * A **data-set entry** names its configuration class (episode shape, splits, network
   settings) and a ``load(config) -> Data`` function that reads the files once and
-  returns the arrays, the samplers and the network factories a learner builds on.
+  returns the arrays, the samplers and the network factories a learner builds on;
+  image data sets also name an ``images(config, paths)`` reader that gives image
+  files the training arrays' preprocessing (what ``mamlx predict`` reads).
 
 Example:
   >>> from mamlx import registry
@@ -89,6 +91,10 @@ class DatasetEntry:
       family: ``"regression"`` or ``"classification"``.
       channels: image channels (0 for non-image data).
       description: one line for ``mamlx list`` and ``--help``.
+      images: optional ``images(run_config, paths) -> np.ndarray`` ``(N, H, W, C)``:
+        image files in the training arrays' format, by the training preprocessing
+        (``mamlx predict`` / ``mamlx embed``, :func:`mamlx.runs.read_images`); ``None``
+        for data that is not read from image files.
     """
 
     name: str
@@ -98,6 +104,7 @@ class DatasetEntry:
     family: str
     channels: int = 0
     description: str = ""
+    images: Callable[[Any, Any], Any] | None = None
 
 
 _LEARNERS: dict[str, LearnerEntry] = {}
@@ -206,13 +213,16 @@ def register_dataset(
     family: str,
     channels: int = 0,
     description: str = "",
+    images: Callable[[Any, Any], Any] | None = None,
     replace: bool = False,
 ) -> DatasetEntry:
     """Add a data set to the table (see :class:`DatasetEntry` for the arguments)."""
     if name in _DATASETS and not replace:
         raise ValueError(f"a data set named {name!r} is already registered (replace=True)")
     _check_choice(f"data set {name!r} family", family, FAMILIES)
-    entry = DatasetEntry(name, config, load, context, family, channels, description)
+    if images is not None and not callable(images):
+        raise ValueError(f"data set {name!r}: images must be a function, got {images!r}")
+    entry = DatasetEntry(name, config, load, context, family, channels, description, images=images)
     _DATASETS[name] = entry
     return entry
 

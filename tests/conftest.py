@@ -14,6 +14,14 @@ from pathlib import Path
 import jax
 import pytest
 
+from mamlx.runtime import tune_host_allocator
+
+# As the `mamlx` command does before JAX computes anything: glibc keeps XLA's large
+# temporaries for reuse instead of mapping them afresh every step (mamlx.runtime; import
+# mamlx itself no longer does this). Test processes are not what tests/test_runtime.py
+# checks: it probes a fresh interpreter.
+tune_host_allocator()
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Peak resident memory of one test process on the full suite (3.2 GB, measured) plus headroom.

@@ -36,7 +36,8 @@ def test_readme_cli_lines_parse_with_valid_presets():
             words = shlex.split(part.replace("{maml,fomaml,pretrain}", "maml"))
             if words[:1] == ["mamlx"]:
                 commands.append(words[1:])
-    assert {c[0] for c in commands} == {"train", "eval", "list", "show"} and len(commands) >= 8
+    expected = {"train", "eval", "list", "show", "predict", "embed"}
+    assert {c[0] for c in commands} == expected and len(commands) >= 8
     parser = build_parser()
     for argv in commands:
         try:
