@@ -181,7 +181,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, task: str) -> None:
                 f, helps.get(f.name, ""), getattr(entry.config, "CHOICES", {}).get(f.name)
             )
             kw["help"] = f"[{', '.join(users)}] " + kw["help"]
-            if task in ("miniimagenet", "sinusoid") and f.name in cls.learner_defaults:
+            if f.name in cls.learner_defaults:  # the data set's own value for this setting
                 kw["help"] += f"; {task}: {cls.learner_defaults[f.name]}"
             group.add_argument("--" + f.name.replace("_", "-"), **kw)
 
