@@ -233,6 +233,9 @@ class FewShotConfig(RunConfig):
       clip_norm: clip the meta-gradient's global norm (0: off).
       seed: initialisation, task and split seed.
       filters: channels of every Conv-4 convolution (classifier and embedding).
+      backbone: the classifier of the optimization-based learners: ``"conv4"`` or
+        ``"mlp"``, the fully connected 256-128-64-64 network with batch norm on
+        flattened images ("MAML, no conv", Finn et al. 2017, Table 1).
       pool, readout, conv_impl: the classifier Conv-4 of the optimization-based
         learners: stride-2 convolutions or max-pooling; the head reads the flattened
         last map (``"flatten"``) or its spatial mean (``"mean"``, MAML's Omniglot code);
@@ -269,6 +272,7 @@ class FewShotConfig(RunConfig):
     clip_norm: float = 0.0
     seed: int = 0
     filters: int = 64
+    backbone: str = "conv4"
     pool: str = "stride"
     readout: str = "flatten"
     conv_impl: str = ""
@@ -289,6 +293,7 @@ class FewShotConfig(RunConfig):
     preset: str = ""
     task: str = field(default="omniglot", init=False)
     CHOICES: ClassVar[dict[str, tuple]] = {
+        "backbone": ("conv4", "mlp"),
         "pool": ("stride", "max"),
         "meta_lr_schedule": ("constant", "linear"),
         "split": ("vinyals", "background", "ravi"),
@@ -315,9 +320,16 @@ class FewShotConfig(RunConfig):
                 f"eval_ways={self.eval_ways}: {self.algo!r} adapts a classifier with "
                 f"ways={self.ways} outputs, so it is tested at ways={self.ways} (eval_ways 0)"
             )
-        if self.entry.network == "embedding":
-            defaults = {f.name: f.default for f in dataclasses.fields(type(self))}
+        defaults = {f.name: f.default for f in dataclasses.fields(type(self))}
+        if self.backbone == "mlp":
             for name in ("pool", "readout", "conv_impl"):
+                if getattr(self, name) != defaults[name]:
+                    raise ValueError(
+                        f"{name}={getattr(self, name)!r} sets the Conv-4; backbone='mlp' is "
+                        f"the fully connected network (leave {name} at {defaults[name]!r})"
+                    )
+        if self.entry.network == "embedding":
+            for name in ("backbone", "pool", "readout", "conv_impl"):
                 if getattr(self, name) != defaults[name]:
                     raise ValueError(
                         f"{name}={getattr(self, name)!r} sets the classifier Conv-4 of the "

@@ -56,6 +56,9 @@ class Context:
       embedding: ``embedding(**options) -> (embed_fn, init_fn)``: the data set's
         feature extractor (image data: :class:`mamlx.models.ConvEmbedding` options
         ``pool_blocks`` and ``flatten``).
+      train_classes: classes of the training split counting rotations where the run
+        rotates (the output count of a classifier over all training classes, as the
+        transfer baselines train); 0 where the data has no classes.
     """
 
     run: RunConfig
@@ -63,6 +66,7 @@ class Context:
     task_map: str
     classifier: Callable[[], tuple]
     embedding: Callable[..., tuple]
+    train_classes: int = 0
 
     def feature_shape(self, embed: tuple) -> tuple[int, ...]:
         """Per-example output shape of ``embed = (embed_fn, init_fn)`` on this data.
@@ -141,10 +145,15 @@ def _image_shape(config: FewShotConfig) -> tuple[int, int, int]:
 
 
 def fewshot_model(config: FewShotConfig, ways: int | None = None):
-    """``(apply_fn, init_fn)`` of the classifier Conv-4 of a few-shot configuration."""
+    """``(apply_fn, init_fn)`` of the classifier of a few-shot configuration: the Conv-4,
+    or the fully connected network of "MAML, no conv" (``backbone="mlp"``)."""
     from mamlx.models.conv4 import Conv4
+    from mamlx.models.mlp import FCNet
 
     shape, impl = _image_shape(config), fewshot_conv_impl(config)
+    if config.backbone == "mlp":
+        size = int(np.prod(shape))
+        return model(lambda rngs: FCNet(ways or config.ways, in_features=size, rngs=rngs))
     return model(
         lambda rngs: Conv4(
             ways or config.ways,
@@ -167,14 +176,32 @@ def fewshot_embedding(config: FewShotConfig, **options):
     return model(lambda r: ConvEmbedding(channels, filters=config.filters, **options, rngs=r))
 
 
-def _image_context(config: FewShotConfig) -> Context:
-    return Context(
-        config,
-        _image_shape(config),
-        config.task_map,
-        lambda: fewshot_model(config),
-        lambda **options: fewshot_embedding(config, **options),
-    )
+def image_context(train_classes: Callable[[FewShotConfig], int]):
+    """``context`` of an image data set whose training split has ``train_classes(config)``
+    classes (counting rotations)."""
+
+    def context(config: FewShotConfig) -> Context:
+        return Context(
+            config,
+            _image_shape(config),
+            config.task_map,
+            lambda: fewshot_model(config),
+            lambda **options: fewshot_embedding(config, **options),
+            train_classes(config),
+        )
+
+    return context
+
+
+def _omniglot_train_classes(config: FewShotConfig) -> int:
+    """Training classes of an Omniglot split (:func:`mamlx.tasks.omniglot_split` defaults):
+    Vinyals: 1100 characters (100 of the 1200 are validation), x4 when rotating;
+    background: the 964 characters of the 30 background alphabets."""
+    from mamlx.tasks.omniglot_sources import NUM_BACKGROUND
+
+    if config.split == "background":
+        return NUM_BACKGROUND
+    return 1100 * (4 if config.rotate else 1)
 
 
 def _omniglot_arrays(config: FewShotConfig, root: str | None) -> tuple[dict, int]:
@@ -279,7 +306,7 @@ registry.register_dataset(
     "omniglot",
     FewShotConfig,
     _image_load(_omniglot_arrays),
-    _image_context,
+    image_context(_omniglot_train_classes),
     family="classification",
     channels=1,
     description="Omniglot characters, 28x28 gray (Lake et al. 2015; Vinyals et al. split)",
@@ -289,7 +316,7 @@ registry.register_dataset(
     "miniimagenet",
     MiniImageNetConfig,
     _image_load(_miniimagenet_arrays),
-    _image_context,
+    image_context(lambda config: 64),  # Ravi & Larochelle: 64 / 16 / 20 classes
     family="classification",
     channels=3,
     description="mini-ImageNet, 84x84 RGB, Ravi & Larochelle's 64/16/20 class split",

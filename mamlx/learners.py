@@ -27,6 +27,7 @@ from mamlx.algorithms.protonet import protonet
 from mamlx.algorithms.relation import relation
 from mamlx.algorithms.reptile import reptile
 from mamlx.algorithms.siamese import pair_sampler, siamese
+from mamlx.algorithms.transfer import HEADS, TEST_RULES, transfer
 from mamlx.config import check_bools, check_choices, check_positive_fields, set_counts
 
 BOTH = ("regression", "classification")
@@ -145,6 +146,44 @@ class PretrainConfig:
     def __post_init__(self):
         check_positive_fields(self, "inner_lr")
         set_counts(self, 0, "inner_steps", "eval_inner_steps")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Settings of the transfer baselines: one classifier over all training classes,
+    adapted at test time (Chen et al. 2019, Baseline / Baseline++; Ravi & Larochelle 2017,
+    the fine-tuning and nearest-neighbour baselines). See :mod:`mamlx.algorithms.transfer`.
+
+    Attributes:
+      head: ``"linear"`` (Baseline) or ``"cosine"`` (Baseline++), in training and at test.
+      test_rule: ``"finetune"`` a fresh N-way head on the support set, or ``"nn"``
+        (nearest neighbour in the embedding).
+      inner_lr: test-time fine-tuning step size (full-batch gradient descent).
+      eval_inner_steps: test-time fine-tuning steps (validation and test).
+      finetune_body: fine-tune the embedding along with the head.
+      scale: temperature of the cosine head.
+      batch: images per training batch (``meta_batch`` batches per step), drawn uniformly
+        over all training classes.
+      classes: outputs of the training head; 0: every training class of the split,
+        counting rotations where the run rotates (Omniglot's Vinyals split: 4400).
+    """
+
+    head: str = "linear"
+    test_rule: str = "finetune"
+    inner_lr: float = 0.1
+    eval_inner_steps: int = 100
+    finetune_body: bool = False
+    scale: float = 10.0
+    batch: int = 128
+    classes: int = 0
+    CHOICES: ClassVar[dict[str, tuple]] = {"head": HEADS, "test_rule": TEST_RULES}
+
+    def __post_init__(self):
+        check_positive_fields(self, "inner_lr", "scale")
+        set_counts(self, 0, "eval_inner_steps", "classes")
+        set_counts(self, 1, "batch")
+        check_bools(self, "finetune_body")
+        check_choices(self, self.CHOICES)
 
 
 @dataclass(frozen=True)
@@ -283,6 +322,42 @@ def _pretrain(config: PretrainConfig, ctx):
     )
 
 
+def _transfer_classes(config: TransferConfig, run) -> int:
+    """The training head's outputs: ``classes``, or every training class of the run's split."""
+    classes = config.classes or registry.get_dataset(run.task).context(run).train_classes
+    if not classes:
+        raise ValueError(
+            f"the transfer baseline needs the number of training classes: {run.task!r} does "
+            f"not give one, so set classes"
+        )
+    return classes
+
+
+def _transfer(config: TransferConfig, ctx):
+    embed = ctx.embedding()
+    return transfer(
+        *embed,
+        classes=_transfer_classes(config, ctx.run),
+        feature_dim=ctx.feature_shape(embed)[0],
+        head=config.head,
+        test_rule=config.test_rule,
+        inner_lr=config.inner_lr,
+        inner_steps=config.eval_inner_steps,
+        finetune_body=config.finetune_body,
+        scale=config.scale,
+        task_map=ctx.task_map,
+    )
+
+
+def _transfer_batches(config: TransferConfig, run):
+    """Plain supervised batches over every training class (rotations as classes)."""
+    from mamlx.tasks.batches import class_batch_sampler
+
+    return class_batch_sampler(
+        config.batch, rotate=run.rotate, classes=_transfer_classes(config, run)
+    )
+
+
 def _protonet(config: ProtoNetConfig, ctx):
     return protonet(*ctx.embedding(), task_map=ctx.task_map)
 
@@ -408,6 +483,18 @@ register_learner(
     families=BOTH,
     description="pre-training baseline: the loss at φ itself, fine-tuned at test time",
     reference="Finn et al. 2017, Sec. 5.1 (the baseline MAML is contrasted with)",
+)
+register_learner(
+    "transfer",
+    _transfer,
+    TransferConfig,
+    families=CLASSIFICATION,
+    network="embedding",
+    train_sampler=_transfer_batches,
+    description="transfer baseline: one classifier over all training classes; fine-tune a "
+    "new head (linear or cosine) or nearest neighbour at test time",
+    reference="Chen, Liu, Kira, Wang & Huang, ICLR 2019 (Baseline, Baseline++); "
+    "Ravi & Larochelle, ICLR 2017 (fine-tuning and nearest-neighbour baselines)",
 )
 register_learner(
     "protonet",

@@ -72,6 +72,24 @@ _MLSTM_MINI = dict(
     steps=50_000,
 )
 
+# Ravi & Larochelle 2017's baselines on mini-ImageNet (Table 1; quoted by Finn et al. 2017,
+# Table 1): their learner network (Conv-4, 32 filters) trained as one classifier over the 64
+# training classes, then on each test episode either fine-tuned on the support set or used
+# as an embedding for nearest-neighbour classification. The paper does not give the
+# training budget or the fine-tuning schedule; mamlx's choices: batches of 64 images, 30,000
+# steps, 100 full-batch steps at lr 0.01 of all weights at test, 15 queries per class.
+_MINI_BASELINE = dict(
+    algo="transfer",
+    meta_batch=1,
+    batch=64,
+    steps=30_000,
+    queries=15,
+    inner_lr=0.01,
+    eval_inner_steps=100,
+    val_every=1000,
+)
+_RAVI = "Ravi & Larochelle 2017, Table 1 (as in Finn et al. 2017, Table 1)"
+
 # Published settings. Each entry: (task, overrides, source).
 PRESETS: dict[str, tuple[str, dict, str]] = {
     "maml-5w1s": (
@@ -101,6 +119,18 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
             meta_batch=16,
         ),
         "Finn et al. 2017, Table 1: Omniglot 20-way 5-shot 98.9 ± 0.2",
+    ),
+    "maml-noconv-5w1s": (
+        "omniglot",
+        dict(backbone="mlp"),
+        "Finn et al. 2017, Table 1: MAML, no conv (fully connected 256-128-64-64), Omniglot "
+        "5-way 1-shot 89.7 ± 1.1",
+    ),
+    "maml-noconv-5w5s": (
+        "omniglot",
+        dict(backbone="mlp", shots=5, queries=5),
+        "Finn et al. 2017, Table 1: MAML, no conv (fully connected 256-128-64-64), Omniglot "
+        "5-way 5-shot 97.5 ± 0.6",
     ),
     "fomaml-5w1s": (
         "omniglot",
@@ -186,6 +216,26 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
         "omniglot",
         {**_MLSTM_CMP, "algo": "maml", "shots": 5},
         "Finn et al. 2017 second-order MAML under the protocol of meta-lstm-5w5s",
+    ),
+    "finetune-mini-5w1s": (
+        "miniimagenet",
+        {**_MINI_BASELINE, "test_rule": "finetune", "finetune_body": True, "shots": 1},
+        f"{_RAVI}: fine-tuning baseline, mini-ImageNet 5-way 1-shot 28.86 ± 0.54",
+    ),
+    "finetune-mini-5w5s": (
+        "miniimagenet",
+        {**_MINI_BASELINE, "test_rule": "finetune", "finetune_body": True, "shots": 5},
+        f"{_RAVI}: fine-tuning baseline, mini-ImageNet 5-way 5-shot 49.79 ± 0.79",
+    ),
+    "nn-mini-5w1s": (
+        "miniimagenet",
+        {**_MINI_BASELINE, "test_rule": "nn", "shots": 1},
+        f"{_RAVI}: nearest-neighbour baseline, mini-ImageNet 5-way 1-shot 41.08 ± 0.70",
+    ),
+    "nn-mini-5w5s": (
+        "miniimagenet",
+        {**_MINI_BASELINE, "test_rule": "nn", "shots": 5},
+        f"{_RAVI}: nearest-neighbour baseline, mini-ImageNet 5-way 5-shot 51.04 ± 0.65",
     ),
     "meta-lstm-mini-5w1s": (
         "miniimagenet",
