@@ -59,6 +59,9 @@ class Context:
       train_classes: classes of the training split counting rotations where the run
         rotates (the output count of a classifier over all training classes, as the
         transfer baselines train); 0 where the data has no classes.
+      train_rotate: whether those classes count the 90-degree rotations (Omniglot's
+        Vinyals split with ``rotate``): what a sampler over all training classes passes
+        as ``rotate``.
     """
 
     run: RunConfig
@@ -67,6 +70,7 @@ class Context:
     classifier: Callable[[], tuple]
     embedding: Callable[..., tuple]
     train_classes: int = 0
+    train_rotate: bool = False
 
     def feature_shape(self, embed: tuple) -> tuple[int, ...]:
         """Per-example output shape of ``embed = (embed_fn, init_fn)`` on this data.
@@ -176,9 +180,12 @@ def fewshot_embedding(config: FewShotConfig, **options):
     return model(lambda r: ConvEmbedding(channels, filters=config.filters, **options, rngs=r))
 
 
-def image_context(train_classes: Callable[[FewShotConfig], int]):
+def image_context(
+    train_classes: Callable[[FewShotConfig], int],
+    train_rotate: Callable[[FewShotConfig], bool] = lambda config: False,
+):
     """``context`` of an image data set whose training split has ``train_classes(config)``
-    classes (counting rotations)."""
+    classes, counting rotations where ``train_rotate(config)``."""
 
     def context(config: FewShotConfig) -> Context:
         return Context(
@@ -188,6 +195,7 @@ def image_context(train_classes: Callable[[FewShotConfig], int]):
             lambda: fewshot_model(config),
             lambda **options: fewshot_embedding(config, **options),
             train_classes(config),
+            bool(train_rotate(config)),
         )
 
     return context
@@ -201,7 +209,12 @@ def _omniglot_train_classes(config: FewShotConfig) -> int:
 
     if config.split == "background":
         return NUM_BACKGROUND
-    return 1100 * (4 if config.rotate else 1)
+    return 1100 * (4 if _omniglot_train_rotate(config) else 1)
+
+
+def _omniglot_train_rotate(config: FewShotConfig) -> bool:
+    """Only the Vinyals split counts rotations as training classes (as ``load`` does)."""
+    return config.rotate and config.split == "vinyals"
 
 
 def _omniglot_arrays(config: FewShotConfig, root: str | None) -> tuple[dict, int]:
@@ -306,7 +319,7 @@ registry.register_dataset(
     "omniglot",
     FewShotConfig,
     _image_load(_omniglot_arrays),
-    image_context(_omniglot_train_classes),
+    image_context(_omniglot_train_classes, _omniglot_train_rotate),
     family="classification",
     channels=1,
     description="Omniglot characters, 28x28 gray (Lake et al. 2015; Vinyals et al. split)",

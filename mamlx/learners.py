@@ -322,22 +322,33 @@ def _pretrain(config: PretrainConfig, ctx):
     )
 
 
-def _transfer_classes(config: TransferConfig, run) -> int:
-    """The training head's outputs: ``classes``, or every training class of the run's split."""
-    classes = config.classes or registry.get_dataset(run.task).context(run).train_classes
+def training_classes(run, classes: int = 0) -> int:
+    """Outputs of a classifier over all training classes: ``classes``, or (0) every training
+    class of the run's split, counting rotations where it does
+    (:attr:`mamlx.datasets.Context.train_classes`)."""
+    classes = classes or registry.get_dataset(run.task).context(run).train_classes
     if not classes:
         raise ValueError(
-            f"the transfer baseline needs the number of training classes: {run.task!r} does "
-            f"not give one, so set classes"
+            f"{run.algo!r} classifies every training class, but {run.task!r} does not give "
+            f"their number (Context.train_classes): set classes"
         )
     return classes
+
+
+def class_batches(run, batch: int, classes: int = 0):
+    """Labelled batches of ``batch`` images over every training class of the run's split,
+    rotations as classes where the split counts them (:func:`mamlx.tasks.batches.class_batch_sampler`)."""
+    from mamlx.tasks.batches import class_batch_sampler
+
+    rotate = registry.get_dataset(run.task).context(run).train_rotate
+    return class_batch_sampler(batch, rotate=rotate, classes=training_classes(run, classes))
 
 
 def _transfer(config: TransferConfig, ctx):
     embed = ctx.embedding()
     return transfer(
         *embed,
-        classes=_transfer_classes(config, ctx.run),
+        classes=training_classes(ctx.run, config.classes),
         feature_dim=ctx.feature_shape(embed)[0],
         head=config.head,
         test_rule=config.test_rule,
@@ -351,11 +362,7 @@ def _transfer(config: TransferConfig, ctx):
 
 def _transfer_batches(config: TransferConfig, run):
     """Plain supervised batches over every training class (rotations as classes)."""
-    from mamlx.tasks.batches import class_batch_sampler
-
-    return class_batch_sampler(
-        config.batch, rotate=run.rotate, classes=_transfer_classes(config, run)
-    )
+    return class_batches(run, config.batch, config.classes)
 
 
 def _protonet(config: ProtoNetConfig, ctx):

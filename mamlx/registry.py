@@ -119,6 +119,7 @@ def _load_builtins() -> None:
         _builtins_loaded = True
         import mamlx.datasets  # noqa: F401 - registers sinusoid, omniglot, miniimagenet
         import mamlx.learners  # noqa: F401 - registers the built-in learners
+        import mamlx.learners_verification  # noqa: F401 - triplet, sphereface, cosface, arcface
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -23,6 +23,8 @@ from mamlx.tasks import fewshot_sampler
 
 ALL_LEARNERS = [
     "anil",
+    "arcface",
+    "cosface",
     "fomaml",
     "hallucination",
     "imaml",
@@ -35,6 +37,9 @@ ALL_LEARNERS = [
     "relation",
     "reptile",
     "siamese",
+    "sphereface",
+    "transfer",
+    "triplet",
 ]
 
 

@@ -182,11 +182,11 @@ def transfer(
         dtype = jax.tree.leaves(body)[0].dtype  # the head in the embedding's precision
         w = jax.nn.initializers.lecun_normal()(k_head, (feature_dim, classes), dtype)
         h = {"w": w} if head == "cosine" else {"w": w, "b": jnp.zeros((classes,), dtype)}
-        return {"body": body, "head": h}
+        return {"embed": body, "head": h}
 
     def outer_loss(params: Params, batch: LabeledBatch, key=None):
         del key  # deterministic
-        logits = head_logits(params["head"], embed_fn(params["body"], batch.x))
+        logits = head_logits(params["head"], embed_fn(params["embed"], batch.x))
         return task_metrics(logits, batch.y)
 
     def fresh_head(features: Array, labels: Array) -> Params:
@@ -199,7 +199,7 @@ def transfer(
     def adapt(params: Params, support_x, support_y, steps=None, key=None):
         del key  # deterministic
         steps = inner.check_steps(inner_steps if steps is None else steps, "test-time steps")
-        body = params["body"]
+        body = params["embed"]
         features = embed_fn(body, support_x)
         if test_rule == "nn":
             return NNState(body, features, class_one_hot(support_y))
@@ -211,18 +211,18 @@ def transfer(
             return TransferState(body, h, counts)
 
         def loss_all(p, x, y):
-            logits = head_logits(p["head"], embed_fn(p["body"], x))
+            logits = head_logits(p["head"], embed_fn(p["embed"], x))
             return cross_entropy(mask_absent(logits, counts), y)
 
         p, _ = inner.adapt(
             loss_all,
-            {"body": body, "head": h0},
+            {"embed": body, "head": h0},
             support_x,
             support_y,
             steps=steps,
             optimizer=inner_lr,
         )
-        return TransferState(p["body"], p["head"], counts)
+        return TransferState(p["embed"], p["head"], counts)
 
     def predict(state, x: Array) -> Array:
         features = embed_fn(state.body, x)
