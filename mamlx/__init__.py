@@ -30,6 +30,10 @@ _LAZY: dict[str, str] = {
     "reptile": "mamlx.algorithms.reptile",
     "reptile_optimizer": "mamlx.algorithms.reptile",
     "siamese": "mamlx.algorithms.siamese",
+    "transfer": "mamlx.algorithms.transfer",
+    "triplet": "mamlx.algorithms.triplet",
+    "angular_margin": "mamlx.algorithms.angular",
+    "verification": "mamlx.verification",
     "checkpoint": "mamlx.checkpoint",
     "FewShotConfig": "mamlx.config",
     "MiniImageNetConfig": "mamlx.config",
@@ -95,7 +99,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
-    from mamlx import checkpoint, registry, runtime
+    from mamlx import checkpoint, registry, runtime, verification
+    from mamlx.algorithms.angular import angular_margin
     from mamlx.algorithms.anil import anil
     from mamlx.algorithms.base import MetaLearner
     from mamlx.algorithms.hallucination import hallucination
@@ -109,6 +114,8 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from mamlx.algorithms.relation import relation
     from mamlx.algorithms.reptile import ReptileState, reptile, reptile_optimizer
     from mamlx.algorithms.siamese import siamese
+    from mamlx.algorithms.transfer import transfer
+    from mamlx.algorithms.triplet import triplet
     from mamlx.config import FewShotConfig, MiniImageNetConfig, SinusoidConfig
     from mamlx.episodes import Episode, check_episode, num_query, num_support, num_tasks
     from mamlx.evaluation import evaluate, make_evaluator, mean_ci
@@ -155,6 +162,10 @@ __all__ = [
     "ReptileState",
     "Sampler",
     "siamese",
+    "transfer",
+    "triplet",
+    "angular_margin",
+    "verification",
     "FewShotSampler",
     "MiniImageNetSplit",
     "OmniglotChars",

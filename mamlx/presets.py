@@ -312,6 +312,8 @@ MEASURED_TIME: dict[str, dict[str, str]] = {
     "maml-5w1s": {"gpu": "5.5 min for 56,000 steps (H100)"},
     "maml-20w1s": {"gpu": "2.8 min for 2,000 of 60,000 steps (H200)"},
     "fomaml-5w1s-cpu": {"cpu": "19-24 min"},
+    "maml-noconv-5w1s": {"cpu": "40 min for 38,600 of 60,000 steps (shared cores): 89.87 ± 1.33"},
+    "maml-noconv-5w5s": {"cpu": "41 min for 14,000 of 60,000 steps (shared cores): 97.55 ± 0.29"},
     "protonet-20w1s-cpu": {"cpu": "20 min (3,100 steps)"},
     "meta-lstm-5w1s": {"cpu": "13 min"},
     "meta-lstm-5w5s": {"cpu": "9.5 min"},
