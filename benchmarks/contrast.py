@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -138,7 +139,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "steps: to MAML's best k), over the same tasks.",
         "",
     ]
-    for setting in SETTINGS:
+    for setting in (s for s in SETTINGS if any(r["setting"] == s for r in rows)):
         lines += [f"## {setting}", "", "| method | trained steps | k | accuracy | Δ vs MAML |"]
         lines += ["|---|---|---|---|---|"]
         for r in (r for r in rows if r["setting"] == setting):
@@ -176,8 +177,10 @@ def figure(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(11, 4), sharey=False)
-    for ax, setting in zip(axes, SETTINGS, strict=True):
+    settings = [s for s in SETTINGS if any(r["setting"] == s for r in rows)]
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4), squeeze=False)
+    axes = axes[0]
+    for ax, setting in zip(axes, settings, strict=True):
         for r in (r for r in rows if r["setting"] == setting):
             acc = r["accuracy"]
             if "none" in acc:
@@ -271,8 +274,12 @@ def main(argv=None) -> int:
         minutes=args.minutes,
         tasks=args.tasks,
     )
-    meta["winners"] = winners(rows)
     name = "contrast_quick" if args.quick else "contrast"
+    previous = RESULTS / f"{name}.json"
+    if previous.exists():  # keep the recorded rows of the settings not run this time
+        kept = json.loads(previous.read_text())["rows"]
+        rows = [r for r in kept if r["setting"] not in args.settings] + rows
+    meta["winners"] = winners(rows)
     path = write_results(name, markdown(rows, meta), {"meta": meta, "rows": rows})
     try:
         figure(rows, RESULTS / f"{name}.png")
