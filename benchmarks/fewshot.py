@@ -51,6 +51,12 @@ PUBLISHED = {  # accuracy %, source
     "reptile-20w5s": (96.65, "Nichol et al. 2018"),
     "meta-lstm-mini-5w1s": (43.44, "Ravi & Larochelle 2017"),
     "meta-lstm-mini-5w5s": (60.60, "Ravi & Larochelle 2017"),
+    "maml++-5w1s": (99.47, "Antoniou et al. 2019, MAML++ single model"),
+    "maml++-5w5s": (99.93, "Antoniou et al. 2019, MAML++ single model"),
+    "maml++-20w1s": (97.65, "Antoniou et al. 2019, MAML++ single model"),
+    "maml++-20w5s": (99.33, "Antoniou et al. 2019, MAML++ single model"),
+    "maml++-mini-5w1s": (52.15, "Antoniou et al. 2019, MAML++ single model"),
+    "maml++-mini-5w5s": (68.32, "Antoniou et al. 2019, MAML++ single model"),
 }
 STORE = RESULTS / "fewshot.json"
 

@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +39,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mamlx import registry  # noqa: E402
-from mamlx.cli import main as cli  # noqa: E402
 from mamlx.evaluation import evaluate  # noqa: E402
 from mamlx.runs import load_run, read_config  # noqa: E402
 from mamlx.tasks import fewshot_sampler  # noqa: E402
@@ -94,7 +94,9 @@ def train(name: str, flags: str, args, out: Path) -> Path:
     cmd += ["--out", str(run_dir), "--no-progress", "--max-minutes", str(args.minutes)]
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     print("mamlx " + " ".join(cmd), flush=True)
-    if cli(cmd) != 0:
+    # One process per row: the compiled programs and buffers of one learner are gone before
+    # the next trains (all rows in one process grew past 14 GB and were killed).
+    if subprocess.run([sys.executable, "-m", "mamlx.cli", *cmd]).returncode != 0:
         raise SystemExit(f"mamlx {' '.join(cmd)} failed")
     return run_dir
 

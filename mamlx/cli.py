@@ -441,10 +441,12 @@ def _load_run_config(run_dir: Path):
 def _extend(config, steps: int, run_dir: Path):
     """A saved run's configuration trained on to ``steps``: allowed where the step count
     does not change what the earlier steps computed (a linear decay to 0 would)."""
-    if getattr(config, "meta_lr_schedule", "constant") == "linear" and steps != config.steps:
+    schedule = getattr(config, "meta_lr_schedule", "constant")
+    if schedule in ("linear", "cosine") and steps != config.steps:
         raise ValueError(
             f"--resume {run_dir} --steps {steps}: this run decays its meta learning rate "
-            f"linearly to 0 at step {config.steps}, so more steps would change what it computed"
+            f"{'linearly' if schedule == 'linear' else 'by a cosine'} until step "
+            f"{config.steps}, so more steps would change what it computed"
         )
     if steps != config.steps:
         print(f"note: {run_dir}: steps {config.steps} -> {steps}")

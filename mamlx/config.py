@@ -177,6 +177,11 @@ def _check_rates(obj: Any) -> None:
     c = obj.clip_norm
     if not (isinstance(c, (int, float)) and math.isfinite(c) and c >= 0):
         raise ValueError(f"clip_norm must be a finite number >= 0 (0: no clipping), got {c!r}")
+    low = getattr(obj, "min_meta_lr", 0.0)
+    if not (isinstance(low, (int, float)) and math.isfinite(low) and 0 <= low <= obj.meta_lr):
+        raise ValueError(
+            f"min_meta_lr must be a finite number in [0, meta_lr={obj.meta_lr}], got {low!r}"
+        )
 
 
 @dataclass(frozen=True, init=False)
@@ -227,9 +232,10 @@ class FewShotConfig(RunConfig):
     Attributes:
       ways, shots, queries: classes per task, support and query examples per class.
       steps, meta_batch: meta-training steps and tasks per step.
-      meta_lr, meta_lr_schedule, halve_every: outer learning rate; ``"constant"`` or
-        ``"linear"`` decay to 0; with ``halve_every > 0`` it is halved every that many
-        steps (Snell et al. 2017).
+      meta_lr, meta_lr_schedule, halve_every: outer learning rate; ``"constant"``,
+        ``"linear"`` decay to 0 or ``"cosine"`` annealing to ``min_meta_lr`` (MAML++);
+        with ``halve_every > 0`` it is halved every that many steps (Snell et al. 2017).
+      min_meta_lr: the outer learning rate at the end of a cosine schedule.
       clip_norm: clip the meta-gradient's global norm (0: off).
       seed: initialisation, task and split seed.
       filters: channels of every Conv-4 convolution (classifier and embedding).
@@ -268,6 +274,7 @@ class FewShotConfig(RunConfig):
     meta_batch: int = 32
     meta_lr: float = 1e-3
     meta_lr_schedule: str = "constant"
+    min_meta_lr: float = 0.0
     halve_every: int = 0
     clip_norm: float = 0.0
     seed: int = 0
@@ -295,7 +302,7 @@ class FewShotConfig(RunConfig):
     CHOICES: ClassVar[dict[str, tuple]] = {
         "backbone": ("conv4", "mlp"),
         "pool": ("stride", "max"),
-        "meta_lr_schedule": ("constant", "linear"),
+        "meta_lr_schedule": ("constant", "linear", "cosine"),
         "split": ("vinyals", "background", "ravi"),
         "conv_impl": ("", *CONV_IMPLS),
         "resize": ("lanczos", "nearest"),
@@ -407,12 +414,17 @@ LEGACY_FIELDS = (
 
 def outer_optimizer(config: RunConfig) -> optax.GradientTransformation:
     """The outer optimizer of a run: the learner's (Adam, or SGD on Reptile's
-    pseudo-gradient) at ``meta_lr``, decayed linearly to 0 (``meta_lr_schedule``) or
+    pseudo-gradient) at ``meta_lr``, decayed linearly to 0 or by a cosine to ``min_meta_lr``
+    (``meta_lr_schedule``) or
     halved every ``halve_every`` steps, after clipping the meta-gradient to
     ``clip_norm`` (Ravi & Larochelle 2017 clip the meta-learner's gradients)."""
     lr: Any = config.meta_lr
-    if getattr(config, "meta_lr_schedule", "constant") == "linear":
+    schedule = getattr(config, "meta_lr_schedule", "constant")
+    if schedule == "linear":
         lr = optax.linear_schedule(config.meta_lr, 0.0, max(config.steps, 1))
+    elif schedule == "cosine":  # MAML++ (Antoniou et al. 2019): down to min_meta_lr
+        low = getattr(config, "min_meta_lr", 0.0)
+        lr = optax.cosine_decay_schedule(config.meta_lr, max(config.steps, 1), low / config.meta_lr)
     elif getattr(config, "halve_every", 0):
         lr = optax.exponential_decay(config.meta_lr, config.halve_every, 0.5, staircase=True)
     opt = optax.sgd(lr) if config.entry.outer == "sgd" else optax.adam(lr)

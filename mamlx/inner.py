@@ -148,6 +148,7 @@ def run(
     remat: bool = False,
     unroll: int | bool = 1,
     trace: TraceFn | None = None,
+    step_inputs: Any = None,
 ) -> InnerResult:
     """The inner loop: ``steps`` optimizer steps on ``loss_fn(params, *args)``, one ``lax.scan``.
 
@@ -173,6 +174,10 @@ def run(
       trace: optional hook ``trace(θ_{k+1}, s_{k+1}) -> pytree`` called after each step;
         its outputs are stacked, e.g. ``lambda p, s: query_loss(p)`` for a MAML++
         multi-step loss or the meta-LSTM's gates from ``s``.
+      step_inputs: optional pytree with a leading axis of length ``steps``; step ``k``
+        passes its slice ``x_k`` as the last argument of ``loss_fn(θ_k, *args, x_k)`` and
+        of ``trace(θ_{k+1}, s_{k+1}, x_k)`` (``jnp.arange(steps)`` gives per-step
+        parameters such as MAML++'s batch-norm weights their step index).
 
     Returns:
       :class:`InnerResult` ``(params, opt_state, losses, trace)``; ``losses[k] = L(θ_k)``.
@@ -188,18 +193,19 @@ def run(
     if opt_state is None:
         opt_state = opt.init(params)
 
-    def step(carry, _):
+    def step(carry, x_k):
         p, s = carry
-        loss, grads = jax.value_and_grad(loss_fn)(p, *args)
+        extra = () if step_inputs is None else (x_k,)
+        loss, grads = jax.value_and_grad(loss_fn)(p, *args, *extra)
         seen = jax.lax.stop_gradient((loss, grads)) if first_order else (loss, grads)
         updates, s = opt_update(opt, seen[1], s, p, seen[0])
         p = optax.apply_updates(p, updates)
-        return (p, s), (loss, None if trace is None else trace(p, s))
+        return (p, s), (loss, None if trace is None else trace(p, s, *extra))
 
     if remat:
         step = jax.checkpoint(step)
     (new_params, new_state), (losses, traced) = jax.lax.scan(
-        step, (params, opt_state), None, length=steps, unroll=unroll
+        step, (params, opt_state), step_inputs, length=steps, unroll=unroll
     )
     if steps == 0:  # hand back the inputs themselves, not scan's copies
         new_params, new_state = params, opt_state

@@ -19,6 +19,7 @@ from mamlx.algorithms.anil import anil
 from mamlx.algorithms.hallucination import hallucination
 from mamlx.algorithms.imaml import imaml
 from mamlx.algorithms.maml import fomaml, maml
+from mamlx.algorithms.mamlpp import mamlpp
 from mamlx.algorithms.matching import matching
 from mamlx.algorithms.meta_lstm import meta_lstm
 from mamlx.algorithms.metasgd import metasgd
@@ -126,6 +127,51 @@ class MetaLSTMConfig(GradientConfig):
             raise ValueError(f"meta-lstm needs inner_steps >= 1, got {self.inner_steps}")
         set_counts(self, 1, "lstm_hidden")
         check_bools(self, "second_order")
+
+
+@dataclass(frozen=True)
+class MAMLPlusPlusConfig(GradientConfig):
+    """Settings of MAML++ (Antoniou, Edwards & Storkey, ICLR 2019); defaults from the
+    authors' Omniglot configurations (HowToTrainYourMAMLPytorch). With every option off
+    (``--no-multi-step-loss --no-per-step-bn --no-lslr``, ``first_order_epochs 0``) it is MAML.
+    See :mod:`mamlx.algorithms.mamlpp`; the outer cosine schedule is the run's
+    ``meta_lr_schedule="cosine"``.
+
+    Attributes:
+      inner_lr: inner step size (with ``lslr``: every learned rate's starting value).
+      inner_steps: inner steps during meta-training (the paper's 5).
+      eval_inner_steps: inner steps at validation and test time.
+      first_order: first-order meta-gradients throughout.
+      multi_step_loss: the query loss after every inner step, annealed toward the last (MSL).
+      msl_epochs: epochs over which the multi-step loss anneals (the authors' 10).
+      first_order_epochs: derivative-order annealing: first order for this many epochs (0: off).
+      per_step_bn: per-step batch-norm weights and biases (BNWB).
+      lslr: learned per-layer, per-step inner learning rates (LSLR).
+      epoch_steps: training steps per epoch, the unit of ``msl_epochs`` and
+        ``first_order_epochs`` (0: a hundredth of the run's steps, the paper's 100 epochs).
+      (transductive as :class:`GradientConfig`.)
+    """
+
+    inner_lr: float = 0.1
+    inner_steps: int = 5
+    eval_inner_steps: int = 5
+    first_order: bool = False
+    multi_step_loss: bool = True
+    msl_epochs: int = 10
+    first_order_epochs: int = 0
+    per_step_bn: bool = True
+    lslr: bool = True
+    epoch_steps: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        set_counts(self, 0, "msl_epochs", "first_order_epochs", "epoch_steps")
+        check_bools(self, "first_order", "multi_step_loss", "per_step_bn", "lslr")
+        if self.inner_steps == 0 and (self.multi_step_loss or self.per_step_bn or self.lslr):
+            raise ValueError(
+                "MAML++'s per-step options (multi_step_loss, per_step_bn, lslr) need "
+                "inner_steps >= 1, got 0"
+            )
 
 
 @dataclass(frozen=True)
@@ -313,6 +359,32 @@ def _meta_lstm(config: MetaLSTMConfig, ctx):
     )
 
 
+def _mamlpp(config: MAMLPlusPlusConfig, ctx):
+    steps = ctx.run.steps
+    epoch_steps = config.epoch_steps or steps / 100
+    schedules = {
+        "msl_epochs": config.msl_epochs if config.multi_step_loss else 0,
+        "first_order_epochs": config.first_order_epochs,
+    }
+    for name, epochs in schedules.items():
+        if epochs * epoch_steps > steps:
+            raise ValueError(
+                f"{name}={epochs} epochs of {epoch_steps:g} steps is longer than training "
+                f"({steps} steps): lower it, or epoch_steps"
+            )
+    return mamlpp(
+        *ctx.classifier(),
+        first_order=config.first_order,
+        multi_step_loss=config.multi_step_loss,
+        msl_epochs=config.msl_epochs,
+        first_order_epochs=config.first_order_epochs,
+        per_step_bn=config.per_step_bn,
+        lslr=config.lslr,
+        epoch_steps=epoch_steps,
+        **_gradient_kwargs(config, ctx),
+    )
+
+
 def _pretrain(config: PretrainConfig, ctx):
     return pretrain(
         *ctx.classifier(),
@@ -438,6 +510,16 @@ for _name, _make, _desc in (
         description=_desc,
         reference=_FINN,
     )
+register_learner(
+    "maml++",
+    _mamlpp,
+    MAMLPlusPlusConfig,
+    families=BOTH,
+    per_task_kernels=True,
+    description="MAML++: multi-step loss, derivative-order annealing, per-step batch norm, "
+    "learned per-layer per-step inner rates (cosine outer schedule: meta_lr_schedule)",
+    reference="Antoniou, Edwards & Storkey, ICLR 2019",
+)
 register_learner(
     "metasgd",
     _factory(metasgd),

@@ -24,7 +24,7 @@ import optax
 
 from mamlx import checkpoint, sharding
 from mamlx._checks import check_count
-from mamlx.algorithms.base import MetaLearner, call_with_key, learner_key, takes_key
+from mamlx.algorithms.base import MetaLearner, call_with_key, learner_key, takes_arg, takes_key
 from mamlx.tasks.base import Sampler
 from mamlx.types import Metrics, Params, PRNGKey
 
@@ -116,26 +116,32 @@ def make_step(
     fresh every step for stochastic learners (the hallucinator's noise), independent of
     the sampled tasks, which are those drawn without it. With a mesh, device ``d`` gets
     ``fold_in(that key, d)``. A ``meta_grad`` without a ``key`` parameter is called
-    without one.
+    without one. A ``meta_grad`` with a ``step`` parameter also gets ``step=state.step``, the
+    number of steps taken before this one (MAML++'s annealed multi-step loss and derivative
+    order follow it).
     """
     meta_batch = check_count("meta_batch", meta_batch, low=1)
     if mesh is not None:
         sharding.check_divisible(meta_batch, mesh)
     keyed = takes_key(learner.meta_grad)
+    stepped = takes_arg(learner.meta_grad, "step")
 
     def step(state: TrainState, data: Any) -> tuple[TrainState, Metrics]:
         key, k_tasks = jax.random.split(state.key)
         episodes = sampler.sample_batch(k_tasks, data, meta_batch)
         k_learner = learner_key(state.key) if keyed else None
+        when = {"step": state.step} if stepped else {}
         if mesh is None:
-            grads, metrics = call_with_key(learner.meta_grad, state.params, episodes, key=k_learner)
+            grads, metrics = call_with_key(
+                learner.meta_grad, state.params, episodes, key=k_learner, **when
+            )
         else:
 
             def device_meta_grad(params, episodes):  # inside shard_map: one key per device
                 k = k_learner
                 if k is not None:
                     k = jax.random.fold_in(k, jax.lax.axis_index(sharding.AXIS))
-                return call_with_key(learner.meta_grad, params, episodes, key=k)
+                return call_with_key(learner.meta_grad, params, episodes, key=k, **when)
 
             episodes = sharding.shard_tasks(episodes, mesh)
             grads, metrics = sharding.sharded_meta_grad(device_meta_grad, mesh)(

@@ -11,10 +11,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import jax
+# Before JAX starts its CPU backend (and inherited by the CLI subprocesses and notebook
+# kernels of the tests): the suite compiles hundreds of small programs once each, so
+# XLA's backend optimizations cost far more compile time than they save at run time
+# (measured: tests/test_registry.py 181 s -> 118 s on 2 cores). They change how the
+# program is compiled, not what it computes. Set MAMLX_TEST_XLA_OPT=1 to keep them.
+if os.environ.get("MAMLX_TEST_XLA_OPT") != "1":
+    _fast = "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_fast}".strip()
+
+import jax  # noqa: E402
 import pytest
 
-from mamlx.runtime import tune_host_allocator
+from mamlx.runtime import tune_host_allocator  # noqa: E402
 
 # As the `mamlx` command does before JAX computes anything: glibc keeps XLA's large
 # temporaries for reuse instead of mapping them afresh every step (mamlx.runtime; import
@@ -93,10 +102,22 @@ def _private_cache(tmp_path_factory):
         os.environ["MAMLX_CACHE"] = str(tmp_path_factory.mktemp("mamlx_cache"))
     default = cache.DEFAULT_CACHE_ROOT
     cache.DEFAULT_CACHE_ROOT = Path(os.environ["MAMLX_CACHE"])
+    # One persistent compilation cache for the whole run, shared by the xdist workers and
+    # the CLI subprocesses: many tests compile the same programs (a learner's step on the
+    # same small network), and a fresh function object misses JAX's in-memory cache.
+    jax_cache = "MAMLX_JAX_CACHE" not in os.environ
+    if jax_cache:
+        base = tmp_path_factory.getbasetemp()
+        shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+        os.environ["MAMLX_JAX_CACHE"] = str(shared / "jax-cache")
+    jax.config.update("jax_compilation_cache_dir", os.environ["MAMLX_JAX_CACHE"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     yield
     cache.DEFAULT_CACHE_ROOT = default
     if set_here:
         del os.environ["MAMLX_CACHE"]
+    if jax_cache:
+        del os.environ["MAMLX_JAX_CACHE"]
 
 
 @pytest.fixture(autouse=True, scope="module")

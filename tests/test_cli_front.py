@@ -131,7 +131,7 @@ def test_every_train_flag_has_help_and_lists_its_choices(task, capsys):
         for choice in (
             "{stride,max}",
             "{sgd,adam}",
-            "{constant,linear}",
+            "{constant,linear,cosine}",
             "{vinyals,background,ravi}",
         ):
             assert choice in text

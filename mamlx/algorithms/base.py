@@ -112,13 +112,26 @@ def takes_key(fn: Callable) -> bool:
       >>> takes_key(lambda params, episodes, key=None: 0), takes_key(lambda p, e: 0)
       (True, False)
     """
+    return takes_arg(fn, "key")
+
+
+def takes_arg(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` accepts the keyword argument ``name`` (or ``**kwargs``).
+
+    :func:`mamlx.fit` passes ``key=`` and ``step=`` (the training step, for learners whose
+    objective follows a schedule, such as MAML++) only to ``meta_grad`` functions that take them.
+
+    Example:
+      >>> takes_arg(lambda p, e, key=None, step=None: 0, "step"), takes_arg(lambda p, e: 0, "step")
+      (True, False)
+    """
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # callables without a signature
         return False
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return any(
-        p.kind is inspect.Parameter.VAR_KEYWORD or (p.name == "key" and p.kind in named)
+        p.kind is inspect.Parameter.VAR_KEYWORD or (p.name == name and p.kind in named)
         for p in params
     )
 
