@@ -10,6 +10,7 @@ need ``--data-dir`` with the images.
     python benchmarks/fewshot.py --presets fomaml-5w1s-cpu --data-dir ../shared/data/omniglot
     python benchmarks/fewshot.py --presets maml-5w1s --data-dir DIR        # on a GPU
     python benchmarks/fewshot.py --table-only                             # rebuild the table
+    python benchmarks/fewshot.py --ablation --data-dir DIR   # MAML++ ablation (benchmarks/ablation.py)
 
 A run stopped early (wall-clock budget) is evaluated and recorded with ``--stopped``: its
 best validation checkpoint is evaluated and the row gives the steps actually trained.
@@ -178,6 +179,11 @@ def run_preset(
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--ablation"]:  # MAML against MAML++ and each of its changes
+        import ablation
+
+        return ablation.main(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="*", default=["fomaml-5w1s-cpu"])
     p.add_argument("--data-dir", default="")

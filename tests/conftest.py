@@ -11,19 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# Before JAX starts its CPU backend (and inherited by the CLI subprocesses and notebook
-# kernels of the tests): the suite compiles hundreds of small programs once each, so
-# XLA's backend optimizations cost far more compile time than they save at run time
-# (measured: tests/test_registry.py 181 s -> 118 s on 2 cores). They change how the
-# program is compiled, not what it computes. Set MAMLX_TEST_XLA_OPT=1 to keep them.
-if os.environ.get("MAMLX_TEST_XLA_OPT") != "1":
-    _fast = "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true"
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_fast}".strip()
-
-import jax  # noqa: E402
+import jax
 import pytest
 
-from mamlx.runtime import tune_host_allocator  # noqa: E402
+from mamlx.runtime import tune_host_allocator
 
 # As the `mamlx` command does before JAX computes anything: glibc keeps XLA's large
 # temporaries for reuse instead of mapping them afresh every step (mamlx.runtime; import
