@@ -221,7 +221,10 @@ def mamlpp(
         params = init_fn(key)
         norms = norm_mask(params)
         if per_step_bn and not any(jax.tree.leaves(norms)):
-            raise ValueError("per_step_bn: the network has no normalization parameters (is_norm)")
+            raise ValueError(
+                "per_step_bn: the network has no normalization parameters (is_norm); turn the "
+                "option off (per_step_bn=False, --no-per-step-bn), e.g. for the sine-wave MLP"
+            )
         stack = lambda n, x: jnp.broadcast_to(x, (k_steps + 1, *x.shape)) + 0 if n else x
         meta = {"params": jax.tree.map(stack, norms, params)}
         if lslr:
