@@ -207,7 +207,35 @@ def _add_run_flags(parser: argparse.ArgumentParser, default: Any = None) -> None
         "--distributed",
         action=argparse.BooleanOptionalAction,
         default=default,
-        help="call jax.distributed.initialize() first (multi-host launch)",
+        help="call jax.distributed.initialize() first (several processes or hosts; "
+        "start the same command in each, with the next three flags)",
+    )
+    parser.add_argument(
+        "--coordinator-address",
+        metavar="HOST:PORT",
+        default=default,
+        help="with --distributed: process 0's address, reachable from every process "
+        "(default: $JAX_COORDINATOR_ADDRESS; found by JAX under SLURM, Open MPI, on TPU)",
+    )
+    parser.add_argument(
+        "--num-processes",
+        type=int,
+        default=default,
+        help="with --distributed: how many processes (default: $JAX_NUM_PROCESSES)",
+    )
+    parser.add_argument(
+        "--process-id",
+        type=int,
+        default=default,
+        help="with --distributed: this process's index, 0 writes the run (default: "
+        "$JAX_PROCESS_ID)",
+    )
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        default=default,
+        help="with --distributed: seconds after which a silent process counts as dead and "
+        "the others stop with an error (default: JAX's, 100)",
     )
     parser.add_argument(
         "--checkpoint-every", type=int, default=default, help=f"({d['checkpoint_every']})"
@@ -253,6 +281,30 @@ def _run_settings(args: argparse.Namespace, run_dir: Path, resume: bool) -> argp
     if settings["devices"] < 0:
         raise ValueError(f"--devices must be >= 0 (0: all devices), got {settings['devices']}")
     return argparse.Namespace(**settings)
+
+
+def _distributed_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Where this process sits in a ``--distributed`` launch: the flags given, else
+    ``$JAX_COORDINATOR_ADDRESS``, ``$JAX_NUM_PROCESSES``, ``$JAX_PROCESS_ID`` (this JAX
+    reads only the first itself), else ``None`` for JAX to find (SLURM, Open MPI, TPU).
+    Launch settings, not run settings: not saved in ``run.json``."""
+    env = os.environ
+    out: dict[str, Any] = {"coordinator_address": None, "num_processes": None, "process_id": None}
+    for name in out:
+        value = getattr(args, name, None)
+        var = "JAX_" + name.upper()
+        text = env.get(var, "")
+        if value is None and text:
+            if name != "coordinator_address" and not text.isdigit():
+                raise ValueError(f"${var} must be a whole number, got {text!r}")
+            value = text if name == "coordinator_address" else int(text)
+        out[name] = value
+    timeout = getattr(args, "heartbeat_timeout", None)
+    if timeout is not None:
+        if timeout < 1:
+            raise ValueError(f"--heartbeat-timeout must be >= 1 second, got {timeout}")
+        out["heartbeat_timeout"] = timeout
+    return out
 
 
 def _note_resolved_changes(path: Path, resolved: dict) -> None:
@@ -534,7 +586,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if run.distributed:
         from mamlx.sharding import initialize_distributed
 
-        initialize_distributed()
+        try:
+            initialize_distributed(**_distributed_args(args))
+        except ValueError as e:  # JAX could not tell where this process sits
+            e.add_note(
+                "mamlx: --distributed needs --coordinator-address, --num-processes and "
+                "--process-id (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID) "
+                "outside SLURM, Open MPI and TPU pods; --no-distributed trains in this process"
+            )
+            raise
     if run.devices != 1:
         from mamlx.sharding import check_divisible, task_mesh
 
@@ -579,11 +639,33 @@ def cmd_train(args: argparse.Namespace) -> int:
         state = _fit(training, exp, config, state, run, run_dir, last, validate, mesh)
     except training.TrainingInterrupted as e:
         saved = "checkpoint saved" if e.checkpoint_path else "no checkpoint written here"
+        if jax.process_index() > 0:
+            saved = "process 0 saves the checkpoint"
+        again = " --distributed (in every process)" if jax.process_count() > 1 else ""
         print(
-            f"interrupted at step {e.step}; {saved}; resume with: mamlx train --resume {run_dir}",
+            f"interrupted at step {e.step}; {saved}; resume with: mamlx train --resume "
+            f"{run_dir}{again}",
             file=sys.stderr,
         )
         return 130
+    except Exception as e:
+        runtime = type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError")
+        if not (runtime and jax.process_count() > 1):
+            raise
+        # A collective failed: another process died or cannot be reached. JAX's exit handler
+        # would wait for it, then abort; say what happened and leave now.
+        latest = checkpoint.latest_checkpoint(run_dir)
+        where = f"the last checkpoint is {latest}" if latest else f"no checkpoint in {run_dir}"
+        print(
+            f"mamlx: error: {str(e).splitlines()[0]}\n"
+            f"mamlx: process {jax.process_index()} of {jax.process_count()}: another process of "
+            f"this --distributed run stopped or cannot be reached (see its log); {where}; "
+            f"resume with: mamlx train --resume {run_dir} --distributed (in every process)",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.stdout.flush()
+        os._exit(2)
     wall = time.perf_counter() - t0
     summary = {k: v for k, v in last.items() if k not in ("seconds",)}
     summary.update(wall_seconds=round(wall, 1), run_dir=str(run_dir))

@@ -36,6 +36,13 @@ def task_mesh(devices: Sequence[jax.Device] | int | None = None) -> Mesh:
         if not 1 <= devices <= len(all_devices):
             raise ValueError(f"asked for {devices} devices, {len(all_devices)} available")
         devices = all_devices[:devices]
+    hosts = {d.process_index for d in devices}
+    if len(hosts) < jax.process_count():  # the others would have nothing to compute on
+        raise ValueError(
+            f"the {len(devices)} devices of the mesh belong to {len(hosts)} of the "
+            f"{jax.process_count()} processes; every process needs devices in it (all "
+            "devices: task_mesh(), `mamlx train --devices 0`)"
+        )
     return Mesh(np.asarray(devices), (AXIS,))
 
 
@@ -117,19 +124,51 @@ def varying_like(tree: Any, *inputs: Any) -> Any:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Place a pytree (params, optimizer state, dataset) on every device of ``mesh``."""
+    """Place a pytree (params, optimizer state, dataset) on every device of ``mesh``.
+
+    With several processes every process passes the same values; each places its copy
+    on its own devices of the mesh.
+    """
     return jax.device_put(tree, replicated(mesh))
 
 
-def initialize_distributed() -> int:
-    """Call ``jax.distributed.initialize()`` for a multi-host launch.
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    heartbeat_timeout: int | None = None,
+) -> int:
+    """Start ``jax.distributed`` for a launch of several processes (hosts), once.
 
-    JAX finds the coordinator itself on TPU pods, under SLURM and Open MPI, or from
-    ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``; it
-    raises if it cannot. Run checkpoints and logs are then written by process 0 only.
+    Call it before anything else computes with JAX. Arguments left ``None`` are found by
+    JAX on TPU pods, under SLURM and Open MPI (``JAX_COORDINATOR_ADDRESS`` gives the
+    address elsewhere); the ``mamlx`` command passes ``--coordinator-address``,
+    ``--num-processes`` and ``--process-id`` (defaults: ``$JAX_COORDINATOR_ADDRESS``,
+    ``$JAX_NUM_PROCESSES``, ``$JAX_PROCESS_ID``). On CPU, collectives between processes
+    go over TCP (JAX's default ``jax_cpu_collectives_implementation="gloo"``). When a
+    process dies, the others' next collective fails at once if its connections dropped;
+    one that hangs or cannot be reached counts as dead after ``heartbeat_timeout`` seconds
+    and JAX ends the others. Run checkpoints and logs are then written by process 0 only.
+
+    Args:
+      coordinator_address: ``host:port`` of process 0, reachable from every process.
+      num_processes: how many processes take part.
+      process_id: this process's index, ``0 .. num_processes - 1``.
+      heartbeat_timeout: seconds without a heartbeat after which a process counts as
+        dead (JAX's default: 100).
 
     Returns:
       The number of processes.
+
+    Example:
+      Two processes on one machine, each running (``ID`` 0 and 1)::
+
+        mamlx.sharding.initialize_distributed("127.0.0.1:12345", 2, ID)
     """
-    jax.distributed.initialize()
+    if not jax.distributed.is_initialized():  # a second call (or the user's own) is a no-op
+        timeout = (
+            {} if heartbeat_timeout is None else {"heartbeat_timeout_seconds": heartbeat_timeout}
+        )
+        jax.distributed.initialize(coordinator_address, num_processes, process_id, **timeout)
     return jax.process_count()

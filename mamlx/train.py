@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from mamlx import checkpoint, sharding
 from mamlx._checks import check_count
@@ -221,7 +222,8 @@ def fit(
       max_seconds: optional wall-clock budget of this call's training (compiled
         chunks, compilation included; validation not counted): after the chunk that
         passes it, the run validates, checkpoints and returns early, as at its last
-        step (``state.step < steps`` tells a stopped run).
+        step (``state.step < steps`` tells a stopped run). With several processes
+        (``jax.distributed``), process 0's clock decides for all.
 
     Returns:
       The final :class:`TrainState`.
@@ -230,7 +232,9 @@ def fit(
       NonFiniteLossError: naming the step where the loss became NaN/inf; the last
         good state is checkpointed first when ``run_dir`` is set.
       TrainingInterrupted: on Ctrl-C, after checkpointing the last finished chunk's
-        state when ``run_dir`` is set.
+        state when ``run_dir`` is set; in every process of a ``jax.distributed`` run
+        after a SIGTERM to any of them (JAX's preemption notice; all stop after the same
+        chunk).
     """
     steps = check_count("steps", steps, low=0)
     chunk, checkpoint_every, validate_every = (
@@ -256,13 +260,13 @@ def fit(
 
         bar = tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True)
     pending = run_dir is not None and _pending_validation(Path(run_dir), int(state.step))
-    if jax.process_count() > 1:  # every host takes the same branch below (process 0 reads)
-        from jax.experimental import multihost_utils
-
+    many = jax.process_count() > 1
+    if many:  # every host takes the same branch below (process 0 reads)
         pending = bool(multihost_utils.broadcast_one_to_all(np.asarray(pending)))
     if run_dir is not None and jax.process_index() != 0:
         run_dir = None  # several hosts: process 0 writes the log and the checkpoints
     metrics_file = Path(run_dir) / "metrics.jsonl" if run_dir else None
+    calls = 0  # compiled calls so far, the same on every host (the preemption sync point)
     try:
         if pending:
             _finish_validation(metrics_file, run_dir, state, validate)
@@ -286,7 +290,11 @@ def fit(
                 raise NonFiniteLossError(bad_step, path)
             state = new_state
             trained += seconds
-            last = int(state.step) == steps or (max_seconds is not None and trained > max_seconds)
+            calls += 1
+            late = max_seconds is not None and trained > max_seconds
+            if many and max_seconds is not None:  # process 0's clock decides for every host
+                late = bool(multihost_utils.broadcast_one_to_all(np.asarray(late)))
+            last = int(state.step) == steps or late
             record = {"step": int(state.step), "seconds": round(seconds, 4)}
             record.update({k: float(np.mean(v)) for k, v in metrics.items()})
             record["tasks_per_s"] = round(n * meta_batch / max(seconds, 1e-9), 2)
@@ -315,6 +323,10 @@ def fit(
                 on_chunk(state, record)
             if last:
                 break
+            # SIGTERM to any process of a jax.distributed run (a scheduler's notice): JAX
+            # catches it and every host reaches this point at the same call; checkpoint, stop.
+            if multihost_utils.reached_preemption_sync_point(calls):
+                raise KeyboardInterrupt
     except KeyboardInterrupt as e:
         if isinstance(e, TrainingInterrupted):
             raise
