@@ -25,40 +25,19 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ledger  # noqa: E402
+
+from mamlx import published  # noqa: E402
+from mamlx._io import atomic_write  # noqa: E402
 from mamlx.cli import main as cli  # noqa: E402
 from mamlx.presets import PRESETS  # noqa: E402
 
 from common import RESULTS, git_rev, machine  # noqa: E402
 
-PUBLISHED = {  # accuracy %, source
-    "maml-5w1s": (98.7, "Finn et al. 2017"),
-    "maml-5w5s": (99.9, "Finn et al. 2017"),
-    "maml-20w1s": (95.8, "Finn et al. 2017"),
-    "maml-20w5s": (98.9, "Finn et al. 2017"),
-    "maml-noconv-5w1s": (89.7, "Finn et al. 2017, MAML no conv"),
-    "maml-noconv-5w5s": (97.5, "Finn et al. 2017, MAML no conv"),
-    "finetune-mini-5w1s": (28.86, "Ravi & Larochelle 2017"),
-    "finetune-mini-5w5s": (49.79, "Ravi & Larochelle 2017"),
-    "nn-mini-5w1s": (41.08, "Ravi & Larochelle 2017"),
-    "nn-mini-5w5s": (51.04, "Ravi & Larochelle 2017"),
-    "fomaml-5w1s-cpu": (98.7, "Finn et al. 2017, second-order MAML, full budget"),
-    "maml-mini-5w1s": (48.70, "Finn et al. 2017"),
-    "maml-mini-5w5s": (63.11, "Finn et al. 2017"),
-    "fomaml-mini-5w1s": (48.07, "Finn et al. 2017"),
-    "fomaml-mini-5w5s": (63.15, "Finn et al. 2017"),
-    "reptile-5w1s": (95.39, "Nichol et al. 2018"),
-    "reptile-5w5s": (98.90, "Nichol et al. 2018"),
-    "reptile-20w1s": (88.14, "Nichol et al. 2018"),
-    "reptile-20w5s": (96.65, "Nichol et al. 2018"),
-    "meta-lstm-mini-5w1s": (43.44, "Ravi & Larochelle 2017"),
-    "meta-lstm-mini-5w5s": (60.60, "Ravi & Larochelle 2017"),
-    "maml++-5w1s": (99.47, "Antoniou et al. 2019, MAML++ single model"),
-    "maml++-5w5s": (99.93, "Antoniou et al. 2019, MAML++ single model"),
-    "maml++-20w1s": (97.65, "Antoniou et al. 2019, MAML++ single model"),
-    "maml++-20w5s": (99.33, "Antoniou et al. 2019, MAML++ single model"),
-    "maml++-mini-5w1s": (52.15, "Antoniou et al. 2019, MAML++ single model"),
-    "maml++-mini-5w5s": (68.32, "Antoniou et al. 2019, MAML++ single model"),
-}
+#: The presets of this table that train for a published number (the metric learners'
+#: are in benchmarks/metric.py); the numbers themselves: mamlx.published.
+METRIC = ("protonet", "matching", "relation", "siamese")
+PUBLISHED_PRESETS = [p.preset for p in published.PUBLISHED if p.preset and p.method not in METRIC]
 STORE = RESULTS / "fewshot.json"
 
 
@@ -82,8 +61,8 @@ def table(runs: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
-        pub, src = PUBLISHED.get(r["preset"], (None, ""))
-        pub_cell = f"{pub:.2f} ({src})" if pub else "—"
+        p = published.for_preset(r["preset"])
+        pub_cell = f"{p.number} ({p.source}, {p.table})" if p else "—"
         note = "" if r.get("batch_norm", "transductive") == "transductive" else " (non-transd.)"
         rot = (
             f"{r['accuracy_rotated_test']:.2f} ± {r['ci_rotated_test']:.2f}"
@@ -94,7 +73,8 @@ def table(runs: list[dict]) -> str:
             f"| {r['preset']} | {r['accuracy']:.2f} ± {r['ci']:.2f}{note} | {rot} | {pub_cell} | "
             f"{r['steps']} | {r['wall_s'] / 60:.1f} min | {r['device']} | `{r['command']}` |"
         )
-    missing = [p for p in PUBLISHED if p not in {r["preset"] for r in runs}]
+    ran = {published.BASED_ON.get(r["preset"], r["preset"]) for r in runs}
+    missing = [p for p in PUBLISHED_PRESETS if p not in ran]
     lines += ["", "Not run yet (published number only): " + ", ".join(missing), ""]
     notes = [
         f"- {r['preset']} {r.get('flags', '')}".rstrip() + f": {r['note']}"
@@ -129,7 +109,8 @@ def run_preset(
     Returns:
       The row: accuracy and 95% CI (%), the rotated-test protocol's where it applies,
       per-task accuracies (``per_task``: same tasks for every run of the same test
-      protocol), steps trained, training wall time, machine, commit and command.
+      protocol), the test tasks' shape, steps trained (and planned), training wall time,
+      machine, commit, command and the validation curve (``curve``: step, accuracy %).
     """
     if preset not in PRESETS:
         raise SystemExit(f"unknown preset {preset!r}; available: {sorted(PRESETS)}")
@@ -169,12 +150,17 @@ def run_preset(
         ),
         "per_task": res["per_task_accuracy"],
         "test_tasks": res["tasks"],
+        "test_ways": res["ways"],
+        "test_shots": res["shots"],
+        "test_queries": config["eval_queries"] or config["queries"],
         "steps": log[-1]["step"],
+        "planned_steps": config["steps"],
         "wall_s": sum(r["seconds"] for r in log),
         "device": machine(),
         "commit": git_rev(),
         "batch_norm": res["batch_norm"],
         "command": command,
+        "curve": ledger.curve(run_dir),
     }
 
 
@@ -209,6 +195,11 @@ def main(argv=None) -> int:
         )
         row.pop("per_task")
         row["flags"] = args.flags
+        ledger.record_row(
+            {**row, "flags": flags.strip()}, preset=preset, source="benchmarks/fewshot.py"
+        )
+        for k in ("curve", "test_ways", "test_shots", "test_queries", "planned_steps"):
+            row.pop(k)
         runs = [
             r
             for r in runs
@@ -219,7 +210,8 @@ def main(argv=None) -> int:
             )
         ]
         runs.append(row)
-        STORE.write_text(json.dumps(runs, indent=1) + "\n")
+        with atomic_write(STORE, "w") as f:
+            f.write(json.dumps(runs, indent=1) + "\n")
     md = table(runs)
     (RESULTS / "fewshot.md").write_text(md)
     print(md)

@@ -39,8 +39,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ledger  # noqa: E402
 from fewshot import run_preset  # noqa: E402
 
+from mamlx import published  # noqa: E402
+from mamlx._io import atomic_write  # noqa: E402
 from mamlx.evaluation import mean_ci  # noqa: E402
 
 from common import RESULTS  # noqa: E402
@@ -48,18 +51,21 @@ from common import RESULTS  # noqa: E402
 SETTINGS = ((5, 1), (5, 5), (20, 1), (20, 5))
 QUICK = "--filters 16 --steps 300 --eval-tasks 200 --halve-every 0"
 
+
+def _published(method: str, dataset: str, settings) -> tuple[tuple[float, ...], str]:
+    """The published accuracies (%) of ``method`` in ``settings`` and their source, from
+    :data:`mamlx.published.PUBLISHED` (the one table of published numbers)."""
+    rows = [published.find(method, dataset, ways, shots) for ways, shots in settings]
+    return tuple(p.mean for p in rows), f"{rows[0].source}, {rows[0].table}"
+
+
 #: Published Omniglot accuracies (%) for 5w1s, 5w5s, 20w1s, 20w5s.
 PUBLISHED_OMNIGLOT = {
-    "protonet": ((98.8, 99.7, 96.0, 98.9), "Snell et al. 2017, Table 1"),
-    "matching": ((98.1, 98.9, 93.8, 98.5), "Vinyals et al. 2016, Table 1"),
-    "relation": ((99.6, 99.8, 97.6, 99.1), "Sung et al. 2018, Table 1"),
-    "siamese": ((97.3, 98.4, 88.2, 97.0), "Koch et al. 2015, as in Vinyals et al. 2016, Table 1"),
+    m: _published(m, "omniglot", SETTINGS) for m in ("protonet", "matching", "relation", "siamese")
 }
 #: Published mini-ImageNet 5-way accuracies (%) for 1-shot, 5-shot.
 PUBLISHED_MINIIMAGENET = {
-    "protonet": ((49.42, 68.20), "Snell et al. 2017, Table 2"),
-    "matching": ((43.56, 55.31), "Ravi & Larochelle 2017, as in Snell et al. 2017, Table 2"),
-    "relation": ((50.44, 65.32), "Sung et al. 2018, Table 2"),
+    m: _published(m, "miniimagenet", ((5, 1), (5, 5))) for m in ("protonet", "matching", "relation")
 }
 
 
@@ -71,6 +77,10 @@ def metric_row(method: str, ways: int, shots: int, label: str, args) -> dict:
     r = run_preset(
         preset, out=args.out, data_dir=args.data_dir, flags=flags.strip(), name=f"{preset}-{label}"
     )
+    if label != "quick":  # smoke-level settings are not results
+        ledger.record_row(
+            {**r, "flags": flags.strip()}, preset=preset, source="benchmarks/metric.py"
+        )
     return {
         "method": method,
         "setting": f"{ways}w{shots}s",
@@ -233,7 +243,8 @@ def main(argv=None):
     db = json.loads(path.read_text()) if path.is_file() else {"rows": {}, "hallucination": []}
 
     def save():
-        path.write_text(json.dumps(db, indent=1))
+        with atomic_write(path, "w") as f:
+            f.write(json.dumps(db, indent=1))
         (RESULTS / "metric.md").write_text(write_markdown(db))
 
     if args.cpu:

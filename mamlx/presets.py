@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from mamlx import published
 from mamlx.config import config_class
+
+
+def _cite(name: str, note: str = "") -> str:
+    """The source of preset ``name``: its published number (:mod:`mamlx.published`)."""
+    cite = published.for_preset(name).cite()
+    return f"{note}; published: {cite}" if note else cite
+
+
+# First-order MAML with Finn et al.'s settings; Nichol et al. 2018 publish its Omniglot numbers
+# (run with their own settings).
+_FOMAML = "Finn et al. 2017, Sec. 5.2 (first-order approximation), with Finn et al.'s settings"
 
 # Reptile (Nichol, Achiam & Schulman 2018, Appendix A, Table 3): inner Adam (lr 1e-3,
 # beta1 = 0), 10 training shots, 5 inner iterations (10 for 20-way, lr 5e-4), outer step size
@@ -106,7 +118,6 @@ _MAMLPP_MINI = {
     "msl_epochs": 15,
     "min_meta_lr": 1e-3,
 }
-_MAMLPP_SOURCE = "Antoniou et al. 2019, Table {table} (MAML++, single model): {what}"
 
 # Ravi & Larochelle 2017's baselines on mini-ImageNet (Table 1; quoted by Finn et al. 2017,
 # Table 1): their learner network (Conv-4, 32 filters) trained as one classifier over the 64
@@ -124,24 +135,23 @@ _MINI_BASELINE = dict(
     eval_inner_steps=100,
     val_every=1000,
 )
-_RAVI = "Ravi & Larochelle 2017, Table 1 (as in Finn et al. 2017, Table 1)"
 
 # Published settings. Each entry: (task, overrides, source).
 PRESETS: dict[str, tuple[str, dict, str]] = {
     "maml-5w1s": (
         "omniglot",
         dict(),
-        "Finn et al. 2017, Sec. 5.2 / Table 1: Omniglot 5-way 1-shot 98.7 ± 0.4",
+        _cite("maml-5w1s"),
     ),
     "maml-5w5s": (
         "omniglot",
         dict(shots=5, queries=5),
-        "Finn et al. 2017, Table 1: Omniglot 5-way 5-shot 99.9 ± 0.1",
+        _cite("maml-5w5s"),
     ),
     "maml-20w1s": (
         "omniglot",
         dict(ways=20, inner_lr=0.1, inner_steps=5, eval_inner_steps=5, meta_batch=16),
-        "Finn et al. 2017, Sec. 5.2 / Table 1: Omniglot 20-way 1-shot 95.8 ± 0.3",
+        _cite("maml-20w1s"),
     ),
     "maml-20w5s": (
         "omniglot",
@@ -154,24 +164,48 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
             eval_inner_steps=5,
             meta_batch=16,
         ),
-        "Finn et al. 2017, Table 1: Omniglot 20-way 5-shot 98.9 ± 0.2",
+        _cite("maml-20w5s"),
     ),
     "maml-noconv-5w1s": (
         "omniglot",
         dict(backbone="mlp"),
-        "Finn et al. 2017, Table 1: MAML, no conv (fully connected 256-128-64-64), Omniglot "
-        "5-way 1-shot 89.7 ± 1.1",
+        _cite("maml-noconv-5w1s"),
     ),
     "maml-noconv-5w5s": (
         "omniglot",
         dict(backbone="mlp", shots=5, queries=5),
-        "Finn et al. 2017, Table 1: MAML, no conv (fully connected 256-128-64-64), Omniglot "
-        "5-way 5-shot 97.5 ± 0.6",
+        _cite("maml-noconv-5w5s"),
     ),
     "fomaml-5w1s": (
         "omniglot",
         dict(algo="fomaml"),
-        "Finn et al. 2017, Sec. 5.2 (first-order approximation)",
+        _cite("fomaml-5w1s", _FOMAML),
+    ),
+    "fomaml-5w5s": (
+        "omniglot",
+        dict(algo="fomaml", shots=5, queries=5),
+        _cite("fomaml-5w5s", _FOMAML),
+    ),
+    "fomaml-20w1s": (
+        "omniglot",
+        dict(
+            algo="fomaml", ways=20, inner_lr=0.1, inner_steps=5, eval_inner_steps=5, meta_batch=16
+        ),
+        _cite("fomaml-20w1s", _FOMAML),
+    ),
+    "fomaml-20w5s": (
+        "omniglot",
+        dict(
+            algo="fomaml",
+            ways=20,
+            shots=5,
+            queries=5,
+            inner_lr=0.1,
+            inner_steps=5,
+            eval_inner_steps=5,
+            meta_batch=16,
+        ),
+        _cite("fomaml-20w5s", _FOMAML),
     ),
     "fomaml-5w1s-cpu": (
         "omniglot",
@@ -183,72 +217,72 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
     "maml++-5w1s": (
         "omniglot",
         {**_MAMLPP},
-        _MAMLPP_SOURCE.format(table=1, what="Omniglot 5-way 1-shot 99.47"),
+        _cite("maml++-5w1s"),
     ),
     "maml++-5w5s": (
         "omniglot",
         {**_MAMLPP, "shots": 5},
-        _MAMLPP_SOURCE.format(table=1, what="Omniglot 5-way 5-shot 99.93"),
+        _cite("maml++-5w5s"),
     ),
     "maml++-20w1s": (
         "omniglot",
         {**_MAMLPP, "ways": 20},
-        _MAMLPP_SOURCE.format(table=1, what="Omniglot 20-way 1-shot 97.65 ± 0.05"),
+        _cite("maml++-20w1s"),
     ),
     "maml++-20w5s": (
         "omniglot",
         {**_MAMLPP, "ways": 20, "shots": 5},
-        _MAMLPP_SOURCE.format(table=1, what="Omniglot 20-way 5-shot 99.33 ± 0.03"),
+        _cite("maml++-20w5s"),
     ),
     "maml++-mini-5w1s": (
         "miniimagenet",
         {**_MAMLPP_MINI},
-        _MAMLPP_SOURCE.format(table=2, what="mini-ImageNet 5-way 1-shot 52.15 ± 0.26"),
+        _cite("maml++-mini-5w1s"),
     ),
     "maml++-mini-5w5s": (
         "miniimagenet",
         {**_MAMLPP_MINI, "shots": 5},
-        _MAMLPP_SOURCE.format(table=2, what="mini-ImageNet 5-way 5-shot 68.32 ± 0.44"),
+        _cite("maml++-mini-5w5s"),
     ),
     "maml-mini-5w1s": (
         "miniimagenet",
         dict(),
-        "Finn et al. 2017, Table 1: mini-ImageNet 5-way 1-shot 48.70 ± 1.84",
+        _cite("maml-mini-5w1s"),
     ),
     "maml-mini-5w5s": (
         "miniimagenet",
         dict(shots=5, meta_batch=2),
-        "Finn et al. 2017, Table 1: mini-ImageNet 5-way 5-shot 63.11 ± 0.92",
+        _cite("maml-mini-5w5s"),
     ),
     "fomaml-mini-5w1s": (
         "miniimagenet",
         dict(algo="fomaml"),
-        "Finn et al. 2017, Table 1: first-order MAML mini-ImageNet 5-way 1-shot 48.07 ± 1.75",
+        _cite("fomaml-mini-5w1s"),
     ),
     "fomaml-mini-5w5s": (
         "miniimagenet",
         dict(algo="fomaml", shots=5, meta_batch=2),
-        "Finn et al. 2017, Table 1: first-order MAML mini-ImageNet 5-way 5-shot 63.15 ± 0.91",
+        _cite("fomaml-mini-5w5s"),
     ),
     "reptile-5w1s": (
         "omniglot",
         {**_REPTILE, "eval_shots": 1},
-        "Nichol et al. 2018, Table 1: Omniglot 5-way 1-shot 95.39 ± 0.09 (non-transductive)",
+        _cite("reptile-5w1s"),
     ),
     "reptile-5w5s": (
         "omniglot",
         {**_REPTILE, "eval_shots": 5},
-        "Nichol et al. 2018, Table 1: Omniglot 5-way 5-shot 98.90 ± 0.10 (non-transductive)",
+        _cite("reptile-5w5s"),
     ),
     "reptile-20w1s": (
         "omniglot",
         {**_REPTILE_20, "eval_shots": 1},
-        "Nichol et al. 2018, Table 1: Omniglot 20-way 1-shot 88.14 ± 0.15 (non-transductive)",
+        _cite("reptile-20w1s"),
     ),
     "reptile-20w5s": (
         "omniglot",
         {**_REPTILE_20, "eval_shots": 5},
-        "Nichol et al. 2018, Table 1: Omniglot 20-way 5-shot 96.65 ± 0.33 (non-transductive)",
+        _cite("reptile-20w5s"),
     ),
     "meta-lstm-5w1s": (
         "omniglot",
@@ -286,46 +320,41 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
     "finetune-mini-5w1s": (
         "miniimagenet",
         {**_MINI_BASELINE, "test_rule": "finetune", "finetune_body": True, "shots": 1},
-        f"{_RAVI}: fine-tuning baseline, mini-ImageNet 5-way 1-shot 28.86 ± 0.54",
+        _cite("finetune-mini-5w1s"),
     ),
     "finetune-mini-5w5s": (
         "miniimagenet",
         {**_MINI_BASELINE, "test_rule": "finetune", "finetune_body": True, "shots": 5},
-        f"{_RAVI}: fine-tuning baseline, mini-ImageNet 5-way 5-shot 49.79 ± 0.79",
+        _cite("finetune-mini-5w5s"),
     ),
     "nn-mini-5w1s": (
         "miniimagenet",
         {**_MINI_BASELINE, "test_rule": "nn", "shots": 1},
-        f"{_RAVI}: nearest-neighbour baseline, mini-ImageNet 5-way 1-shot 41.08 ± 0.70",
+        _cite("nn-mini-5w1s"),
     ),
     "nn-mini-5w5s": (
         "miniimagenet",
         {**_MINI_BASELINE, "test_rule": "nn", "shots": 5},
-        f"{_RAVI}: nearest-neighbour baseline, mini-ImageNet 5-way 5-shot 51.04 ± 0.65",
+        _cite("nn-mini-5w5s"),
     ),
     "meta-lstm-mini-5w1s": (
         "miniimagenet",
         {**_MLSTM_MINI, "shots": 1},
-        "Ravi & Larochelle 2017, Table 1: meta-learner LSTM mini-ImageNet 5-way 1-shot "
-        "43.44 ± 0.77",
+        _cite("meta-lstm-mini-5w1s"),
     ),
     "meta-lstm-mini-5w5s": (
         "miniimagenet",
         {**_MLSTM_MINI, "shots": 5},
-        "Ravi & Larochelle 2017, Table 1: meta-learner LSTM mini-ImageNet 5-way 5-shot "
-        "60.60 ± 0.71",
+        _cite("meta-lstm-mini-5w5s"),
     ),
 }
 
 
 # Metric learners on Omniglot, the papers' settings (Vinyals split, 28x28, Conv-4 of 64
-# filters, Adam 1e-3). Test episodes: 15 queries per class at 5 ways, 5 at 20 ways.
-_PUBLISHED_METRIC = {  # 5w1s, 5w5s, 20w1s, 20w5s (%)
-    "protonet": ((98.8, 99.7, 96.0, 98.9), "Snell et al. 2017, Table 1"),
-    "matching": ((98.1, 98.9, 93.8, 98.5), "Vinyals et al. 2016, Table 1"),
-    "relation": ((99.6, 99.8, 97.6, 99.1), "Sung et al. 2018, Table 1"),
-    "siamese": ((97.3, 98.4, 88.2, 97.0), "Koch et al. 2015, as in Vinyals et al. 2016, Table 1"),
-}
+# filters, Adam 1e-3). Test episodes: 15 queries per class at 5 ways, 5 at 20 ways. The
+# published numbers: mamlx.published (Snell et al. 2017, Vinyals et al. 2016, Sung et al.
+# 2018, Koch et al. 2015 as in Vinyals et al. 2016).
+_METRIC = ("protonet", "matching", "relation", "siamese")
 
 
 def _metric_settings(algo: str, ways: int, shots: int) -> dict:
@@ -345,14 +374,15 @@ def _metric_settings(algo: str, ways: int, shots: int) -> dict:
     return dict(ways=64, shots=1, queries=1, steps=20_000, eval_shots=shots, **test)
 
 
-for _algo, (_accs, _source) in _PUBLISHED_METRIC.items():
-    for (_ways, _shots), _acc in zip(((5, 1), (5, 5), (20, 1), (20, 5)), _accs, strict=True):
-        PRESETS[f"{_algo}-{_ways}w{_shots}s"] = (
+for _algo in _METRIC:
+    for _ways, _shots in ((5, 1), (5, 5), (20, 1), (20, 5)):
+        _name = f"{_algo}-{_ways}w{_shots}s"
+        PRESETS[_name] = (
             "omniglot",
             {"algo": _algo, "meta_batch": 1, **_metric_settings(_algo, _ways, _shots)},
-            f"{_source}: Omniglot {_ways}-way {_shots}-shot {_acc}",
+            _cite(_name),
         )
-del _algo, _accs, _source, _ways, _shots, _acc
+del _algo, _ways, _shots, _name
 
 # ProtoNet 20-way 1-shot on 2 CPU cores: Snell et al.'s settings, stopped by time (20 min
 # reached 3,100 steps: 96.58 ± 0.16, benchmarks/results/metric.md).

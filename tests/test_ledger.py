@@ -1,0 +1,154 @@
+"""The results ledger (benchmarks/ledger.py) and the reproduction runner (reproduce.py)."""
+
+import json
+import sys
+
+import pytest
+
+from mamlx import published
+from mamlx.presets import PRESETS
+
+from conftest import REPO, data_dir
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import ledger  # noqa: E402
+import reproduce  # noqa: E402
+
+
+def test_every_preset_citing_a_published_number_has_a_ledger_entry():
+    on_disk = json.loads(ledger.LEDGER.read_text())
+    keys = [e["key"] for e in on_disk["entries"]]
+    assert sorted(keys) == sorted(p.key for p in published.PUBLISHED)  # one entry each
+    cited = 0
+    for name, (_, _, source) in PRESETS.items():
+        p = published.for_preset(name)
+        if p is None:
+            continue
+        cited += 1
+        assert p.key in keys, name
+        if name not in published.BASED_ON:  # the preset's citation is the table's number
+            assert p.number in source and p.source in source, (name, source)
+    assert cited >= 40
+    for e in on_disk["entries"]:  # the published side is the table's
+        p = published.by_key(e["key"])
+        assert (e["published"]["mean"], e["published"]["interval"]) == (p.mean, p.interval)
+        assert e["verdict"] in ("within", "below", "not run")
+        assert e["verdict"] != "not run" or e["reason"]
+
+
+@pytest.mark.parametrize(
+    "ours, pub, expected",
+    [
+        ((98.0, 0.5), (98.7, 0.4), "within"),  # the intervals overlap
+        ((98.0, 0.3), (98.7, 0.4), "within"),  # they touch
+        ((99.5, 0.1), (98.7, 0.4), "within"),  # ours is higher
+        ((97.0, 0.5), (98.7, 0.4), "below"),
+        ((96.58, 0.16), (96.0, None), "within"),  # a published number without an interval
+        ((95.5, 0.3), (96.0, None), "below"),
+        ((96.1, float("nan")), (96.0, None), "within"),
+    ],
+)
+def test_verdict(ours, pub, expected):
+    assert ledger.verdict(*ours, *pub) == expected
+
+
+def _run(p, mean, interval, tasks, **kw):
+    return ledger.make_run(
+        p,
+        preset=p.preset,
+        as_drawn=(mean, interval),
+        test_tasks=tasks,
+        ways=p.ways,
+        shots=p.shots,
+        queries=ledger.test_protocol(p)["queries"],
+        transductive=p.transductive,
+        steps=10,
+        wall_s=1.0,
+        machine="test machine",
+        command="mamlx train ...",
+        commit="abc1234",
+        source="test",
+        **kw,
+    )
+
+
+def test_entry_verdict_counts_only_runs_at_the_papers_protocol():
+    p = published.find("maml", "omniglot", 5, 1)
+    book = ledger.new_ledger()
+    ledger.place(book, _run(p, 99.5, 0.2, 200, run_id="short"), p.key)  # 200 of 600 tasks
+    entry = next(e for e in ledger.refresh(book)["entries"] if e["key"] == p.key)
+    assert entry["verdict"] == "not run" and "1 run off the protocol" in entry["reason"]
+    assert entry["runs"][0]["verdict"] == "within" and not entry["runs"][0]["at_protocol"]
+    ledger.place(book, _run(p, 97.0, 0.3, 600, run_id="low"), p.key)
+    assert ledger.refresh(book)["entries"][0]["verdict"] == "below"
+    ledger.place(book, _run(p, 98.5, 0.3, 600, run_id="ok"), p.key)
+    assert ledger.refresh(book)["entries"][0]["verdict"] == "within"
+    ledger.place(book, _run(p, 97.2, 0.3, 600, run_id="ok"), p.key)  # same id: replaced
+    assert [r["id"] for r in book["entries"][0]["runs"]] == ["short", "low", "ok"]
+    assert ledger.refresh(book)["entries"][0]["verdict"] == "below"
+
+
+def test_markdown_and_readme_are_generated_from_the_json():
+    book = ledger.load(ledger.LEDGER)
+    assert ledger.LEDGER.with_suffix(".md").read_text() == ledger.markdown(book)
+    block = ledger.readme_block(ledger.README.read_text())
+    assert block == ledger.summary_table(book)
+    assert block.count("\n") == 2 + len(published.PUBLISHED)
+    assert ledger.stale() == []
+
+
+def test_an_update_that_fails_to_serialize_leaves_the_old_file(tmp_path):
+    path = tmp_path / "reproduction.json"
+    ledger.save(ledger.new_ledger(), path)
+    before = path.read_bytes()
+    p = published.find("protonet", "omniglot", 5, 1)
+    bad = _run(p, 98.0, 0.5, 1000, notes="x")
+    bad["notes"] = object()  # not JSON
+    with pytest.raises(TypeError):
+        ledger.add_run(bad, p.key, path)
+    bad["notes"], bad["mean"] = "", float("inf")  # strict JSON: no infinities
+    with pytest.raises(ValueError):
+        ledger.add_run(bad, p.key, path)
+    assert path.read_bytes() == before
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["reproduction.json", "reproduction.md"]
+    good = _run(p, 98.5, 0.5, 1000)  # reaches 98.8 (published without an interval)
+    ledger.add_run(good, p.key, path)
+    entry = next(e for e in json.loads(path.read_text())["entries"] if e["key"] == p.key)
+    assert entry["runs"][0]["verdict"] == "within" and entry["verdict"] == "within"
+
+
+def test_gpu_plan_fits_its_budget(tmp_path, capsys):
+    assert reproduce.main(["--gpu", "--dry-run", "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert all(
+        f"{name}: mamlx train omniglot --preset {name}" in out for name in reproduce.GPU_ROWS
+    )
+    assert out.count("--max-minutes 6.5") == len(reproduce.GPU_ROWS)
+    assert "training stopped by 8 min, evaluated by 10 min" in out
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_tiny_row_writes_a_well_formed_entry(tmp_path):
+    omniglot = data_dir("omniglot")
+    path, readme = tmp_path / "ledger.json", ledger.README.read_bytes()
+    argv = ["--rows", "maml-noconv-5w1s", "--tiny", "--out", str(tmp_path / "runs")]
+    argv += ["--ledger", str(path), "--data-dir", str(omniglot), "--flags=--eval-inner-steps 1"]
+    assert reproduce.main(argv) == 0
+    book = json.loads(path.read_text())
+    key = published.for_preset("maml-noconv-5w1s").key
+    (entry,) = [e for e in book["entries"] if e["runs"]]
+    assert entry["key"] == key and entry["verdict"] == "not run"
+    (run,) = entry["runs"]
+    assert 0 <= run["mean"] <= 100 and run["interval"] >= 0 and run["test_tasks"] == 8
+    assert run["as_drawn"] and run["rotated"] and run["protocol"]["test_rotated"]
+    assert run["protocol"] == {**run["protocol"], "ways": 5, "shots": 1, "queries": 1}
+    assert run["protocol"]["transductive"] is True
+    assert run["at_protocol"] is False and "8 test tasks" in run["off_protocol"]
+    assert run["steps"] == 2 and run["planned_steps"] == 2 and run["wall_s"] > 0
+    assert run["command"].startswith("mamlx train omniglot --preset maml-noconv-5w1s")
+    assert "--eval-rotate" in run["command"] and run["commit"] and run["machine"]
+    assert [s for s, _ in run["curve"]] == [1, 2] and "validation:" in run["notes"]
+    assert run["verdict"] in ("within", "below")
+    assert path.with_suffix(".md").read_text() == ledger.markdown(ledger.load(path))
+    assert ledger.README.read_bytes() == readme  # only the repository's ledger touches it
