@@ -75,10 +75,13 @@ def test_matches_xla_forward_grad_hessian(case, impl):
 
         return h
 
-    h_ours = jax.jit(jax.grad(grad_norm(ours), (0, 1)))(x, w)
-    h_ref = jax.jit(jax.grad(grad_norm(ref), (0, 1)))(x, w)
-    for a, b in zip(h_ours, h_ref, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+    with jax.enable_x64(True):  # float64: the two agree to rounding, not to float32's 1e-3
+        x, w = _inputs(case, jnp.float64)
+        h_ours = jax.jit(jax.grad(grad_norm(ours), (0, 1)))(x, w)
+        h_ref = jax.jit(jax.grad(grad_norm(ref), (0, 1)))(x, w)
+        for a, b in zip(h_ours, h_ref, strict=True):
+            assert a.dtype == jnp.float64
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("cin", [2, 4], ids=["taps-major", "pixel-major"])
@@ -178,9 +181,12 @@ def test_vmap_per_task_kernels(impl, cin):
         inner = jax.grad(lambda w: jnp.sum(jnp.tanh(_ref(x, w, 2, "SAME"))))
         return jnp.sum(inner(w) ** 2)
 
-    g = jax.jit(jax.vmap(jax.grad(task, 1)))(xs, ws)
-    g_ref = jax.jit(jax.vmap(jax.grad(task_ref, 1)))(xs, ws)
-    np.testing.assert_allclose(g, g_ref, rtol=1e-3, atol=1e-3)
+    with jax.enable_x64(True):  # float64: the two agree to rounding, not to float32's 1e-3
+        xs, ws = (a.astype(jnp.float64) for a in (xs, ws))
+        g = jax.jit(jax.vmap(jax.grad(task, 1)))(xs, ws)
+        g_ref = jax.jit(jax.vmap(jax.grad(task_ref, 1)))(xs, ws)
+        assert g.dtype == jnp.float64
+        np.testing.assert_allclose(g, g_ref, rtol=1e-10, atol=1e-10)
 
 
 def test_default_impl_depends_on_the_backend_only(monkeypatch):
@@ -214,6 +220,24 @@ def test_max_pool_2x2():
     x = jax.random.normal(jax.random.key(0), (2, 5, 6, 3))
     ref = lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
     np.testing.assert_allclose(max_pool_2x2(x), ref)
+
+
+def test_max_pool_2x2_gradient_selects_one_element_per_window():
+    # Distinct values: the gradient of every order equals reduce_window's (finite differences).
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (2, 5, 6, 3), jnp.float64)
+        check_grads(lambda x: jnp.sum(max_pool_2x2(x) ** 3), (x,), 2, eps=1e-4)
+    # Ties (relu zeros, saturated pixels): the window's whole cotangent goes to one element,
+    # never divided by a count of elements found equal to the maximum again (0/0 = NaN when
+    # a compiled program recomputes the window in another rounding).
+    tied = jnp.zeros((1, 2, 2, 1)).at[0, 1, 1, 0].set(-1.0)
+    g = jax.grad(lambda x: jnp.sum(max_pool_2x2(x) * 3.0))(tied)
+    np.testing.assert_array_equal(np.asarray(g).ravel(), [3.0, 0.0, 0.0, 0.0])
+    rows = jax.random.normal(jax.random.key(1), (4, 4, 4, 2))
+    g = jax.jit(jax.grad(lambda x: jnp.sum(max_pool_2x2(x))))(rows)
+    windows = np.asarray(g).reshape(4, 2, 2, 2, 2, 2).transpose(0, 1, 3, 5, 2, 4)
+    np.testing.assert_array_equal(windows.reshape(-1, 4).sum(-1), 1.0)
+    np.testing.assert_array_equal((windows.reshape(-1, 4) != 0).sum(-1), 1)
 
 
 @pytest.mark.parametrize(

@@ -38,12 +38,20 @@ _ModuleList = getattr(nnx, "List", list)  # nnx.List from flax 0.12 on
 def max_pool_2x2(x: Array) -> Array:
     """2x2 max-pool with stride 2 and VALID padding (a trailing odd row/column is dropped).
 
-    Written as a reshape and a max, whose derivatives of any order are cheap
-    elementwise selects (``reduce_window``'s are scatters).
+    Each window's four values are gathered on a last axis and the largest is picked by a
+    one-hot mask of its (first) ``argmax``: the derivatives of any order are cheap
+    elementwise products (``reduce_window``'s are scatters), and the whole cotangent of a
+    window goes to one element. ``max``'s own derivative would find the maximum again by
+    equality with the forward result and divide by the number of equal elements: a
+    compiled program that recomputes the window in another rounding (XLA:CPU did, at
+    ``--xla_backend_optimization_level=0`` and on 720-image Siamese batches) finds none
+    and makes 0/0 = NaN gradients.
     """
     n, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    x = x[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+    x = x.transpose(0, 1, 3, 5, 2, 4).reshape(n, h // 2, w // 2, c, 4)
+    pick = jax.nn.one_hot(jnp.argmax(jax.lax.stop_gradient(x), axis=-1), 4, dtype=x.dtype)
+    return jnp.sum(x * pick, axis=-1)
 
 
 def batch_norm(
