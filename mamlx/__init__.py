@@ -59,6 +59,7 @@ _LAZY: dict[str, str] = {
     "registry": "mamlx.registry",
     "load_run": "mamlx.runs",
     "runtime": "mamlx.runtime",
+    "search": "mamlx.search",
     "FewShotSampler": "mamlx.tasks",
     "MiniImageNetSplit": "mamlx.tasks",
     "OmniglotChars": "mamlx.tasks",
@@ -99,7 +100,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
-    from mamlx import checkpoint, registry, runtime, verification
+    from mamlx import checkpoint, registry, runtime, search, verification
     from mamlx.algorithms.angular import angular_margin
     from mamlx.algorithms.anil import anil
     from mamlx.algorithms.base import MetaLearner
@@ -209,5 +210,6 @@ __all__ = [
     "pretrain",
     "restore",
     "load_run",
+    "search",
     "sinusoid",
 ]
