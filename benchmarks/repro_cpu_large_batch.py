@@ -4,7 +4,13 @@ disagrees with the eager one on CPU.
 Found by ``benchmarks/verification.py``: Siamese training on 360 pairs (both images of every
 pair embedded in one call of 720 images) went NaN at step 2. Under ``jax.jit`` the gradient of
 ``mean(|e1 − e2| · w)`` differed from call to call (NaN, 13.9, 2.9e25, ...) while the eager
-gradient was finite and stable; 128 and 256 pairs agreed. Both convolution implementations
+gradient was finite and stable; 128 and 256 pairs agreed.
+
+Cause, found 2026-12-02: the Conv-4 embedding's 2x2 max-pool was a reshape and ``max``, whose
+derivative finds the maximum again by equality with the forward value and divides by the
+number found; when the compiled program recomputed a window in another rounding it found
+none, 0/0 = NaN. ``max_pool_2x2`` now selects by argmax; since then the three compiled values
+agree with the eager one (360 pairs: eager 0.454364, compiled 0.454365 three times). Both convolution implementations
 (``patches`` and XLA's) and a plain-``jnp`` batch norm showed it, on a 2-core AMD EPYC with
 jax 0.10.2 (2026-12-01), with other jobs running. Prints the eager value and three compiled ones.
 
