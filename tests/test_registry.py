@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mamlx import fit, init_state, registry
-from mamlx.algorithms.base import gradient_learner
+from mamlx.algorithms.base import gradient_learner, learner_key
 from mamlx.cli import main
 from mamlx.config import FewShotConfig, SinusoidConfig, config_from_dict
 from mamlx.datasets import Data, context
@@ -132,16 +132,34 @@ def test_every_learner_builds_from_a_config_and_trains_through_fit(algo, toy_ima
     # The evaluator serves it too (the test protocol of every learner).
     from mamlx.evaluation import evaluate
 
+    key, steps = jax.random.PRNGKey(1), config.eval_steps
     res = evaluate(
         exp.learner,
         state.params,
         exp.eval_sampler,
         exp.splits["test"],
-        key=jax.random.PRNGKey(1),
+        key=key,
         num_tasks=2,
-        steps=[config.eval_steps],
+        steps=[steps],
     )
-    assert 0.0 <= res[config.eval_steps]["accuracy"][0] <= 1.0
+
+    # The reported accuracy is the learner's own on these tasks, recomputed from its
+    # predictions (task i from fold_in(key, i), adapted with learner_key of that key), and
+    # those predictions are not constant: a constant model (or an evaluator reporting
+    # something else) fails here, where "0 <= accuracy <= 1" passed anything.
+    def predict(i):
+        k = jax.random.fold_in(key, i)
+        ep = exp.eval_sampler.sample(k, exp.splits["test"])
+        task = exp.learner.adapt(
+            state.params, ep.support_x, ep.support_y, steps=steps, key=learner_key(k)
+        )
+        return exp.learner.predict(task, ep.query_x), ep.query_y
+
+    out, labels = jax.jit(jax.vmap(predict))(jnp.arange(2))
+    out = np.asarray(out)[..., : config.eval_ways or config.ways]  # the task's classes
+    accuracy = np.mean(np.argmax(out, -1) == np.asarray(labels))
+    np.testing.assert_allclose(res[steps]["accuracy"][0], accuracy, rtol=1e-6)
+    assert np.all(np.isfinite(out)) and np.ptp(out, axis=1).max() > 1e-6, "constant predictions"
 
 
 def test_learner_settings_reach_the_factory(toy_images):

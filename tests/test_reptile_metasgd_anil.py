@@ -159,6 +159,13 @@ def test_non_transductive_prediction_ignores_other_queries():
         first = learner.predict(state, ep.query_x[:2])
         same = np.allclose(full[:2], first, atol=1e-5)
         assert same == (not transductive)
+    # Non-transductive: query i is the last row of the network on support ∪ {x_i}, its own
+    # row, by hand; any other row of that batch (a support example's, say row 0) differs.
+    adapted = learner.adapt(params, ep.support_x, ep.support_y).params
+    for i, q in enumerate(ep.query_x):
+        rows = apply_fn(adapted, jnp.concatenate([ep.support_x, q[None]]))
+        np.testing.assert_allclose(full[i], rows[-1], rtol=1e-5, atol=1e-6)
+        assert not np.allclose(full[i], rows[0], rtol=1e-5, atol=1e-6), "row 0 is not its row"
 
 
 def _mse_loss(apply_fn):

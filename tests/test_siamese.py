@@ -75,13 +75,20 @@ def test_same_is_symmetric_and_trains_to_say_same_for_identical_inputs():
     np.testing.assert_allclose(
         same(trained, test.x1, test.x2), same(trained, test.x2, test.x1), rtol=1e-5, atol=1e-6
     )
-    # At initialisation (bias 0) identical inputs score exactly 0.5.
+    # At initialisation (bias 0) identical inputs score exactly 0.5: below the threshold.
     np.testing.assert_allclose(same(params, test.x1, test.x1), 0.5, atol=1e-6)
     # Measured after 60 steps: 0.63 for identical inputs.
     assert np.all(same(trained, test.x1, test.x1) > 0.55), "identical inputs must score 'same'"
     m = verification_metrics(same(trained, test.x1, test.x2), test.same)
-    # Measured: AUC 1.0, accuracy 0.75 at p = 0.5 (the bias is still calibrating).
-    assert m["auc"] > 0.9 and m["accuracy"] > 0.6, m
+    m0 = verification_metrics(same(params, test.x1, test.x2), test.same)
+    # The untrained network already ranks these template-plus-noise pairs perfectly (AUC 1.0),
+    # so the AUC tells nothing here; the accuracy at p = 0.5 and the held-out cross-entropy
+    # do, and the untrained network fails both thresholds. Measured: accuracy 0.5 -> 0.875,
+    # cross-entropy 0.73 -> 0.39.
+    assert m["accuracy"] > 0.6 >= m0["accuracy"], (m, m0)
+    loss, loss0 = (float(net.pair_loss(p, test)[0]) for p in (trained, params))
+    assert loss < 0.75 * loss0, (loss, loss0)
+    assert m["auc"] >= m0["auc"] - 0.05, (m, m0)  # training does not spoil the ranking
 
 
 def test_one_shot_classification_picks_the_most_similar_support_example():

@@ -2,10 +2,11 @@
 
 Feature maps of the embedding ``f_φ`` (not flattened) are pooled per class
 (sum over the class's support examples, as in the paper's K-shot setting),
-concatenated with each query's feature map and scored by a learned relation
+concatenated with each query's feature map (the class's first, the query's second,
+as the paper's C(f(x_i), f(x_j)) and its code) and scored by a learned relation
 module ``g_ϕ``:
 
-    r_{q,c} = sigmoid(g_ϕ([f_φ(x_q), Σ_{y_i=c} f_φ(x_i)])) ∈ [0, 1]
+    r_{q,c} = sigmoid(g_ϕ([Σ_{y_i=c} f_φ(x_i), f_φ(x_q)])) ∈ [0, 1]
 
 Training regresses the scores onto one-hot targets with the mean squared error
 (Sung et al. 2018, Eq. 2). ``predict`` returns the scores (arg-max is the
@@ -142,8 +143,8 @@ def relation(
         num_q, num_c = q.shape[0], state.class_features.shape[0]
         pairs = jnp.concatenate(
             [
-                jnp.broadcast_to(q[:, None], (num_q, num_c, *q.shape[1:])),
                 jnp.broadcast_to(state.class_features[None], (num_q, num_c, *q.shape[1:])),
+                jnp.broadcast_to(q[:, None], (num_q, num_c, *q.shape[1:])),
             ],
             axis=-1,
         )

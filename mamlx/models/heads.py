@@ -23,7 +23,7 @@ from mamlx.types import Array
 class RelationModule(nnx.Module):
     """Relation module ``g_φ`` of Sung et al. (2018), Fig. 2.
 
-    Input: concatenated feature maps ``[f(x_query), f(class)]`` of shape
+    Input: concatenated feature maps ``[f(class), f(x_query)]`` of shape
     ``(B, h, w, 2C)``; output: relation logits ``(B,)`` (the relation score is
     ``sigmoid(logit)`` in [0, 1]). Architecture: 2 x (3x3 conv ``filters``, batch
     norm, ReLU, 2x2 max-pool) -> FC ``hidden`` + ReLU -> FC 1.
@@ -72,13 +72,14 @@ class FullContextEmbedding(nnx.Module):
     the support embeddings (in the given order). Query: ``K`` steps of an
     attention LSTM,
 
-        ĥ_k, c_k = LSTM(f'(x), [ĥ_{k-1}, r_{k-1}], c_{k-1});  ĥ_k += f'(x)
-        r_k = Σ_i softmax_i(ĥ_k · g(x_i)) g(x_i)
+        ĥ_k, c_k = LSTM(f'(x), [h_{k-1}, r_{k-1}], c_{k-1});  h_k = ĥ_k + f'(x)
+        r_{k-1} = Σ_i softmax_i(h_{k-1} · g(x_i)) g(x_i)
 
-    and ``f(x) = ĥ_K``. The readout ``r`` enters the cell as input (next to
-    ``f'(x)``) rather than as part of the hidden state: the gate pre-activations
-    are the same linear function of ``(f'(x), ĥ, r)``, so the two forms are
-    equivalent.
+    from ``h_0 = f'(x)`` and ``c_0 = 0`` (so the first step already reads the support set:
+    ``r_0`` is the read-out of ``h_0``), and ``f(x) = h_K``. The readout ``r`` enters the
+    cell as input (next to ``f'(x)``) rather than as part of the hidden state: the gate
+    pre-activations are the same linear function of ``(f'(x), h, r)``, so the two forms
+    are equivalent.
 
     Called on ``(support, query)`` embeddings ``(S, D)``, ``(Q, D)``; returns
     ``(g, f)`` with the same shapes.
@@ -112,10 +113,10 @@ class FullContextEmbedding(nnx.Module):
         fwd = self._run(self.forward, support)
         bwd = self._run(self.backward, support[::-1])[::-1]
         g = support + fwd + bwd
-        h = query
-        c = r = varying_like(jnp.zeros_like(query), query, support)
+        h = query  # h_0 = f'(x)
+        c = varying_like(jnp.zeros_like(query), query, support)
         for _ in range(self.steps):
+            r = jax.nn.softmax(h @ g.T, axis=-1) @ g  # r_{k-1}, the read-out of h_{k-1}
             (c, h), _ = self.attend((c, h), jnp.concatenate([query, r], axis=-1))
             h = h + query
-            r = jax.nn.softmax(h @ g.T, axis=-1) @ g
         return g, h
