@@ -136,6 +136,10 @@ _MINI_BASELINE = dict(
     val_every=1000,
 )
 
+# MAML's 20-way Omniglot settings (Finn et al. 2017, Sec. 5.2: 5 inner steps of 0.1 in training and
+# at test, meta-batch 16); first-order MAML uses the same.
+_MAML_20 = dict(ways=20, inner_lr=0.1, inner_steps=5, eval_inner_steps=5, meta_batch=16)
+
 # Published settings. Each entry: (task, overrides, source).
 PRESETS: dict[str, tuple[str, dict, str]] = {
     "maml-5w1s": (
@@ -150,20 +154,12 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
     ),
     "maml-20w1s": (
         "omniglot",
-        dict(ways=20, inner_lr=0.1, inner_steps=5, eval_inner_steps=5, meta_batch=16),
+        {**_MAML_20},
         _cite("maml-20w1s"),
     ),
     "maml-20w5s": (
         "omniglot",
-        dict(
-            ways=20,
-            shots=5,
-            queries=5,
-            inner_lr=0.1,
-            inner_steps=5,
-            eval_inner_steps=5,
-            meta_batch=16,
-        ),
+        {**_MAML_20, "shots": 5, "queries": 5},
         _cite("maml-20w5s"),
     ),
     "maml-noconv-5w1s": (
@@ -188,23 +184,12 @@ PRESETS: dict[str, tuple[str, dict, str]] = {
     ),
     "fomaml-20w1s": (
         "omniglot",
-        dict(
-            algo="fomaml", ways=20, inner_lr=0.1, inner_steps=5, eval_inner_steps=5, meta_batch=16
-        ),
+        {**_MAML_20, "algo": "fomaml"},
         _cite("fomaml-20w1s", _FOMAML),
     ),
     "fomaml-20w5s": (
         "omniglot",
-        dict(
-            algo="fomaml",
-            ways=20,
-            shots=5,
-            queries=5,
-            inner_lr=0.1,
-            inner_steps=5,
-            eval_inner_steps=5,
-            meta_batch=16,
-        ),
+        {**_MAML_20, "algo": "fomaml", "shots": 5, "queries": 5},
         _cite("fomaml-20w5s", _FOMAML),
     ),
     "fomaml-5w1s-cpu": (

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mamlx.search.grammar import SearchSpace, check_code, choose, encode
+from mamlx.search.grammar import SearchSpace, binary_text, check_code, choose, encode, paren
 from mamlx.types import Array
 
 __all__ = ["ACTIVATIONS", "KNOWN_ACTIVATIONS", "activation", "activation_formula"]
@@ -65,10 +65,6 @@ _UNS = tuple(_UNARY)
 _BINS = tuple(_BINARY)
 
 
-def _paren(text: str, prec: int, below: int) -> str:
-    return f"({text})" if prec <= below else text
-
-
 def _unary_text(u: str, text: str, prec: int) -> tuple[str, int]:
     _, template, out_prec = _UNARY[u]
     if u == "x":
@@ -76,24 +72,19 @@ def _unary_text(u: str, text: str, prec: int) -> tuple[str, int]:
     if u in ("0", "1"):
         return template, 3
     if u == "-x":
-        return "−" + _paren(text, prec, 2), 1
+        return "−" + paren(text, prec, 2), 1
     if u in ("x^2", "x^3"):
-        return template.format(_paren(text, prec, 2)), 3
+        return template.format(paren(text, prec, 2)), 3
     return template.format(text), out_prec
 
 
 def _binary_text(b: str, left: tuple[str, int], right: tuple[str, int]) -> tuple[str, int]:
-    (a, pa), (c, pc) = left, right
-    if b == "keep_left":
-        return a, pa
-    if b == "add":
-        return f"{a} + {c}", 1
-    if b == "sub":
-        return f"{a} − {_paren(c, pc, 1)}", 1
-    if b == "mul":
-        return f"{_paren(a, pa, 1)}·{_paren(c, pc, 1)}", 2
+    shared = binary_text(b, left, right)
+    if shared is not None:
+        return shared
+    (a, _), (c, pc) = left, right
     if b == "sigmoid_mul":
-        return f"σ({a})·{_paren(c, pc, 1)}", 2
+        return f"σ({a})·{paren(c, pc, 1)}", 2
     return _BINARY[b][1].format(a, c), 3
 
 

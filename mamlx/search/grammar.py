@@ -188,3 +188,28 @@ def choose(
         out = jnp.where(on, y, jnp.zeros_like(y)) if out is None else jnp.where(on, y, out)
     assert out is not None, "choose needs at least one branch"
     return out
+
+
+def paren(text: str, prec: int, below: int) -> str:
+    """``text`` in parentheses when its precedence ``prec`` is at most ``below`` (formulas)."""
+    return f"({text})" if prec <= below else text
+
+
+def binary_text(b: str, left: tuple[str, int], right: tuple[str, int]) -> tuple[str, int] | None:
+    """A formula's text and precedence for the binary functions both grammars share
+    (``keep_left``, ``add``, ``sub``, ``mul``); ``None`` for any other ``b``.
+
+    Example:
+      >>> binary_text("mul", ("a + b", 1), ("c", 3))
+      ('(a + b)·c', 2)
+    """
+    (a, pa), (c, pc) = left, right
+    if b == "keep_left":
+        return a, pa
+    if b == "add":
+        return f"{a} + {c}", 1
+    if b == "sub":
+        return f"{a} − {paren(c, pc, 1)}", 1
+    if b == "mul":
+        return f"{paren(a, pa, 1)}·{paren(c, pc, 1)}", 2
+    return None

@@ -42,7 +42,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from mamlx.search.grammar import SearchSpace, check_code, choose, encode
+from mamlx.search.grammar import SearchSpace, binary_text, check_code, choose, encode, paren
 from mamlx.types import Array, Params
 
 __all__ = [
@@ -107,29 +107,20 @@ _UNS = tuple(_UNARY)
 _BINS = tuple(_BINARY)
 
 
-def _wrap(text: str, prec: int, below: int) -> str:
-    return f"({text})" if prec <= below else text
-
-
 def _unary_text(u: str, text: str, prec: int) -> tuple[str, int]:
     if u == "identity":
         return text, prec
     if u == "neg":
-        return "−" + _wrap(text, prec, 2), 1
+        return "−" + paren(text, prec, 2), 1
     return _UNARY_TEXT[u].format(text), 3
 
 
 def _binary_text(b: str, left: tuple[str, int], right: tuple[str, int]) -> tuple[str, int]:
+    shared = binary_text(b, left, right)
+    if shared is not None:
+        return shared
     (a, pa), (c, pc) = left, right
-    if b == "keep_left":
-        return a, pa
-    if b == "add":
-        return f"{a} + {c}", 1
-    if b == "sub":
-        return f"{a} − {_wrap(c, pc, 1)}", 1
-    if b == "mul":
-        return f"{_wrap(a, pa, 1)}·{_wrap(c, pc, 1)}", 2
-    return f"{_wrap(a, pa, 1)}/{_wrap(c, pc, 2)}", 2
+    return f"{paren(a, pa, 1)}/{paren(c, pc, 2)}", 2  # divide
 
 
 def formula(code: Any) -> str:
@@ -166,7 +157,7 @@ def formula(code: Any) -> str:
         _unary_text(_UNS[u3], *operand(_OPS2[o3], h)),
         _unary_text(_UNS[u4], *operand(_OPS2[o4], h)),
     )
-    return "Δw = λ·" + _wrap(*out, 1)
+    return "Δw = λ·" + paren(*out, 1)
 
 
 UPDATE_RULES = SearchSpace(
