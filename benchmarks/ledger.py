@@ -683,7 +683,7 @@ def seed_contrast(ledger: dict, db: dict) -> None:
 
 def seed_verification(ledger: dict, db: dict) -> None:
     """The one-shot accuracies of ``results/verification.json`` (Siamese network and
-    ProtoNet trained for the verification benchmark; 50 test tasks)."""
+    ProtoNet trained for the verification benchmark's budget; its ``tasks`` test tasks)."""
     for row in db["rows"]:
         for setting, (acc, ci) in row.get("fewshot_accuracy", {}).items():
             preset = f"{row['method']}-{setting}"
