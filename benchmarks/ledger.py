@@ -307,6 +307,32 @@ def not_run_reason(entry: dict) -> tuple[str, str]:
     return "needs an accelerator", f"python benchmarks/reproduce.py --gpu --rows {preset}"
 
 
+def paper_steps(entry: dict) -> int | None:
+    """The meta-training steps of the preset that trains for a published number."""
+    preset = entry.get("preset")
+    return preset_config(preset).steps if preset in PRESETS else None
+
+
+def below_cause(entry: dict, run: dict) -> str:
+    """The measured cause of a ``below`` verdict, from the run's own record: trained for
+    fewer steps than the paper's preset (``"budget: 200 of 5,000 steps"``, with the last
+    validation points when a curve is recorded), else ``"cause not measured"``.
+
+    Example:
+      >>> e = {"preset": "protonet-5w1s"}
+      >>> below_cause(e, {"steps": 200, "curve": [[100, 90.0], [200, 93.5]]})
+      'budget: 200 of 20,000 steps (validation: 90.0 (step 100), 93.5 (step 200))'
+      >>> below_cause(e, {"steps": 20000})
+      'cause not measured'
+    """
+    planned = paper_steps(entry)
+    steps = run.get("steps")
+    if planned and steps is not None and steps < planned:
+        note = curve_note((run.get("curve") or [])[-3:])
+        return f"budget: {steps:,} of {planned:,} steps" + (f" ({note})" if note else "")
+    return "cause not measured"
+
+
 def refresh(ledger: dict) -> dict:
     """Recompute every run's verdict and every entry's verdict and reason, in place."""
     for e in ledger["entries"]:
@@ -319,6 +345,8 @@ def refresh(ledger: dict) -> dict:
         if at:
             e["verdict"] = "within" if any(r["verdict"] == "within" for r in at) else "below"
             e["reason"], e["next"] = "", ""
+            if e["verdict"] == "below":
+                e["reason"] = below_cause(e, max(at, key=lambda r: r["mean"]))
         else:
             e["verdict"] = "not run"
             e["reason"], e["next"] = not_run_reason(e)
@@ -425,7 +453,7 @@ def summary_table(ledger: dict) -> str:
         ours = "—"
         if r:
             ours = _ours(r) + (" (rotated)" if r["protocol"]["test_rotated"] else "")
-        verdict_cell = e["verdict"] if r else f"not run: {e['reason']}"
+        verdict_cell = f"{e['verdict']}: {e['reason']}" if e["reason"] else e["verdict"]
         lines.append(
             f"| {e['method']} | {e['dataset']} | {e['ways']}w{e['shots']}s | {p['text']} "
             f"| {p['source']}, {p['table']} | {ours} | {_steps(r) if r else '—'} "

@@ -152,3 +152,22 @@ def test_tiny_row_writes_a_well_formed_entry(tmp_path):
     assert run["verdict"] in ("within", "below")
     assert path.with_suffix(".md").read_text() == ledger.markdown(ledger.load(path))
     assert ledger.README.read_bytes() == readme  # only the repository's ledger touches it
+
+
+def test_a_below_verdict_names_its_measured_cause():
+    """A run short of the paper's steps is "below" for its budget, with its last validation
+    points; a run at the paper's steps has no measured cause and says so."""
+    p = published.find("protonet", "omniglot", 5, 1)
+    planned = ledger.paper_steps({"preset": p.preset})
+    book = ledger.new_ledger()
+    short = _run(p, 90.0, 0.3, 1000, run_id="short", curve=[[100, 80.0], [200, 85.5]])
+    ledger.place(book, short, p.key)
+    entry = next(e for e in ledger.refresh(book)["entries"] if e["key"] == p.key)
+    assert entry["verdict"] == "below"
+    assert entry["reason"] == (
+        f"budget: 10 of {planned:,} steps (validation: 80.0 (step 100), 85.5 (step 200))"
+    )
+    assert f"below: budget: 10 of {planned:,} steps" in ledger.summary_table(book)
+    ledger.place(book, {**_run(p, 91.0, 0.3, 1000, run_id="long"), "steps": planned}, p.key)
+    entry = next(e for e in ledger.refresh(book)["entries"] if e["key"] == p.key)
+    assert entry["verdict"] == "below" and entry["reason"] == "cause not measured"
