@@ -13,6 +13,11 @@ learners take, on a plain ``apply_fn`` loss of their own (:func:`reference_loss`
   (``jax.jvp`` of ``jax.grad``), never by differentiating through an inner ``jax.grad``
   (first order: v = ∇L_q(θ_K)). ``a`` is α (MAML), α on the head and 0 elsewhere (ANIL) or
   the learned rates (Meta-SGD, whose rates get −Σ_k v_{k+1} ⊙ ∇L_s(θ_k)).
+* MAML++ (:func:`mamlpp_reference`): the same stored iterates and backward recursion on
+  the network's parameters at each step (θ_k's adapted leaves, batch-norm copy k), with the
+  query loss after every step weighted by the authors' importance vector, written as their
+  loop (:func:`mamlpp_importance`); the per-step copies and the per-layer, per-step rates
+  get their gradients from the same recursion.
 * iMAML (:func:`imaml_reference`): the same proximal SGD steps, then the implicit
   gradient (I + H_s(θ_K)/λ)^{-1} ∇L_q(θ_K) by a dense solve.
 * Reptile (:func:`reptile_reference`): a NumPy loop of SGD or Adam (β₁ = 0 in the paper).
@@ -23,7 +28,8 @@ learners take, on a plain ``apply_fn`` loss of their own (:func:`reference_loss`
 
 A reference is ``reference(params, batch, key=None) -> (loss, grads)``: the task-mean
 outer loss and ``meta_grad``'s result on a batch of tasks (leading task axis), ``grads``
-``None`` where only the loss is given. The metric learners' references are in
+``None`` where only the loss is given (MAML++'s also takes ``step=``, the training step its
+objective follows). The metric learners' references are in
 :mod:`mamlx.references_metric`; :func:`mamlx.testing.check_reference` compares a learner
 with one. They loop over tasks and steps in Python: use them on tiny problems in float64
 (``jax.enable_x64``), where learner and reference agree to about 1e-10.
@@ -42,6 +48,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -189,6 +196,140 @@ def metasgd_reference(
         d_lr = _mean([o[2] for o in out]) if learn_lr else jnp.zeros_like(rates)
         grads = {"params": fl.unravel(_mean([o[1] for o in out])), "lr": fl.unravel(d_lr)}
         return _mean([o[0] for o in out]), grads
+
+    return reference
+
+
+def mamlpp_importance(epoch: int, inner_steps: int, msl_epochs: int) -> np.ndarray:
+    """MAML++'s multi-step loss weights at an epoch < ``msl_epochs``, as the authors' loop
+    over the steps (Antoniou et al. 2019; their ``get_per_step_loss_importance_vector``).
+
+    Example:
+      >>> mamlpp_importance(1, 2, 2).tolist()
+      [0.25, 0.75]
+    """
+    k = inner_steps
+    w = np.ones(k) / k
+    decay = 1.0 / k / msl_epochs
+    floor = 0.03 / k
+    for i in range(k - 1):
+        w[i] = max(w[i] - epoch * decay, floor)
+    w[-1] = min(w[-1] + epoch * (k - 1) * decay, 1.0 - (k - 1) * floor)
+    return w
+
+
+def _names_norm(path: tuple) -> bool:
+    """A key of the path names a normalization layer (``norm``, ``norms``, ``batch_norm``)."""
+    names = (getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+    return any("norm" in str(n) for n in names)
+
+
+def mamlpp_reference(
+    apply_fn: Callable,
+    *,
+    inner_lr: float,
+    inner_steps: int,
+    first_order: bool = False,
+    multi_step_loss: bool = False,
+    msl_epochs: int = 10,
+    msl_weights: Any = None,
+    first_order_epochs: int = 0,
+    per_step_bn: bool = False,
+    lslr: bool = False,
+    epoch_steps: float = 500,
+    is_norm: Callable[[tuple], bool] = _names_norm,
+) -> Reference:
+    """MAML++ (Antoniou et al. 2019) by the explicit backward recursion over stored iterates.
+
+    The network at inner step k has θ_k on the adapted leaves and, with ``per_step_bn``,
+    the normalization leaves' copy β_k (copy K for the query after the last step); the
+    inner step is θ_{k+1} = θ_k − r_k ⊙ ∇_θ L_s(θ_k, β_k) with r_k the step-k rate of each
+    array (``lslr``) or α, and the objective Σ_{k=1..K} w_k L_q(θ_k, β_k). Backward, with v
+    the adjoint of θ_k: v += w_k ∇_θ L_q(θ_k, β_k), β_k gets w_k ∇_β L_q(θ_k, β_k); then
+    r_{k−1}'s gradient is −Σ v ⊙ ∇_θ L_s(θ_{k−1}, β_{k−1}) over each array, and (second
+    order) the Hessian-vector product h = H_s(θ_{k−1}, β_{k−1})(r_{k−1} ⊙ v) by
+    forward-over-reverse gives v ← v − h_θ and β_{k−1} −h_β. The weights w are fixed
+    (``msl_weights``), the importance vector of the step's epoch (:func:`mamlpp_importance`,
+    annealed ``multi_step_loss`` before epoch ``msl_epochs``) or the last step alone;
+    first order before epoch ``first_order_epochs`` (derivative-order annealing) or with
+    ``first_order``. The loss is the query loss after the last step, as the learner logs.
+
+    Args:
+      apply_fn: ``apply_fn(params, x)`` of the network (one copy of each leaf).
+      inner_lr, inner_steps, first_order, multi_step_loss, msl_epochs, msl_weights,
+        first_order_epochs, per_step_bn, lslr, epoch_steps: as for
+        :func:`mamlx.algorithms.mamlpp`.
+      is_norm: ``is_norm(key_path)`` for the normalization leaves (a key naming a norm).
+
+    Returns:
+      ``reference(meta_params, batch, key=None, step=None)`` on meta-parameters
+      ``{"params": θ[, "lr": rates]}`` (normalization leaves with K + 1 copies with
+      ``per_step_bn``, a ``(K,)`` rate per array with ``lslr``); ``step`` is the training
+      step (``None``: the end of training, as the learner's).
+    """
+    k_steps = inner_steps
+
+    def weights(step) -> np.ndarray:
+        if msl_weights is not None:
+            return np.asarray(msl_weights, np.float64)
+        if multi_step_loss and msl_epochs and step is not None:
+            epoch = math.floor(step / epoch_steps)
+            if epoch < msl_epochs:
+                return mamlpp_importance(epoch, k_steps, msl_epochs)
+        return np.eye(k_steps)[-1]
+
+    def reference(meta_params: Params, batch, key=None, step=None):
+        del key
+        params = meta_params["params"]
+        norm = jax.tree_util.tree_map_with_path(
+            lambda path, _: bool(per_step_bn and is_norm(path)), params
+        )
+        nets = [  # the network's parameters at step k (θ's leaves as given, copy k)
+            jax.tree.map(lambda n, a, k=k: a[k] if n else a, norm, params)
+            for k in range(k_steps + 1)
+        ]
+        fl, _ = _flat_loss(apply_fn, nets[0])
+        flat = [ravel_pytree(net)[0] for net in nets]
+        on = ravel_pytree(
+            jax.tree.map(lambda n, a: jnp.full_like(a, 0.0 if n else 1.0), norm, nets[0])
+        )[0]
+        if lslr:
+            per_leaf = [
+                jax.tree.map(lambda a, r, k=k: jnp.full_like(a, r[k]), nets[0], meta_params["lr"])
+                for k in range(k_steps)
+            ]
+            rates = [on * ravel_pytree(t)[0] for t in per_leaf]
+        else:
+            rates = [on * inner_lr] * k_steps
+        w = weights(step)
+        first = first_order or (step is not None and step < first_order_epochs * epoch_steps)
+        losses, d_params, d_rates = [], [], []
+        for ep in tasks(batch):
+            z, g = [flat[0]], []
+            for k in range(k_steps):  # forward, storing every iterate
+                g.append(fl.grad(z[k], ep.support_x, ep.support_y))
+                z.append(on * (z[k] - rates[k] * g[k]) + (1 - on) * flat[k + 1])
+            v, d_copy, d_rate = jnp.zeros_like(on), [jnp.zeros_like(on)] * (k_steps + 1), []
+            for k in range(k_steps, 0, -1):
+                q = w[k - 1] * fl.grad(z[k], ep.query_x, ep.query_y)
+                v, d_copy[k] = v + on * q, d_copy[k] + (1 - on) * q
+                d_rate.insert(0, -v * g[k - 1])
+                if not first:
+                    h = fl.hvp(z[k - 1], rates[k - 1] * v, ep.support_x, ep.support_y)
+                    v, d_copy[k - 1] = v - on * h, d_copy[k - 1] - (1 - on) * h
+            losses.append(fl.loss(z[-1], ep.query_x, ep.query_y))
+            copies = [fl.unravel(d) for d in d_copy]
+            d_params.append(
+                jax.tree.map(
+                    lambda n, a, *c: jnp.stack(c) if n else a, norm, fl.unravel(v), *copies
+                )
+            )
+            rate_trees = [fl.unravel(d) for d in d_rate]
+            d_rates.append(jax.tree.map(lambda *r: jnp.stack([jnp.sum(x) for x in r]), *rate_trees))
+        grads = {"params": jax.tree.map(lambda *a: _mean(list(a)), *d_params)}
+        if lslr:
+            grads["lr"] = jax.tree.map(lambda *a: _mean(list(a)), *d_rates)
+        return _mean(losses), grads
 
     return reference
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from mamlx import references as refs
 from mamlx import references_metric as metric_refs
-from mamlx.algorithms.base import MetaLearner, takes_key
+from mamlx.algorithms.base import MetaLearner, takes_arg, takes_key
 from mamlx.episodes import Episode
 
 
@@ -135,6 +135,7 @@ def check_reference(
     fd_eps: float = 1e-5,
     fd_rtol: float = 1e-6,
     fd_directions: int = 2,
+    step: int | None = None,
 ) -> None:
     """Assert that ``learner.meta_grad`` agrees with an independent reference (float64).
 
@@ -154,6 +155,9 @@ def check_reference(
       fd_eps: central-difference step (loss-only references).
       fd_rtol: relative tolerance of the central-difference comparison.
       fd_directions: random directions of the central-difference comparison.
+      step: the training step, given to ``meta_grad`` (if it takes one) and to the
+        reference as ``step=`` for learners whose objective follows it (MAML++'s annealed
+        multi-step loss and derivative order); ``None``: neither gets one.
 
     Raises:
       AssertionError: the learner disagrees with the reference.
@@ -182,8 +186,11 @@ def check_reference(
     if not floats or any(jnp.result_type(a) != jnp.float64 for a in floats):
         raise ValueError("check_reference needs float64 params: use jax.enable_x64(True)")
     kw = {"key": key} if key is not None and takes_key(learner.meta_grad) else {}
+    when = {} if step is None else {"step": step}
+    if step is not None and takes_arg(learner.meta_grad, "step"):
+        kw.update(when)
     grads, metrics = jax.jit(learner.meta_grad)(params, batch, **kw)
-    want_loss, want = reference(params, batch, key)
+    want_loss, want = reference(params, batch, key, **when)
     np.testing.assert_allclose(
         metrics["loss"], want_loss, rtol=rtol, atol=atol, err_msg="meta-loss != reference"
     )
@@ -202,8 +209,8 @@ def check_reference(
     for _ in range(fd_directions):
         v = rng.normal(size=flat.shape)
         v /= np.linalg.norm(v)
-        plus = reference(unravel(flat + fd_eps * v), batch, key)[0]
-        minus = reference(unravel(flat - fd_eps * v), batch, key)[0]
+        plus = reference(unravel(flat + fd_eps * v), batch, key, **when)[0]
+        minus = reference(unravel(flat - fd_eps * v), batch, key, **when)[0]
         np.testing.assert_allclose(
             gflat @ v,
             (plus - minus) / (2 * fd_eps),
@@ -238,6 +245,23 @@ def _hallucination_reference(config, ctx):
     )
 
 
+def _mamlpp_reference(config, ctx):
+    """MAML++'s reference with the learner's settings (``epoch_steps`` 0: a hundredth of the
+    run's steps, as :mod:`mamlx.learners` reads it)."""
+    return refs.mamlpp_reference(
+        ctx.classifier()[0],
+        inner_lr=config.inner_lr,
+        inner_steps=config.inner_steps,
+        first_order=config.first_order,
+        multi_step_loss=config.multi_step_loss,
+        msl_epochs=config.msl_epochs,
+        first_order_epochs=config.first_order_epochs,
+        per_step_bn=config.per_step_bn,
+        lslr=config.lslr,
+        epoch_steps=config.epoch_steps or ctx.run.steps / 100,
+    )
+
+
 def _gradient(make, **fixed):
     """``build(config, ctx)`` of a reference on the data set's classifier."""
 
@@ -256,6 +280,7 @@ REFERENCES: dict[str, Callable[[Any, Any], refs.Reference]] = {
     "metasgd": lambda c, ctx: refs.metasgd_reference(
         ctx.classifier()[0], inner_steps=c.inner_steps
     ),
+    "maml++": _mamlpp_reference,
     "imaml": lambda c, ctx: refs.imaml_reference(
         ctx.classifier()[0], inner_lr=c.inner_lr, inner_steps=c.inner_steps, lam=c.lam
     ),
@@ -280,10 +305,6 @@ REFERENCES: dict[str, Callable[[Any, Any], refs.Reference]] = {
 
 #: learners without a reference yet, and why (each has its own tests named here).
 REFERENCE_EXEMPT: dict[str, str] = {
-    # Per-step batch-norm copies, learned per-layer per-step rates and the annealed
-    # multi-step loss are not in the MAML reference; tests/test_mamlpp.py checks MAML++
-    # with its options off against MAML step for step and LSLR/BNWB against a hand unroll.
-    "maml++": "per-step batch norm, LSLR and the annealed multi-step loss: no reference yet",
     # A supervised classifier over all training classes, trained on class batches, not
     # episodes; tests/test_transfer.py compares its test-time rules with NumPy.
     "transfer": "trained on class batches, not episodes: no episode reference",

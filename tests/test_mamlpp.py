@@ -1,4 +1,5 @@
-"""MAML++ (Antoniou et al. 2019): every option against MAML or a hand-unrolled reference."""
+"""MAML++ (Antoniou et al. 2019): every option against MAML or the hand-unrolled reference
+(:func:`mamlx.references.mamlpp_reference`)."""
 
 import dataclasses
 import math
@@ -10,6 +11,7 @@ import optax
 import pytest
 from metric_helpers import tiny_data
 
+from mamlx import references as refs
 from mamlx.algorithms.maml import fomaml, maml
 from mamlx.algorithms.mamlpp import is_norm_param, mamlpp, msl_weights
 from mamlx.config import FewShotConfig, outer_optimizer
@@ -46,22 +48,7 @@ def _max_diff(a, b):
     )
 
 
-def _xent(logits, y):
-    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
-
-
 # --- the schedule -------------------------------------------------------------------------
-
-
-def _paper_importance(epoch, k, msl_epochs):
-    """The authors' importance vector, written as their loop over steps (NumPy)."""
-    w = np.ones(k) / k
-    decay = 1.0 / k / msl_epochs
-    floor = 0.03 / k
-    for i in range(k - 1):
-        w[i] = max(w[i] - epoch * decay, floor)
-    w[-1] = min(w[-1] + epoch * (k - 1) * decay, 1.0 - (k - 1) * floor)
-    return w
 
 
 @pytest.mark.parametrize("k,msl_epochs", [(5, 10), (3, 4), (2, 1)])
@@ -70,7 +57,9 @@ def test_msl_weights_follow_the_papers_loop_then_only_the_last_step(k, msl_epoch
     for epoch in range(msl_epochs + 3):
         for step in (epoch * epoch_steps, epoch * epoch_steps + epoch_steps - 1):
             w = np.asarray(msl_weights(step, k, msl_epochs, epoch_steps))
-            want = _paper_importance(epoch, k, msl_epochs) if epoch < msl_epochs else np.eye(k)[-1]
+            # the authors' loop over the steps (the reference's)
+            paper = refs.mamlpp_importance(epoch, k, msl_epochs)
+            want = paper if epoch < msl_epochs else np.eye(k)[-1]
             np.testing.assert_allclose(w, want, atol=1e-7)
             assert math.isclose(w.sum(), 1.0, abs_tol=1e-6)
     np.testing.assert_array_equal(np.asarray(msl_weights(None, k, msl_epochs, 7)), np.eye(k)[-1])
@@ -166,6 +155,11 @@ def test_derivative_order_annealing_switches_exactly_at_the_configured_step():
             _close(first, step_fn(meta, eps, step)["params"])
         for step in (6, 100):
             _close(second, step_fn(meta, eps, step)["params"])
+        reference = refs.mamlpp_reference(
+            apply_fn, inner_lr=LR, inner_steps=2, first_order_epochs=2, epoch_steps=3
+        )
+        for step, want in ((5, first), (6, second)):  # the reference's switch, the same step
+            _close(reference(meta, eps, step=step)[1]["params"], want)
 
 
 def test_fit_hands_the_training_step_to_the_learner():
@@ -208,25 +202,6 @@ def test_fit_hands_the_training_step_to_the_learner():
 # --- per-step batch norm and learned per-layer, per-step rates ----------------------------
 
 
-def _reference_outer(apply_fn, meta, ep, weights, k_steps):
-    """MAML++ with per-step batch-norm weights and LSLR unrolled by hand: a Python loop of
-    plain gradient steps on the network with the normalization copy of each step."""
-    params = meta["params"]
-    norm = jax.tree_util.tree_map_with_path(lambda p, _: is_norm_param(p), params)
-
-    def net(k, theta):
-        return jax.tree.map(lambda n, s, t: s[min(k, k_steps)] if n else t, norm, params, theta)
-
-    theta, losses = params, []
-    for k in range(k_steps):
-        g = jax.grad(lambda t, k=k: _xent(apply_fn(net(k, t), ep.support_x), ep.support_y))(theta)
-        theta = jax.tree.map(
-            lambda n, t, gi, r, k=k: t if n else t - r[k] * gi, norm, theta, g, meta["lr"]
-        )
-        losses.append(_xent(apply_fn(net(k + 1, theta), ep.query_x), ep.query_y))
-    return sum(w * loss for w, loss in zip(weights, losses, strict=True))
-
-
 def _perturbed(meta, seed=5):
     """Distinct per-step copies and rates, so that a wrong slot or rate shows."""
     leaves, tree = jax.tree.flatten(meta)
@@ -258,15 +233,10 @@ def test_per_step_batch_norm_and_lslr_match_a_hand_unrolled_reference():
         meta = _perturbed(meta)
         eps = _episodes()
         got, metrics = learner.meta_grad(meta, eps, step=0)
-
-        def ref_loss(m):
-            per_task = [
-                _reference_outer(apply_fn, m, jax.tree.map(lambda a, i=i: a[i], eps), w, k_steps)
-                for i in range(2)
-            ]
-            return sum(per_task) / 2
-
-        want = jax.grad(ref_loss)(meta)
+        reference = refs.mamlpp_reference(
+            apply_fn, inner_lr=LR, inner_steps=k_steps, per_step_bn=True, lslr=True, msl_weights=w
+        )
+        loss, want = reference(meta, eps, step=0)
         _close(want["params"], got["params"])
         # the rates of arrays the inner loop adapts get gradients (a bias right before batch
         # norm has none to give: the normalization removes it); the normalization ones none
@@ -279,16 +249,13 @@ def test_per_step_batch_norm_and_lslr_match_a_hand_unrolled_reference():
             elif "kernel" in jax.tree_util.keystr(path):
                 assert float(jnp.abs(g).min()) > 1e-8, path
         # the logged loss is the query loss after the last step (comparable with MAML's)
-        last = [
-            _reference_outer(apply_fn, meta, jax.tree.map(lambda a, i=i: a[i], eps), (0, 0, 1), 3)
-            for i in range(2)
-        ]
-        np.testing.assert_allclose(metrics["loss"], sum(last) / 2, rtol=1e-10)
+        np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-10)
 
 
 def test_per_step_batch_norm_copies_get_gradients_only_from_their_own_step():
     """First order, last step's loss only: the support passes' copies (steps 0..K-1) get no
-    gradient, the query's copy (step K) does; at second order they all do."""
+    gradient, the query's copy (step K) does; at second order they all do. Both orders
+    equal the reference's (per-step batch norm without LSLR: one rate α)."""
     k_steps = 2
     with jax.enable_x64(True):
         apply_fn, init_fn = _net()
@@ -298,6 +265,8 @@ def test_per_step_batch_norm_copies_get_gradients_only_from_their_own_step():
             learner = mamlpp(apply_fn, init_fn, first_order=first_order, **kw)
             meta = _perturbed(learner.init(jax.random.PRNGKey(0)))
             g = learner.meta_grad(meta, eps)[0]["params"]
+            reference = refs.mamlpp_reference(apply_fn, first_order=first_order, **kw)
+            _close(reference(meta, eps)[1]["params"], g)
             for path, leaf in jax.tree_util.tree_flatten_with_path(g)[0]:
                 if not is_norm_param(path):
                     continue

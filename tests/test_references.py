@@ -5,9 +5,10 @@ meta-loss and meta-gradient by another route than the learners: the explicit bac
 recursion over stored inner iterates, NumPy loops, NumPy forward passes. Here each
 registered learner is compared with its reference through the registry's own ``build``
 on a tiny float64 problem, every learner is either referenced or exempt with a reason,
-mutated learners (inner step of the wrong sign, one step too few, support and query
-swapped; a swapped relation pair, a generator fed [z, e] or no noise) fail the
-comparison, and one learned-optimizer meta-training step is recomputed by hand.
+mutated learners fail the comparison (every gradient-based learner: the inner step of the
+wrong sign, one step too few, support and query swapped; the metric learners: support and
+query swapped, where the loss is not symmetric in them; a swapped relation pair, a generator
+fed [z, e] or no noise), and one learned-optimizer meta-training step is recomputed by hand.
 """
 
 import functools
@@ -21,11 +22,14 @@ import optax
 import pytest
 from flax import nnx
 
-from mamlx import Episode, anil, fomaml, maml, registry, reptile
+from mamlx import Episode, anil, fomaml, imaml, maml, registry, reptile
 from mamlx import references as refs
 from mamlx import references_metric as metric_refs
+from mamlx.algorithms import meta_lstm as meta_lstm_module
+from mamlx.config import FewShotConfig
 from mamlx.datasets import Context, sinusoid_model
 from mamlx.models import model, tree_cast
+from mamlx.models.mlp import FCNet
 from mamlx.testing import REFERENCE_EXEMPT, REFERENCES, check_reference
 
 WAYS, SIDE = 3, 2  # 3-way tasks of 2x2 one-channel "images"
@@ -55,14 +59,24 @@ class TinyEmbedding(nnx.Module):
         return e if self.flatten else e.reshape(x.shape[0], 4, 4, 2)
 
 
-def tiny_context():
+def tiny_norm_classifier(rngs):
+    """4 inputs -> 3 units, batch norm, ReLU -> 3 logits (:class:`~mamlx.models.FCNet`):
+    MAML++'s per-step batch-norm copies need normalization parameters."""
+    return FCNet(WAYS, in_features=SIDE * SIDE, hidden=(3,), rngs=rngs)
+
+
+def tiny_context(classifier=TinyClassifier):
     return Context(
-        run=None,
+        run=FewShotConfig(algo="maml++", steps=10),  # MAML++'s epochs are the run's steps / 100
         input_shape=(SIDE, SIDE, 1),
         task_map="vmap",
-        classifier=lambda: model(TinyClassifier),
+        classifier=lambda: model(classifier),
         embedding=lambda flatten=True, **_: model(lambda r: TinyEmbedding(flatten, r)),
     )
+
+
+#: the classifier a learner is tested on, where not :class:`TinyClassifier`
+CLASSIFIERS = {"maml++": tiny_norm_classifier}
 
 
 def class_batch(shots, tasks=2, queries=2, seed=0):
@@ -103,6 +117,9 @@ SETTINGS = {
     "fomaml": {"inner_lr": 0.3, "inner_steps": 2},
     "anil": {"inner_lr": 0.3, "inner_steps": 2},
     "metasgd": {"inner_lr": 0.3, "inner_steps": 2},
+    # per-step batch norm, LSLR and the multi-step loss on (the registry's defaults), the
+    # weights at STEPS' step 1 (epoch 1 of 2) the authors' (0.25, 0.75)
+    "maml++": {"inner_lr": 0.3, "inner_steps": 2, "msl_epochs": 2, "epoch_steps": 1},
     "imaml": {"inner_lr": 0.1, "inner_steps": 3, "lam": 2.0, "cg_steps": 40},
     # the paper's inner Adam (β₁ = 0); inner SGD: test_reptile_with_sgd_on_sine_waves_...
     "reptile": {"inner_lr": 0.1, "inner_steps": 3, "inner_opt": "adam"},
@@ -114,6 +131,9 @@ SETTINGS = {
     "hallucination": {"num_hallucinated": 2, "noise_dim": 2, "hidden": 3},
     "siamese": {"train_on": "episodes"},
 }
+
+#: the training step ``meta_grad`` and the reference get, for learners whose objective follows it
+STEPS = {"maml++": 1}
 
 
 @pytest.mark.parametrize("name", registry.learner_names())
@@ -142,7 +162,7 @@ KEY = 3  # the PRNG key meta_grad and the references get (the hallucinator's noi
 def case(name: str) -> Case:
     """Built once per learner (float64; under ``jax.enable_x64``), so later tests on the same
     learner reuse its compiled ``meta_grad`` (JAX caches by function)."""
-    entry, ctx = registry.get_learner(name), tiny_context()
+    entry, ctx = registry.get_learner(name), tiny_context(CLASSIFIERS.get(name, TinyClassifier))
     config = entry.config(**SETTINGS[name])
     learner = entry.build(config, ctx)
     batch = class_batch(1 if name == "hallucination" else 2)  # its reference is one-shot
@@ -155,8 +175,8 @@ def test_registered_learner_matches_its_reference(name):
     config and networks: the meta-loss, and the meta-gradient to about 1e-10 (central
     differences of the NumPy loss, for the metric learners' loss-only references)."""
     with jax.enable_x64(True):
-        c = case(name)
-        check_reference(c.learner, c.reference, c.params, c.batch, key=jax.random.PRNGKey(KEY))
+        c, key = case(name), jax.random.PRNGKey(KEY)
+        check_reference(c.learner, c.reference, c.params, c.batch, key=key, step=STEPS.get(name))
 
 
 def test_the_conformance_suite_runs_a_given_reference():
@@ -180,44 +200,93 @@ def test_the_conformance_suite_runs_a_given_reference():
 # --- mutations: the references bite ---------------------------------------------------------
 
 
-def _sign_flipped(name: str, c: Case):
-    """The learner with SGD at −α in its inner loop (Meta-SGD: its own, fed −α)."""
-    apply_fn = tiny_context().classifier()[0]
-    kw = {"inner_lr": optax.sgd(-c.config.inner_lr), "inner_steps": c.config.inner_steps}
-    if name == "metasgd":
+def _support_gradient_negated(trajectory):
+    """``meta_lstm_trajectory`` fed a support loss of the same value whose gradient is −∇L."""
+
+    def mutant(lstm, loss_fn, *args, **kw):
+        flipped = lambda p: 2 * jax.lax.stop_gradient(loss_fn(p)) - loss_fn(p)  # noqa: E731
+        return trajectory(lstm, flipped, *args, **kw)
+
+    return mutant
+
+
+def _sign_flipped(name: str, c: Case, patch: pytest.MonkeyPatch):
+    """The learner with its inner step going up the support loss: SGD (iMAML: on the proximal
+    loss) at −α, Reptile's Adam at −α, Meta-SGD and MAML++ (LSLR) fed their learned rates
+    negated, the meta-LSTM fed −∇L_s (its learned update has no rate to negate: the gates are
+    sigmoids, so the flip is of the gradient it reads and subtracts, c_t = f ⊙ θ + i ⊙ ∇)."""
+    apply_fn, cfg = tiny_context().classifier()[0], c.config
+    if name in ("metasgd", "maml++"):
+        assert name == "metasgd" or cfg.lslr, "MAML++'s sign flip negates its LSLR rates"
         return c.learner, {**c.params, "lr": jax.tree.map(jnp.negative, c.params["lr"])}
+    if name == "meta-lstm":
+        trajectory = meta_lstm_module.meta_lstm_trajectory
+        patch.setattr(
+            meta_lstm_module, "meta_lstm_trajectory", _support_gradient_negated(trajectory)
+        )
+        return registry.get_learner(name).build(cfg, tiny_context()), c.params
+    flipped = optax.sgd(-cfg.inner_lr)
+    if name == "reptile":
+        if cfg.inner_opt == "adam":
+            flipped = optax.adam(-cfg.inner_lr, b1=0.0)
+        return reptile(apply_fn, None, inner_opt=flipped, inner_steps=cfg.inner_steps), c.params
+    kw = {"inner_lr": flipped, "inner_steps": cfg.inner_steps}
+    if name == "imaml":
+        return imaml(apply_fn, None, lam=cfg.lam, cg_steps=cfg.cg_steps, **kw), c.params
     return {"maml": maml, "fomaml": fomaml, "anil": anil}[name](apply_fn, None, **kw), c.params
 
 
-@pytest.mark.parametrize("name", ["maml", "fomaml", "metasgd", "anil"])
-def test_mutated_gradient_learners_fail_their_reference(name):
-    """Three mutants of each gradient-based learner disagree with its reference on the
-    problem where the learner itself agrees (test_registered_learner_matches_its_reference):
-    the inner step of the wrong sign (SGD at −α; Meta-SGD fed its rates negated), one inner
-    step fewer (the registry's build, one step), and the support and query sets swapped."""
-    with jax.enable_x64(True):
-        c, key = case(name), jax.random.PRNGKey(KEY)
-        want = c.reference(c.params, c.batch, key)
+def _shaped_like(params, learner):
+    """``params`` cut to ``learner``'s shapes: MAML++ with one step fewer keeps batch-norm copies
+    0..K−1 and rates 0..K−2 (the others' shapes do not depend on the number of steps)."""
+    shapes = jax.eval_shape(learner.init, jax.random.PRNGKey(0))
+    return jax.tree.map(lambda a, s: a[tuple(slice(n) for n in s.shape)], params, shapes)
 
-        def reference(params, batch, key=None):  # the answer for the unperturbed inputs
+
+GRADIENT_LEARNERS = ["maml", "fomaml", "metasgd", "anil", "maml++", "imaml", "reptile", "meta-lstm"]
+
+
+@pytest.mark.parametrize("name", GRADIENT_LEARNERS)
+def test_mutated_gradient_learners_fail_their_reference(name, monkeypatch):
+    """Three mutants of each gradient-based learner disagree with its reference on the
+    problem where the learner itself agrees (test_registered_learner_matches_its_reference),
+    each compared with the reference's answer for the unperturbed learner and inputs:
+
+    * the inner step of the wrong sign (:func:`_sign_flipped`: SGD at −α for MAML, FOMAML,
+      ANIL and iMAML's proximal steps; Reptile's inner Adam at −α; Meta-SGD and MAML++ fed
+      their learned rates negated; the meta-LSTM, whose update is learned and has no rate,
+      fed the support gradient negated);
+    * one inner step fewer (the registry's build with ``inner_steps − 1``; MAML++ on its
+      meta-parameters cut to K − 1 steps, :func:`_shaped_like`);
+    * the support and query sets swapped (every learner here adapts on the support set;
+      Reptile's pseudo-gradient φ − θ̃ never reads the query set, but θ̃ is then adapted on
+      the other set, so it moves too).
+
+    All three apply to every learner here."""
+    with jax.enable_x64(True):
+        c, key, step = case(name), jax.random.PRNGKey(KEY), STEPS.get(name)
+        want = c.reference(c.params, c.batch, key, **({} if step is None else {"step": step}))
+
+        def reference(params, batch, key=None, step=None):  # the unperturbed inputs' answer
             return want
 
-        check_reference(c.learner, reference, c.params, c.batch, key=key)  # compiled already
-        fewer = replace(c.config, inner_steps=c.config.inner_steps - 1)
-        swapped = Episode(c.batch.query_x, c.batch.query_y, c.batch.support_x, c.batch.support_y)
+        check_reference(c.learner, reference, c.params, c.batch, key=key, step=step)
+        fewer = registry.get_learner(name).build(
+            replace(c.config, inner_steps=c.config.inner_steps - 1),
+            tiny_context(CLASSIFIERS.get(name, TinyClassifier)),
+        )
+        swapped = _swapped(c.batch)
         mutants = {
-            "inner step sign flipped": (*_sign_flipped(name, c), c.batch),
-            "one inner step fewer": (
-                registry.get_learner(name).build(fewer, tiny_context()),
-                c.params,
-                c.batch,
-            ),
-            "support and query swapped": (c.learner, c.params, swapped),
+            "inner step sign flipped": lambda patch: (*_sign_flipped(name, c, patch), c.batch),
+            "one inner step fewer": lambda patch: (fewer, _shaped_like(c.params, fewer), c.batch),
+            "support and query swapped": lambda patch: (c.learner, c.params, swapped),
         }
-        for what, (mutant, params, batch) in mutants.items():
-            with pytest.raises(AssertionError, match="reference"):
-                check_reference(mutant, reference, params, batch, key=key)
-                pytest.fail(f"{name}: the reference missed the mutant '{what}'")
+        for what, make in mutants.items():
+            with monkeypatch.context() as patch:  # the meta-LSTM's sign flip patches its module
+                mutant, params, batch = make(patch)
+                with pytest.raises(AssertionError, match="reference"):
+                    check_reference(mutant, reference, params, batch, key=key, step=step)
+                    pytest.fail(f"{name}: the reference missed the mutant '{what}'")
 
 
 def test_reptile_with_sgd_on_sine_waves_matches_a_numpy_loop():
@@ -282,6 +351,64 @@ def test_metric_predictions_match_numpy_and_mutants_do_not(name):
         for what, p in mutants.items():
             got = predict(p)[:, :WAYS]
             assert not np.allclose(got, want, rtol=1e-6, atol=1e-8), f"the reference missed {what}"
+
+
+def _swapped(batch: Episode) -> Episode:
+    return Episode(batch.query_x, batch.query_y, batch.support_x, batch.support_y)
+
+
+@pytest.mark.parametrize(
+    "name", ["protonet", "matching", "relation", "hallucination", "siamese", "pretrain"]
+)
+def test_metric_learners_with_support_and_query_swapped_fail_their_reference(name):
+    """The support and query sets swapped, against the reference on the unperturbed episode.
+
+    The inner step's sign and count do not exist for the metric learners: they take no
+    gradient steps on a task, they adapt by embedding its support set (prototypes,
+    attention, relation pairs, hallucinated examples, pair scores). Swapping the two sets
+    applies, and fails: ProtoNet, Matching, Relation and Hallucination on the swapped episode
+    disagree with their reference on the unperturbed one (the meta-loss; the learner on the
+    unperturbed episode agrees, test_registered_learner_matches_its_reference).
+
+    Two are invariant to the swap, which is asserted instead (the learner on the swapped
+    episode still matches the reference on the unperturbed one):
+
+    * Siamese networks (``train_on="episodes"``): the loss is the mean binary cross-entropy
+      over every query-support pair of the symmetric score σ(b + α·|f(x₁) − f(x₂)|), and
+      the swap gives the same pairs. The swap shows in its one-shot predictions (each query
+      classified by its most similar support example), which the reference's logits catch.
+    * Pre-training: its loss is at φ on support ∪ query, the same examples either way. It has
+      no inner loop in training (its inner steps are test-time fine-tuning), so no sign or
+      step mutation either; the nearest equivalent, a learner that ignores the query set
+      (given the support set as both), fails.
+    """
+    with jax.enable_x64(True):
+        c, key = case(name), jax.random.PRNGKey(KEY)
+
+        def reference(params, batch, key=None):  # the unperturbed episode's reference
+            return c.reference(params, c.batch, key)
+
+        mutants = {"support and query swapped": _swapped(c.batch)}
+        if name in ("siamese", "pretrain"):  # invariant under the swap
+            check_reference(
+                c.learner, reference, c.params, mutants.pop("support and query swapped"), key=key
+            )
+        if name == "pretrain":
+            b = c.batch
+            mutants["query set ignored"] = Episode(
+                b.support_x, b.support_y, b.support_x, b.support_y
+            )
+        if name == "siamese":
+            ep, embed_fn = refs.tasks(c.batch)[0], tiny_context().embedding()[0]
+            state = c.learner.adapt(c.params, ep.query_x, ep.query_y, key=key)  # swapped
+            got = c.learner.predict(state, ep.support_x)[:, :WAYS]
+            want = metric_refs.siamese_logits(embed_fn, c.params, *ep[:3])
+            assert got.shape == want.shape
+            assert not np.allclose(got, want, rtol=1e-6, atol=1e-8), "the reference missed the swap"
+        for what, batch in mutants.items():
+            with pytest.raises(AssertionError, match="reference"):
+                check_reference(c.learner, reference, c.params, batch, key=key)
+                pytest.fail(f"{name}: the reference missed the mutant '{what}'")
 
 
 def _with(tree, path, value):
