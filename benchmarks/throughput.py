@@ -5,22 +5,36 @@ data (throughput does not depend on pixel values). For each setting and
 algorithm (second-order MAML, first-order MAML, Reptile) it times one full
 meta-training step (all tasks' inner SGD, meta-gradient, Adam update):
 
-* ``jax``: one ``jax.jit``'d step, tasks mapped with ``vmap`` or ``map`` (a
-  ``lax.scan`` taking each task's gradient in turn), convolutions through
+* ``jax``: the training step users run, the one :func:`mamlx.fit` compiles:
+  :func:`mamlx.train.make_step` (sample the meta-batch on device, ``meta_grad``,
+  Adam update) scanned :data:`CHUNK` times in one compiled call by
+  :func:`mamlx.train.make_chunk`, as ``fit`` runs its chunks (``--chunk``; ``fit``
+  and the CLI default to 200, a longer chunk only spreads the per-call overhead
+  thinner); time per step = one chunk's time / its steps. Episodes come from
+  :func:`mamlx.tasks.fewshot_sampler` (90-degree rotations as new classes, the
+  CLI's Omniglot default) over a random float32 array shaped like Omniglot's
+  training split (``(1100, 20, 28, 28, 1)``). Tasks mapped with ``vmap`` or ``map``
+  (a ``lax.scan`` taking each task's gradient in turn), convolutions through
   :func:`mamlx.models.conv.conv2d`, in a process whose glibc malloc
   :func:`mamlx.runtime.tune_host_allocator` has tuned (first thing in ``main``);
 * ``torch-loop``: a learn2learn-style Python loop over tasks,
   ``autograd.grad(create_graph=True)`` on ``torch.func.functional_call``;
 * ``torch-vmap``: ``torch.func.grad`` + ``torch.func.vmap`` over tasks.
 
+The torch peers time their own step on one fixed batch, already on the device:
+the JAX rows include sampling the episodes and theirs do not, which can only
+handicap JAX.
+
 Each torch peer runs in its own process twice: with glibc's default malloc and
 with mamlx's tuned settings (``+tuned-malloc``, which speeds torch up too); the
 ratio column compares with the fastest of all. Compile / warm-up time is
-reported apart; every implementation gets the same untimed warm-up calls;
-throughput is the median over repeated steps. Each row also gives the share of
-the machine's float32 matrix-product peak it reaches (work per task from XLA's
-cost analysis), and a ceiling table says what fraction of that peak a given
-speed-up over PyTorch would need. Results go to
+reported apart; every implementation gets at least the same untimed warm-up
+steps (JAX's in whole chunks); throughput is the median over repeated steps (for
+JAX, over timed chunks: at least ``--repeats`` steps, rounded up to whole chunks).
+Each row also gives the share of the machine's float32 matrix-product peak it
+reaches (work per task from XLA's cost analysis of the meta-gradient and Adam
+update on a fixed batch: sampling adds no matrix work), and a ceiling table says
+what fraction of that peak a given speed-up over PyTorch would need. Results go to
 ``benchmarks/results/throughput.{json,md}``.
 Runs unchanged on a GPU box (JAX and torch pick the accelerator when present).
 
@@ -30,12 +44,14 @@ Usage::
     python benchmarks/throughput.py --quick    # fewer repeats
     python benchmarks/throughput.py --rounds 3 --repeats 3   # interleaved rounds, for a shared machine
     python benchmarks/throughput.py --jax-variants patches/vmap,xla/vmap,patches/map
+    python benchmarks/throughput.py --quick --settings omniglot-5w1s --no-torch --out /tmp/tp
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -56,6 +72,8 @@ import mamlx
 from mamlx.models import functional
 from mamlx.models.conv import default_impl
 from mamlx.models.conv4 import Conv4
+from mamlx.tasks import fewshot_sampler
+from mamlx.train import TrainState, make_chunk, make_step
 
 from common import cpu_name  # noqa: E402
 
@@ -73,6 +91,8 @@ class Setting:
     inner_lr: float
     image: tuple[int, int, int] = (28, 28, 1)
     filters: int = 64
+    classes: int = 1100  # training classes of the data array the JAX step samples from
+    rotate: bool = True  # ... each also rotated by 90, 180, 270 degrees (Vinyals split)
 
 
 SETTINGS = {
@@ -86,7 +106,9 @@ CHECK = Setting("check", 3, 1, 2, 2, 2, 0.1, image=(17, 17, 1), filters=4)
 PEER_TOLERANCE = 1e-3  # relative; a peer above it computes something else and is not compared
 META_LR = 1e-3
 MALLOCS = {"both": ("default", "tuned"), "default": ("default",), "tuned": ("tuned",)}
-WARMUP = 3  # untimed calls before timing, for every implementation
+WARMUP = 3  # untimed steps before timing, for every implementation (JAX's in whole chunks)
+CHUNK = 5  # meta-steps per compiled JAX call (mamlx.fit's chunk), --chunk
+JAX_TIMES = "fit step (sampling included)"
 
 
 def make_batch(s: Setting, seed: int = 0):
@@ -98,6 +120,12 @@ def make_batch(s: Setting, seed: int = 0):
     sy = np.tile(np.repeat(np.arange(n), k), (t, 1)).astype(np.int32)
     qy = np.tile(np.repeat(np.arange(n), q), (t, 1)).astype(np.int32)
     return sx, sy, qx, qy
+
+
+def make_data(s: Setting, seed: int = 0) -> np.ndarray:
+    """Random pixels in [0, 1) shaped like Omniglot's training array: ``(classes, 20, H, W, C)``."""
+    rng = np.random.default_rng(seed)
+    return rng.random((s.classes, 20, *s.image), dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------
@@ -116,7 +144,9 @@ def _jax_learner(apply_fn, algo: str, s: Setting, task_map: str):
 
 
 def _jax_meta_step(apply_fn, algo: str, s: Setting, task_map: str):
-    """Jitted ``(params, opt_state, batch) -> (params, opt_state, loss)`` using mamlx.algorithms."""
+    """Jitted ``(params, opt_state, batch) -> (params, opt_state, loss)`` on a fixed batch: the
+    fit step without sampling, whose cost analysis gives the work per task
+    (:func:`step_gflop_per_task`); not timed."""
     from mamlx import Episode
 
     learner = _jax_learner(apply_fn, algo, s, task_map)
@@ -132,47 +162,77 @@ def _jax_meta_step(apply_fn, algo: str, s: Setting, task_map: str):
 
 
 def _build_jax_step(s: Setting, algo: str, impl: str, task_map: str):
-    """The jitted step and its inputs ``(params, opt_state, batch)`` for one configuration."""
+    """The fixed-batch step of :func:`_jax_meta_step` and its inputs ``(params, opt_state,
+    batch)``, for the cost analysis."""
     model = Conv4(s.ways, in_shape=s.image, filters=s.filters, conv_impl=impl, rngs=nnx.Rngs(0))
     apply_fn, params = functional(model)
     step, opt = _jax_meta_step(apply_fn, algo, s, task_map)
     return step, (params, opt.init(params), tuple(jax.device_put(a) for a in make_batch(s)))
 
 
-_PREPARED: dict = {}  # (setting, algo, impl, task_map) -> compiled step and its inputs, across rounds
+_DATA: dict = {}  # setting -> its data array on the device, shared by all variants
 
 
-def bench_jax(s: Setting, algo: str, impl: str, task_map: str, repeats: int) -> dict:
-    """Time the jitted JAX meta step; returns compile time and step timings.
+def _build_fit_chunk(s: Setting, algo: str, impl: str, task_map: str, chunk: int):
+    """``fit``'s compiled call for one configuration and its inputs ``(state, data)``.
 
-    The step is compiled once per process (later rounds reuse it and report the
-    first compile time); every call gets the same untimed warm-up steps.
+    The learner, optimizer and sampler ``fit`` would get, through ``fit``'s own
+    :func:`~mamlx.train.make_step` and :func:`~mamlx.train.make_chunk` (no mesh).
     """
-    key = (s.name, algo, impl, task_map)
+    model = Conv4(s.ways, in_shape=s.image, filters=s.filters, conv_impl=impl, rngs=nnx.Rngs(0))
+    apply_fn, params = functional(model)
+    learner = _jax_learner(apply_fn, algo, s, task_map)
+    opt = optax.adam(META_LR)
+    sampler = fewshot_sampler(s.ways, s.shots, s.queries, rotate=s.rotate)
+    if s not in _DATA:
+        _DATA[s] = jax.device_put(make_data(s))
+    # init_state's state, with the Conv4 parameters above (_jax_learner's init gives none).
+    state = TrainState(
+        jax.numpy.zeros((), jax.numpy.int32), params, opt.init(params), jax.random.PRNGKey(0)
+    )
+    run = make_chunk(make_step(learner, sampler, opt, s.meta_batch), chunk)
+    return run, state, _DATA[s]
+
+
+_PREPARED: dict = {}  # (setting, algo, impl, task_map, chunk) -> [compiled, state, data, compile_s]
+
+
+def bench_jax(
+    s: Setting, algo: str, impl: str, task_map: str, repeats: int, chunk: int = CHUNK
+) -> dict:
+    """Time ``fit``'s compiled chunk of ``chunk`` steps; returns compile time and per-step times.
+
+    ``times_s`` holds one entry per timed chunk: its time / ``chunk``; at least ``repeats``
+    steps are timed, in ``ceil(repeats / chunk)`` chunks, after ``ceil(WARMUP / chunk)``
+    untimed ones. The chunk is compiled once per process (later rounds reuse it, go on
+    training from the state the last round left, and report the first compile time).
+    """
+    key = (s, algo, impl, task_map, chunk)
     if key not in _PREPARED:
-        step, args = _build_jax_step(s, algo, impl, task_map)
+        run, state, data = _build_fit_chunk(s, algo, impl, task_map, chunk)
         t0 = time.perf_counter()
-        compiled = step.lower(*args).compile()
-        _PREPARED[key] = (compiled, args, time.perf_counter() - t0)
-    compiled, args, compile_s = _PREPARED[key]
-    for _ in range(WARMUP):  # the host allocator reaches its steady state in a few calls
-        out = compiled(*args)
-        jax.block_until_ready(out)
+        compiled = run.lower(state, data).compile()
+        _PREPARED[key] = [compiled, state, data, time.perf_counter() - t0]
+    compiled, state, data, compile_s = _PREPARED[key]
+    for _ in range(math.ceil(WARMUP / chunk)):  # the host allocator settles in a few calls
+        state, metrics = jax.block_until_ready(compiled(state, data))
     times = []
-    for _ in range(repeats):
+    for _ in range(math.ceil(repeats / chunk)):
         t0 = time.perf_counter()
-        out = compiled(*args)
-        jax.block_until_ready(out)
-        times.append(time.perf_counter() - t0)
-    return {"compile_s": compile_s, "times_s": times, "loss": float(out[2])}
+        state, metrics = jax.block_until_ready(compiled(state, data))
+        times.append((time.perf_counter() - t0) / chunk)
+    _PREPARED[key][1] = state
+    loss = float(metrics["loss"][-1])
+    return {"compile_s": compile_s, "times_s": times, "loss": loss, "steps_per_call": chunk}
 
 
 def step_gflop_per_task(s: Setting, algo: str) -> float:
     """Floating-point work of one task's meta-training step, from XLA's cost analysis.
 
-    Counted on the vmapped step (a ``lax.scan`` body is counted once, not per
-    task); mostly the convolutions' matrix products, identical for every
-    implementation of the same algorithm.
+    Counted on the meta-gradient and Adam update of a fixed batch (the timed fit step
+    less its sampling, which adds no matrix work), vmapped (a ``lax.scan`` body is
+    counted once, not per task); mostly the convolutions' matrix products, identical
+    for every implementation of the same algorithm.
     """
     step, args = _build_jax_step(s, algo, "patches", "vmap")
     cost = step.lower(*args).compile().cost_analysis()
@@ -495,6 +555,13 @@ def main(argv=None) -> dict:
         help="run every implementation this many times, interleaved, and pool the timed steps "
         "(drift of a shared machine then hits all implementations alike)",
     )
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=CHUNK,
+        help=f"meta-steps per compiled JAX call, as mamlx.fit's chunk (default {CHUNK}; "
+        "fit's own default is 200): the JAX rows time whole chunks",
+    )
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument(
         "--ceiling",
@@ -530,6 +597,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput"))
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 10)
+    if args.chunk < 1:
+        ap.error(f"--chunk must be at least 1, got {args.chunk}")
     if args.torch_worker:  # child process of torch_in_subprocess: one timing as JSON
         sname, algo, style = args.torch_worker.split(",")
         print(json.dumps(bench_torch(SETTINGS[sname], algo, style, repeats)))
@@ -575,6 +644,7 @@ def main(argv=None) -> dict:
             "min_step_s": min(r["times_s"]),
             "compile_or_warmup_s": r["compile_s"],
             "repeats": len(r["times_s"]),
+            "steps_per_call": r.get("steps_per_call", 1),  # JAX: the chunk; torch: one step
             "round_medians_s": r["round_medians_s"],
             "loss": r["loss"],
             "meta_grad_error": peer_error.get((algo, impl.split("+")[0])),
@@ -610,7 +680,7 @@ def main(argv=None) -> dict:
                     work[sname, algo] = step_gflop_per_task(s, algo)
                 for v in variants:
                     impl, task_map = v.split("/")
-                    r = bench_jax(s, algo, impl, task_map, repeats)
+                    r = bench_jax(s, algo, impl, task_map, repeats, args.chunk)
                     pool(s, algo, f"jax[{impl}/{task_map}]", r)
                 if not args.no_torch:
                     for style in ("loop", "vmap"):
@@ -653,6 +723,8 @@ def main(argv=None) -> dict:
         "machine": {**machine_info(), "load_avg_1m_at_start": load_start},
         "settings": {k: asdict(v) for k, v in SETTINGS.items()},
         "meta_lr": META_LR,
+        "jax_times": JAX_TIMES,
+        "jax_chunk": args.chunk,
         "repeats": repeats,
         "rounds": args.rounds,
         "gemm_peak_gflops": peak,
@@ -667,8 +739,14 @@ def main(argv=None) -> dict:
         "",
         "Machine: " + ", ".join(f"{k}={v}" for k, v in result["machine"].items()),
         "",
-        f"{args.rounds} interleaved round(s) of {repeats} timed steps per implementation; tasks/s "
-        "from the median of all of them, and the range of the per-round medians.",
+        f"{args.rounds} interleaved round(s) of {repeats} timed steps per implementation (JAX: "
+        f"{math.ceil(repeats / args.chunk)} chunk(s) of {args.chunk}); tasks/s from the median "
+        "of all of them, and the range of the per-round medians.",
+        "",
+        f"JAX rows time the {JAX_TIMES}: mamlx.fit's compiled step (episodes sampled on device "
+        f"from an Omniglot-shaped array, meta-gradient, Adam), {args.chunk} per call in a "
+        "lax.scan as fit runs it; the torch peers time their own step on one fixed batch, "
+        "without sampling.",
         "",
         "Meta-gradient check: each torch peer's meta-gradient against mamlx's from the same "
         f"weights and episodes ({CHECK.ways}-way {CHECK.shots}-shot, {CHECK.image[0]}x"
@@ -700,7 +778,8 @@ def main(argv=None) -> dict:
             f"## Ceiling: float32 matrix-product peak {peak:.0f} GFLOP/s "
             "(measured through JAX, default precision)",
             "",
-            "Work per task from XLA's cost analysis of the step; at the peak rate a step "
+            "Work per task from XLA's cost analysis of the meta-gradient and Adam update "
+            "(sampling adds no matrix work); at the peak rate a step "
             "could not run faster than work / peak, whatever the implementation.",
             "",
             "| setting | algo | GFLOP/task | tasks/s at peak | best torch, % of peak "
