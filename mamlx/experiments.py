@@ -11,7 +11,7 @@ Example:
   >>> exp = build(SinusoidConfig(algo="fomaml", steps=10))
   >>> params = exp.learner.init(jax.random.PRNGKey(0))
   >>> batch = exp.sampler.sample_batch(jax.random.PRNGKey(1), exp.data, 2)
-  >>> grads, metrics = exp.learner.meta_grad(params, batch)
+  >>> grads, metrics = jax.jit(exp.learner.meta_grad)(params, batch)
   >>> sorted(metrics)
   ['loss']
 """

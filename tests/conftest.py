@@ -133,3 +133,26 @@ def _drop_compiled_programs():
     """Free each module's compiled programs after it, bounding a worker's memory."""
     yield
     jax.clear_caches()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With ``$MAMLX_TEST_CPU_LOG`` set, append each test's CPU seconds (this process and
+    the subprocesses it waited for) to that file: a cost that the machine's other load
+    does not inflate as it does wall time, to find what makes the suite slow."""
+    path = os.environ.get("MAMLX_TEST_CPU_LOG")
+    if not path:
+        yield
+        return
+    import resource
+
+    def cpu() -> float:
+        own, kids = (
+            resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        )
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    start = cpu()
+    yield
+    with open(path, "a") as f:
+        f.write(f"{cpu() - start:.2f}\t{item.nodeid}\n")

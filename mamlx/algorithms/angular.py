@@ -103,7 +103,7 @@ def angular_margin(
       ...                          **PAPER_MARGINS["arcface"]._asdict())
       >>> params = learner.init(jax.random.PRNGKey(0))
       >>> batch = LabeledBatch(jnp.ones((1, 4, 8, 8, 1)), jnp.array([[0, 1, 2, 4]]))
-      >>> grads, metrics = learner.meta_grad(params, batch)
+      >>> grads, metrics = jax.jit(learner.meta_grad)(params, batch)
       >>> grads["weight"].shape, sorted(metrics)
       ((5, 8), ['accuracy', 'loss'])
     """

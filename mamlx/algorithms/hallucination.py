@@ -211,8 +211,8 @@ def hallucination(
       >>> embed_fn, init_fn = model(lambda r: ConvEmbedding(1, filters=8, blocks=3, rngs=r))
       >>> learner = hallucination(embed_fn, init_fn, feature_dim=8, num_hallucinated=2)
       >>> params = learner.init(jax.random.PRNGKey(0))
-      >>> state = learner.adapt(params, jnp.ones((4, 8, 8, 1)), jnp.array([0, 1, 0, 1]))
-      >>> state.hallucinated.shape, learner.predict(state, jnp.ones((3, 8, 8, 1))).shape
+      >>> state = jax.jit(learner.adapt)(params, jnp.ones((4, 8, 8, 1)), jnp.array([0, 1, 0, 1]))
+      >>> state.hallucinated.shape, jax.jit(learner.predict)(state, jnp.ones((3, 8, 8, 1))).shape
       ((4, 2, 8), (3, 4))
     """
     check_task_map(task_map)

@@ -108,7 +108,7 @@ def imaml(
       >>> y = x @ jnp.array([1.0, -1.0, 0.5])
       >>> learner = imaml(lambda w, x: x @ w, None, inner_lr=0.1, inner_steps=20, lam=1.0)
       >>> w = jnp.zeros(3)
-      >>> grads, metrics = learner.meta_grad(w, Episode(x, y, x, y))
+      >>> grads, metrics = jax.jit(learner.meta_grad)(w, Episode(x, y, x, y))
       >>> task_grad = lambda t: jax.grad(
       ...     lambda w: learner.outer_loss(w, Episode(x[t], y[t], x[t], y[t]))[0])(w)
       >>> bool(jnp.allclose(grads, (task_grad(0) + task_grad(1)) / 2, atol=1e-6))

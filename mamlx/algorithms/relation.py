@@ -112,8 +112,8 @@ def relation(
       ...     lambda r: ConvEmbedding(1, filters=8, blocks=2, pool_blocks=1, flatten=False, rngs=r))
       >>> learner = relation(embed_fn, init_fn, feature_shape=(4, 4, 8), filters=8)
       >>> params = learner.init(jax.random.PRNGKey(0))
-      >>> state = learner.adapt(params, jnp.ones((4, 8, 8, 1)), jnp.array([0, 1, 0, 1]))
-      >>> learner.predict(state, jnp.ones((3, 8, 8, 1))).shape
+      >>> state = jax.jit(learner.adapt)(params, jnp.ones((4, 8, 8, 1)), jnp.array([0, 1, 0, 1]))
+      >>> jax.jit(learner.predict)(state, jnp.ones((3, 8, 8, 1))).shape
       (3, 4)
     """
     check_task_map(task_map)

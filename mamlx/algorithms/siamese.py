@@ -313,8 +313,8 @@ def siamese(
       >>> embed_fn, init_fn = model(lambda r: ConvEmbedding(1, filters=8, blocks=3, rngs=r))
       >>> learner = siamese(embed_fn, init_fn, feature_dim=8)
       >>> params = learner.init(jax.random.PRNGKey(0))
-      >>> state = learner.adapt(params, jnp.ones((4, 8, 8, 1)), jnp.array([0, 1, 0, 1]))
-      >>> learner.predict(state, jnp.ones((3, 8, 8, 1))).shape
+      >>> state = jax.jit(learner.adapt)(params, jnp.ones((4, 8, 8, 1)), jnp.array([0, 1, 0, 1]))
+      >>> jax.jit(learner.predict)(state, jnp.ones((3, 8, 8, 1))).shape
       (3, 4)
     """
     check_task_map(task_map)
