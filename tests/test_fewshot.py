@@ -119,17 +119,23 @@ def test_kill_and_resume_is_bit_identical(tmp_path, data_flag, monkeypatch, caps
     assert main(["train", "--resume", str(tmp_path / "killed")]) == 0
     assert f"conv_impl {other!r} -> {resolved['conv_impl']!r}" in capsys.readouterr().out
     assert json.loads(run_json.read_text())["resolved"]["conv_impl"] == resolved["conv_impl"]
-    a = np.load(checkpoint.latest_checkpoint(tmp_path / "full"))
-    b = np.load(checkpoint.latest_checkpoint(tmp_path / "killed"))
-    assert sorted(a.files) == sorted(b.files)
-    for k in a.files:
-        if k != "__meta__":
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    # eval reports accuracy with a CI and names the batch-norm mode
+    # The killed and resumed run ends bit-identical to the uninterrupted one: its latest
+    # checkpoint, and best.npz (the best validated state, which eval reads), kept from before
+    # the kill. A resume that restarted from the initialisation, or lost best.npz, fails here.
+    for name in ("latest", "best"):
+        a, b = (
+            np.load(checkpoint.latest_checkpoint(r) if name == "latest" else r / "best.npz")
+            for r in (tmp_path / "full", tmp_path / "killed")
+        )
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            if k != "__meta__":
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}: {k}")
+    # eval reports accuracy with a CI over the 10 tasks and names the batch-norm mode
     assert main(["eval", str(tmp_path / "full"), "--tasks", "10"]) == 0
     res = json.loads((tmp_path / "full" / "eval.json").read_text())
-    assert res["batch_norm"] == "transductive" and 0 <= res["accuracy"][0] <= 1
-    assert (tmp_path / "full" / "best.npz").is_file()
+    assert res["batch_norm"] == "transductive" and len(res["per_task_accuracy"]) == 10
+    assert res["accuracy"][1] > 0
 
 
 def test_bad_fewshot_input_is_refused_and_nothing_is_written(tmp_path, data_flag, capsys):
@@ -249,9 +255,10 @@ def test_config_validation_names_the_field():
         MiniImageNetConfig(resize="nearest")  # Ravi & Larochelle resized the RGB JPEGs with Lanczos
 
 
-def test_short_real_omniglot_run_beats_chance(omniglot_dir):
-    """First-order MAML, 150 meta-steps, small Conv-4 on the real Omniglot split."""
-    from mamlx import evaluate, fit, init_state
+def test_short_real_omniglot_run_beats_its_untrained_self(omniglot_dir):
+    """First-order MAML, 100 meta-steps, small Conv-4 on the real Omniglot split: far above
+    the same network untrained, fine-tuned by the same 3 steps on the same test tasks."""
+    from mamlx import fit, init_state, make_evaluator
     from mamlx.experiments import build
 
     config = FewShotConfig(
@@ -259,35 +266,36 @@ def test_short_real_omniglot_run_beats_chance(omniglot_dir):
         data_dir=str(omniglot_dir),
         filters=16,
         meta_batch=8,
+        meta_lr=1e-2,  # 100 steps at Adam 1e-2 learn more than 150 at 1e-3 (see below)
         queries=5,
-        steps=150,
+        steps=100,
         task_map="map",
     )
     exp = build(config)
-    state = init_state(exp.learner, exp.optimizer, jax.random.PRNGKey(0))
+    untrained = init_state(exp.learner, exp.optimizer, jax.random.PRNGKey(0))
     state = fit(
         exp.learner,
         exp.sampler,
         exp.optimizer,
         steps=config.steps,
         meta_batch=config.meta_batch,
-        state=state,
+        state=untrained,
         data=exp.data,
         chunk=50,
         progress=False,
     )
-    res = evaluate(
-        exp.learner,
-        state.params,
-        exp.eval_sampler,
-        exp.splits["test"],
-        key=jax.random.PRNGKey(1),
-        num_tasks=100,
-        steps=[3],
-    )
-    acc, ci = res[3]["accuracy"]
-    # measured: 51.2 ± 2.4% on 100 held-out 5-way 1-shot tasks (chance 20%)
-    assert acc - ci > 0.40, (acc, ci)
+    evaluator = make_evaluator(exp.learner, exp.eval_sampler, steps=[3])
+
+    def accuracy(params):  # the same 100 held-out 5-way 1-shot tasks for both
+        res = evaluator(params, exp.splits["test"], key=jax.random.PRNGKey(1), num_tasks=100)
+        return res[3]["accuracy"][0]
+
+    before, after = accuracy(untrained.params), accuracy(state.params)
+    # Measured (2 CPU cores), trained / untrained with init seeds 0 (this test), 1, 2:
+    # 59.5 / 43.6, 64.8 / 44.6, 67.0 / 44.4 % (chance 20 %). The untrained network's 3 steps
+    # alone reach 44 %: the former check of this test, accuracy - CI > 40 %, held for it too
+    # (150 steps at Adam 1e-3 measured 51.6 / 43.6, 56.8 / 44.6, 53.6 / 44.4 %).
+    assert after > before + 0.10, (after, before)
 
 
 def test_task_map_auto_loops_on_one_cpu_device_and_stays_explicit_otherwise():

@@ -30,7 +30,9 @@ def test_notebook_runs_in_short_mode(path, tmp_path, monkeypatch):
     # Raises CellExecutionError on any failing cell, so also when a notebook's closing
     # assert on its lesson fails: 01 asserts that MAML's query MSE after 10 steps is below
     # half of pre-training's (short mode, 2,000 meta-steps, measured: 0.66 against 2.50)
-    # and below half of its own MSE at 0 steps (2.83).
+    # and below half of its own MSE at 0 steps (2.83); 02 that MAML's test accuracy after 3
+    # steps is more than 8 points above the untrained network's and pre-training's on the same
+    # test tasks (short mode, 30 meta-steps at Adam 1e-2, measured: 59.7 against 42.2 and 38.7).
     client.execute()
 
 
