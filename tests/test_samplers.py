@@ -53,10 +53,11 @@ def test_sample_batch_is_vmap_of_sample_over_split_keys(name, n):
         task = sampler.sample(keys[i], data)
         for b, t in zip(jax.tree.leaves(batch), jax.tree.leaves(task), strict=True):
             np.testing.assert_allclose(b[i], t, rtol=1e-6, atol=1e-6)
-    # Compiled (num_tasks static), it draws the same tasks.
+    # Compiled (num_tasks static), it draws the same tasks, to float32 round-off of the
+    # compiled sine (measured 3.3e-6 on a value of 1.74 with XLA's older fusion emitters).
     jitted = jax.jit(sampler.sample_batch, static_argnums=2)(key, data, n)
     for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(batch), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
