@@ -73,7 +73,7 @@ from mamlx.models import functional
 from mamlx.models.conv import default_impl
 from mamlx.models.conv4 import Conv4
 from mamlx.tasks import fewshot_sampler
-from mamlx.train import TrainState, make_chunk, make_step
+from mamlx.train import init_state, make_chunk, make_step
 
 from common import cpu_name  # noqa: E402
 
@@ -131,11 +131,11 @@ def make_data(s: Setting, seed: int = 0) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # JAX: the library's own meta-learners and optax update, one compiled step.
 # --------------------------------------------------------------------------------------
-def _jax_learner(apply_fn, algo: str, s: Setting, task_map: str):
-    """The mamlx meta-learner of ``algo`` at the setting's inner steps and rate."""
+def _jax_learner(apply_fn, algo: str, s: Setting, task_map: str, init=lambda key: None):
+    """The mamlx meta-learner of ``algo`` at the setting's inner steps and rate; ``init`` is
+    its ``init_fn`` (none where the caller passes parameters in)."""
     from mamlx import fomaml, maml, reptile
 
-    init = lambda key: None  # params are passed in
     tm = "map" if task_map.startswith("map") else "vmap"
     if algo == "reptile":  # meta-gradient p - adapted, outer SGD would be the paper's; Adam here
         return reptile(apply_fn, init, inner_opt=s.inner_lr, inner_steps=s.inner_steps, task_map=tm)
@@ -181,15 +181,12 @@ def _build_fit_chunk(s: Setting, algo: str, impl: str, task_map: str, chunk: int
     """
     model = Conv4(s.ways, in_shape=s.image, filters=s.filters, conv_impl=impl, rngs=nnx.Rngs(0))
     apply_fn, params = functional(model)
-    learner = _jax_learner(apply_fn, algo, s, task_map)
+    learner = _jax_learner(apply_fn, algo, s, task_map, init=lambda key: params)
     opt = optax.adam(META_LR)
     sampler = fewshot_sampler(s.ways, s.shots, s.queries, rotate=s.rotate)
     if s not in _DATA:
         _DATA[s] = jax.device_put(make_data(s))
-    # init_state's state, with the Conv4 parameters above (_jax_learner's init gives none).
-    state = TrainState(
-        jax.numpy.zeros((), jax.numpy.int32), params, opt.init(params), jax.random.PRNGKey(0)
-    )
+    state = init_state(learner, opt, jax.random.PRNGKey(0))
     run = make_chunk(make_step(learner, sampler, opt, s.meta_batch), chunk)
     return run, state, _DATA[s]
 
