@@ -57,6 +57,39 @@ def task_metrics_after(learner: MetaLearner, steps: int | None, loss_fn=None):
     return f
 
 
+#: Tasks per compiled evaluation call where memory allows (accelerators: halved on XLA's
+#: out-of-memory error).
+BATCH_SIZE = 100
+#: On CPU, at most this many input floats (support and query images) per compiled call:
+#: there the operating system kills a process that runs out of memory, so there is no
+#: error to halve on. 100 Omniglot 20-way 5-shot tasks (40,000 images) took 24 GB.
+CPU_INPUT_FLOATS = 2**21
+
+
+def episode_floats(sampler: Sampler, data: Any, key: PRNGKey) -> int:
+    """Floating-point input values (support and query) of one task of ``sampler``.
+
+    Example:
+      >>> from mamlx.tasks import sinusoid
+      >>> episode_floats(sinusoid(5, 10), None, jax.random.PRNGKey(0))
+      30
+    """
+    if hasattr(sampler, "sample"):
+        shapes = jax.eval_shape(sampler.sample, key, data)
+    else:
+        shapes = jax.eval_shape(lambda k, d: sampler.sample_batch(k, d, 1), key, data)
+    leaves = jax.tree.leaves(shapes)
+    return sum(x.size for x in leaves if jnp.issubdtype(x.dtype, jnp.floating))
+
+
+def default_batch_size(sampler: Sampler, data: Any, key: PRNGKey) -> int:
+    """Tasks per compiled evaluation call when none is given: :data:`BATCH_SIZE`, and on
+    CPU no more than :data:`CPU_INPUT_FLOATS` input values (at least one task)."""
+    if jax.default_backend() != "cpu":
+        return BATCH_SIZE
+    return max(1, min(BATCH_SIZE, CPU_INPUT_FLOATS // max(episode_floats(sampler, data, key), 1)))
+
+
 def out_of_device_memory(err: Exception) -> bool:
     """Whether ``err`` is XLA's out-of-memory error (the evaluator and the CLI ask)."""
     return type(err).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and (
@@ -69,7 +102,7 @@ def make_evaluator(
     sampler: Sampler,
     *,
     steps: Sequence[int | None] = (None,),
-    batch_size: int = 100,
+    batch_size: int | None = None,
     loss_fn=None,
 ):
     """A reusable, compiled evaluator (compiles once; call it at every validation).
@@ -89,7 +122,8 @@ def make_evaluator(
       sampler: sampler of held-out tasks, a :class:`~mamlx.tasks.Sampler` (one with
         only ``sample_batch(key, data, n)`` is accepted too, see above).
       steps: test-time adaptation steps to report (``None``: the learner's default).
-      batch_size: at most this many tasks sampled and evaluated per compiled call.
+      batch_size: at most this many tasks sampled and evaluated per compiled call
+        (``None``: :func:`default_batch_size`, bounded by memory on CPU).
       loss_fn: optional loss override (default: the learner's ``predict_loss``).
 
     Returns:
@@ -99,10 +133,11 @@ def make_evaluator(
       running means (of the last setting of ``steps``) over the tasks done. Every setting in ``steps`` is evaluated on the same tasks
       (paired comparison, also across models evaluated with the same key).
     """
-    batch_size = check_count("batch_size", batch_size, low=1)
+    if batch_size is not None:
+        batch_size = check_count("batch_size", batch_size, low=1)
     per_task_keys = hasattr(sampler, "sample")
     fns: dict = {}
-    largest = [batch_size]  # shrinks when a batch runs out of memory
+    largest = [batch_size]  # set at the first call if None; shrinks when out of memory
 
     def batch_fn(s, b):
         if (s, b) not in fns:
@@ -129,6 +164,8 @@ def make_evaluator(
         progress: bool = False,
     ):
         num_tasks = check_count("num_tasks", num_tasks, low=1)
+        if largest[0] is None:
+            largest[0] = default_batch_size(sampler, data, key)
         values: dict = {s: {} for s in steps}
         bar = None
         if progress:  # the first batch compiles: the bar says so before it starts
@@ -180,7 +217,7 @@ def evaluate(
     key: PRNGKey,
     num_tasks: int = 600,
     steps: Sequence[int | None] = (None,),
-    batch_size: int = 100,
+    batch_size: int | None = None,
     loss_fn=None,
     per_task: bool = False,
     progress: bool = False,
@@ -196,7 +233,8 @@ def evaluate(
       key: PRNG key for the test tasks (keep it apart from training keys).
       num_tasks: number of test tasks (the papers use 600 or more).
       steps: test-time adaptation steps to report (``None``: the learner's default).
-      batch_size: at most this many tasks per compiled call (halved when out of memory).
+      batch_size: at most this many tasks per compiled call (halved when out of memory;
+        ``None``: :func:`default_batch_size`).
       loss_fn: optional loss override (default: the learner's ``predict_loss``).
       per_task: return each task's value instead of the mean and interval.
       progress: show a progress bar (tasks done, running means).

@@ -342,6 +342,52 @@ def test_evaluator_tasks_do_not_depend_on_the_batch_size(monkeypatch):
         ev.make_evaluator(learner, sinusoid(5), batch_size=8)(params, None, key=key, num_tasks=3)
 
 
+def test_evaluator_bounds_its_default_batch_by_input_size_on_cpu(monkeypatch):
+    # On CPU a batch that does not fit kills the process (no error to halve on): without a
+    # batch_size the evaluator takes as many tasks as CPU_INPUT_FLOATS input values allow.
+    # 100 Omniglot 20-way 5-shot tasks (40,000 images) took 24 GB and were OOM-killed.
+    from mamlx import evaluation as ev
+
+    apply_fn, init_fn = sinusoid_model((16,))
+    learner = maml(apply_fn, init_fn, inner_lr=0.01, inner_steps=1)
+    params = learner.init(jax.random.PRNGKey(0))
+    key = jax.random.PRNGKey(9)
+
+    class BatchOnly:  # the same tasks' shapes through sample_batch
+        def sample_batch(self, key, data, n):
+            return sinusoid(5).sample_batch(key, data, n)
+
+    # sinusoid(5): 5 support and 5 query points, x and y each: 20 floats per task.
+    assert ev.episode_floats(sinusoid(5), None, key) == 20
+    assert ev.episode_floats(BatchOnly(), None, key) == 20
+    assert ev.episode_floats(sinusoid(5, 15), None, key) == 40
+    monkeypatch.setattr(ev, "CPU_INPUT_FLOATS", 65)
+    assert ev.default_batch_size(sinusoid(5), None, key) == 3
+    assert ev.default_batch_size(sinusoid(50), None, key) == 1  # never below one task
+    monkeypatch.setattr(ev.jax, "default_backend", lambda: "gpu")
+    assert ev.default_batch_size(sinusoid(5), None, key) == ev.BATCH_SIZE
+    monkeypatch.undo()
+
+    sizes = []
+    real_jit = jax.jit
+
+    def recording_jit(fn):
+        compiled = real_jit(fn)
+
+        def call(p, d, k, first):
+            sizes.append(jax.eval_shape(fn, p, d, k, first)["loss"].shape[0])
+            return compiled(p, d, k, first)
+
+        return call
+
+    expected = ev.evaluate(learner, params, sinusoid(5), key=key, num_tasks=7, batch_size=7)
+    monkeypatch.setattr(ev, "CPU_INPUT_FLOATS", 65)
+    monkeypatch.setattr(ev.jax, "jit", recording_jit)
+    got = ev.evaluate(learner, params, sinusoid(5), key=key, num_tasks=7)
+    assert sizes == [3, 3, 3]
+    np.testing.assert_allclose(got[None]["loss"], expected[None]["loss"], rtol=1e-5)
+
+
 def test_evaluator_calls_samplers_without_sample_batch_wise():
     # A sampler with only sample_batch gets fold_in(key, first task) per batch.
     from mamlx import evaluate, mean_ci
