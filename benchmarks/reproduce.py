@@ -25,6 +25,7 @@ repository's ledger (``--ledger``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -82,9 +83,41 @@ def train_command(name: str, run_dir: Path, minutes: float, args) -> list[str]:
     return cmd + shlex.split(row_flags(minutes, args))
 
 
-def eval_commands(run_dir: Path, tasks: int, rotated: bool) -> list[list[str]]:
-    """``mamlx eval`` at the protocol, as drawn and (``rotated``) with rotated test classes."""
+#: Configuration fields of the test protocol: presets that differ only in these train alike.
+TEST_FIELDS = ("eval_ways", "eval_shots", "eval_queries", "eval_tasks", "eval_rotate", "preset")
+
+
+def training_key(name: str) -> tuple:
+    """What ``name``'s preset trains: its configuration without the test protocol."""
+    config = dataclasses.asdict(ledger.preset_config(name))
+    return PRESETS[name][0], tuple(
+        sorted((k, repr(v)) for k, v in config.items() if k not in TEST_FIELDS)
+    )
+
+
+def trainers(names: list[str]) -> dict[str, str]:
+    """Each row's trained run: the first row of ``names`` whose preset trains alike (Snell et
+    al. test one 5-shot model at 5 and 20 ways; the four Siamese rows share one verification
+    model), so one training serves them all.
+
+    Example:
+      >>> trainers(["protonet-5w5s", "protonet-20w5s", "protonet-5w1s"])["protonet-20w5s"]
+      'protonet-5w5s'
+    """
+    first: dict[tuple, str] = {}
+    return {n: first.setdefault(training_key(n), n) for n in names}
+
+
+def eval_commands(
+    run_dir: Path, tasks: int, rotated: bool, name: str | None = None
+) -> list[list[str]]:
+    """``mamlx eval`` at the protocol, as drawn and (``rotated``) with rotated test classes;
+    with ``name``, at that preset's test ways, shots and queries."""
     base = ["eval", str(run_dir), "--no-progress", "--tasks", str(tasks)]
+    if name is not None:
+        c = ledger.preset_config(name)
+        base += ["--ways", str(c.eval_ways or c.ways), "--shots", str(c.eval_shots or c.shots)]
+        base += ["--queries", str(c.eval_queries or c.queries)]
     return [[*base, "--no-eval-rotate"], *([[*base, "--eval-rotate"]] if rotated else [])]
 
 
@@ -103,11 +136,15 @@ for argv, out in json.loads(sys.argv[1]):
 """
 
 
-def start_eval(run_dir: Path, tasks: int, rotated: bool, env=None) -> subprocess.Popen:
-    """Evaluate a run in a subprocess: ``eval-drawn.json`` and ``eval-rotated.json``."""
+def start_eval(
+    run_dir: Path, tasks: int, rotated: bool, env=None, name=None, out_dir=None
+) -> subprocess.Popen:
+    """Evaluate a run in a subprocess (at preset ``name``'s protocol if given): its
+    ``eval-drawn.json`` and ``eval-rotated.json`` go to ``out_dir`` (default ``run_dir``)."""
+    out_dir = Path(out_dir or run_dir)
     jobs = [
-        (argv, str(run_dir / f"eval-{'rotated' if '--eval-rotate' in argv else 'drawn'}.json"))
-        for argv in eval_commands(run_dir, tasks, rotated)
+        (argv, str(out_dir / f"eval-{'rotated' if '--eval-rotate' in argv else 'drawn'}.json"))
+        for argv in eval_commands(run_dir, tasks, rotated, name)
     ]
     return subprocess.Popen([sys.executable, "-c", _EVAL, json.dumps(jobs)], env=env)
 
@@ -123,14 +160,24 @@ def protocol(name: str, args) -> tuple[int, bool]:
 
 
 def row_of(
-    name: str, run_dir: Path, train: list[str], flags: str, tasks: int, rotated: bool
+    name: str,
+    run_dir: Path,
+    train: list[str],
+    flags: str,
+    tasks: int,
+    rotated: bool,
+    eval_dir: Path | None = None,
 ) -> dict:
-    """The run as :func:`ledger.record_row` takes it (the shape of ``fewshot.run_preset``)."""
+    """The run as :func:`ledger.record_row` takes it (the shape of ``fewshot.run_preset``):
+    trained in ``run_dir``, evaluated at ``name``'s protocol into ``eval_dir``."""
+    eval_dir = eval_dir or run_dir
     config = json.loads((run_dir / "config.json").read_text())
-    drawn = json.loads((run_dir / "eval-drawn.json").read_text())
-    rot = json.loads((run_dir / "eval-rotated.json").read_text()) if rotated else None
+    drawn = json.loads((eval_dir / "eval-drawn.json").read_text())
+    rot = json.loads((eval_dir / "eval-rotated.json").read_text()) if rotated else None
     log = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = "; ".join("mamlx " + shlex.join(a) for a in eval_commands(run_dir, tasks, rotated))
+    evals = "; ".join(
+        "mamlx " + shlex.join(a) for a in eval_commands(run_dir, tasks, rotated, name)
+    )
     stopped = log[-1]["step"] < config["steps"]
     return {
         "preset": name,
@@ -149,7 +196,7 @@ def row_of(
         "test_tasks": drawn["tasks"],
         "test_ways": drawn["ways"],
         "test_shots": drawn["shots"],
-        "test_queries": config["eval_queries"] or config["queries"],
+        "test_queries": drawn.get("queries") or config["eval_queries"] or config["queries"],
         "batch_norm": drawn.get("batch_norm"),
         "steps": log[-1]["step"],
         "planned_steps": config["steps"],
@@ -171,28 +218,33 @@ def run_rows(names: list[str], minutes: dict[str, float], args, *, parallel: boo
     """Train ``names`` (all at once if ``parallel``), evaluate each, record each in the
     ledger; a row whose training fails or leaves no checkpoint is reported, not recorded."""
     out = Path(args.out)
+    by = trainers(names)  # rows that train alike share the first one's run
     env = dict(os.environ)
-    if parallel and not args.tiny:  # one device shared by every row
+    if parallel and not args.tiny:  # one device shared by every training
         env.update(
             XLA_PYTHON_CLIENT_PREALLOCATE="false",
-            XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.9 / len(names):.3f}",
+            XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.9 / len(set(by.values())):.3f}",
         )
     deadline = time.monotonic() + 60 * args.budget_minutes if parallel else None
     plans = {}
     for name in names:
-        run_dir = out / name
-        if run_dir.exists() and not args.reuse:
-            raise SystemExit(f"{run_dir} exists: pass --reuse to evaluate it, or remove it")
-        plans[name] = (run_dir, train_command(name, run_dir, minutes[name], args))
+        if (out / name).exists() and not args.reuse:
+            raise SystemExit(f"{out / name} exists: pass --reuse to evaluate it, or remove it")
+        if by[name] == name:
+            plans[name] = (out / name, train_command(name, out / name, minutes[name], args))
     if args.dry_run:
-        for name, (run_dir, cmd) in plans.items():
-            print(f"{name}: mamlx {shlex.join(cmd)}")
+        for name in names:
+            run_dir, cmd = plans[by[name]]
+            if by[name] == name:
+                print(f"{name}: mamlx {shlex.join(cmd)}")
+            else:
+                print(f"{name}: trained as {by[name]} (same training, another test protocol)")
             tasks, rotated = protocol(name, args)
-            for argv in eval_commands(run_dir, tasks, rotated):
+            for argv in eval_commands(run_dir, tasks, rotated, name):
                 print(f"{' ' * len(name)}  mamlx {shlex.join(argv)}")
         if parallel:
             print(
-                f"{len(names)} rows at once, {env.get('XLA_PYTHON_CLIENT_MEM_FRACTION', 'all')} "
+                f"{len(plans)} trainings at once, {env.get('XLA_PYTHON_CLIENT_MEM_FRACTION', 'all')} "
                 f"of the device memory each; training stopped by {args.budget_minutes - EVAL_MIN:g} "
                 f"min, evaluated by {args.budget_minutes:g} min"
             )
@@ -217,22 +269,26 @@ def run_rows(names: list[str], minutes: dict[str, float], args, *, parallel: boo
             proc.wait()
             print(f"{name}: stopped at the device budget", flush=True)
     runs, evals = [], {}
-    for name, (run_dir, _) in plans.items():
-        if name in failed:
+    for name in names:
+        run_dir, _ = plans[by[name]]
+        if by[name] in failed:
             continue
         if not (run_dir / "best.npz").is_file():
             print(f"{name}: no checkpoint to evaluate, not recorded", flush=True)
             continue
         tasks, rotated = protocol(name, args)
-        evals[name] = (start_eval(run_dir, tasks, rotated, env), tasks, rotated)
+        (out / name).mkdir(parents=True, exist_ok=True)
+        proc = start_eval(run_dir, tasks, rotated, env, name=name, out_dir=out / name)
+        evals[name] = (proc, tasks, rotated)
         if not parallel:
-            evals[name][0].wait()
+            proc.wait()
     for name, (proc, tasks, rotated) in evals.items():
         if proc.wait() != 0:
             print(f"{name}: evaluation failed, not recorded", flush=True)
             continue
-        run_dir, cmd = plans[name]
-        row = row_of(name, run_dir, cmd, row_flags(minutes[name], args), tasks, rotated)
+        run_dir, cmd = plans[by[name]]
+        flags = row_flags(minutes[by[name]], args)
+        row = row_of(name, run_dir, cmd, flags, tasks, rotated, eval_dir=out / name)
         notes = "tiny smoke run (--tiny), not a result" if args.tiny else ""
         run = ledger.record_row(
             row, preset=name, source="benchmarks/reproduce.py", notes=notes, path=args.ledger

@@ -365,7 +365,18 @@ def build_parser(tables: bool = True) -> argparse.ArgumentParser:
         "few-shot runs, one value per class (default: the run's eval_shots or shots)",
     )
     ev.add_argument("--max-steps", type=int, help="sine runs: report 0..N inner steps (default 10)")
-    ev.add_argument("--queries", type=int, help="sine runs: query points per task (default 100)")
+    ev.add_argument(
+        "--ways",
+        type=int,
+        help="few-shot runs: classes per test task (default: the run's eval_ways or ways; "
+        "learners that adapt a classifier head are tested at their training ways)",
+    )
+    ev.add_argument(
+        "--queries",
+        type=int,
+        help="query points per task: sine runs (default 100); few-shot runs, per class "
+        "(default: the run's eval_queries or queries)",
+    )
     ev.add_argument("--seed", type=int, default=12345, help="seed of the held-out tasks")
     ev.add_argument(
         "--progress",
@@ -683,8 +694,8 @@ def _load_trained(run_dir: Path, best: bool = True, **changes):
     """Config, built experiment and trained state of a run (its best checkpoint if any).
 
     ``changes`` that are not ``None`` replace fields of a few-shot run's configuration
-    that do not change what was trained: ``data_dir`` (data moved since), ``eval_rotate``
-    and ``eval_shots`` (the test protocol).
+    that do not change what was trained: ``data_dir`` (data moved since), ``eval_rotate``,
+    ``eval_shots``, ``eval_ways`` and ``eval_queries`` (the test protocol).
     """
     from mamlx.runs import load_state
 
@@ -703,10 +714,10 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
 
     from mamlx.evaluation import evaluate, mean_ci
 
-    if args.max_steps is not None or args.queries is not None:
+    if args.max_steps is not None:
         raise ValueError(
-            f"{run_dir} is a few-shot run: --max-steps and --queries apply to sine-wave runs "
-            f"(a few-shot run is tested after its eval_inner_steps with its own queries)"
+            f"{run_dir} is a few-shot run: --max-steps applies to sine-wave runs "
+            f"(a few-shot run is tested after its eval_inner_steps)"
         )
     if args.shots is not None and len(args.shots) != 1:
         raise ValueError(f"{run_dir}: give a few-shot run one --shots value, got {args.shots}")
@@ -715,6 +726,8 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
         data_dir=args.data_dir or None,
         eval_rotate=args.eval_rotate,
         eval_shots=args.shots[0] if args.shots else None,
+        eval_ways=args.ways,
+        eval_queries=args.queries,
     )
     tasks = args.tasks or config.eval_tasks
     steps = config.eval_steps
@@ -747,6 +760,7 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
         "inner_steps": steps,
         "ways": ways,
         "shots": shots,
+        "queries": config.eval_queries or config.queries,
         "batch_norm": bn,
         "eval_rotate": config.eval_rotate,
         "accuracy": [acc, ci],
@@ -899,10 +913,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if (args.tasks is not None and args.tasks < 1) or (args.max_steps or 0) < 0:
         raise ValueError("--tasks must be >= 1 and --max-steps >= 0")
-    if (args.shots is not None and min(args.shots) < 1) or (
-        args.queries is not None and args.queries < 1
+    if (args.shots is not None and min(args.shots) < 1) or any(
+        n is not None and n < 1 for n in (args.queries, args.ways)
     ):
-        raise ValueError("--shots and --queries must be >= 1")
+        raise ValueError("--shots, --queries and --ways must be >= 1")
     enable_compilation_cache()
     runs, curves = [], {}
     key = jax.random.PRNGKey(args.seed)
@@ -914,8 +928,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if isinstance(_load_run_config(rd), _config.FewShotConfig):
             eval_fewshot(rd, args)
             continue
-        if args.eval_rotate is not None:
-            raise ValueError(f"{rd} is a sine-wave run: --eval-rotate applies to few-shot runs")
+        if args.eval_rotate is not None or args.ways is not None:
+            raise ValueError(
+                f"{rd} is a sine-wave run: --eval-rotate and --ways apply to few-shot runs"
+            )
         config, exp, state = _load_trained(rd)
         num_tasks = sine.tasks or 1000
         name = f"{config.algo} ({rd.name})"

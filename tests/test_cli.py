@@ -94,9 +94,11 @@ def test_eval_flag_errors_strict_json_and_runtime_errors(tmp_path, capsys, monke
     res = json.loads((run / "eval.json").read_text(), parse_constant=pytest.fail)
     assert res["mse"]["3"]["1"][1] is None and res["mse"]["3"]["1"][0] > 0
     assert main(["eval", str(run), "--queries", "0"]) == 2
-    assert "--queries must be >= 1" in capsys.readouterr().err
+    assert "--queries and --ways must be >= 1" in capsys.readouterr().err
     assert main(["eval", str(run), "--eval-rotate"]) == 2
-    assert "--eval-rotate applies to few-shot runs" in capsys.readouterr().err
+    assert "--eval-rotate and --ways apply to few-shot runs" in capsys.readouterr().err
+    assert main(["eval", str(run), "--ways", "5"]) == 2
+    assert "--eval-rotate and --ways apply to few-shot runs" in capsys.readouterr().err
     # A corrupt configuration names its file.
     (run / "config.json").write_text("garbage")
     assert main(["eval", str(run)]) == 2

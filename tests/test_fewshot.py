@@ -194,7 +194,34 @@ def test_eval_rotate_counts_rotated_test_classes(tmp_path, data_flag, monkeypatc
     assert "5-way 2-shot" in capsys.readouterr().out  # --shots: the test shots of a few-shot run
     assert json.loads((env_run / "eval.json").read_text())["shots"] == 2
     assert main(["eval", str(env_run), "--max-steps", "3"]) == 2
-    assert "apply to sine-wave runs" in capsys.readouterr().err
+    assert "--max-steps applies to sine-wave runs" in capsys.readouterr().err
+
+
+def test_eval_ways_and_queries_are_the_runs_test_protocol(tmp_path, data_flag, capsys):
+    # Snell et al. test one 5-shot model at 5-way and at 20-way: `mamlx eval --ways W
+    # --queries Q` is the run's configuration with eval_ways=W, eval_queries=Q, nothing else.
+    run = tmp_path / "proto"
+    assert main(args(run, *data_flag, "--algo", "protonet", backbone="conv4", steps=2)) == 0
+    config = json.loads((run / "config.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(run), "--tasks", "6", "--ways", "3", "--queries", "2"]) == 0
+    assert "3-way 1-shot" in capsys.readouterr().out
+    flagged = json.loads((run / "eval.json").read_text())
+    assert (flagged["ways"], flagged["queries"], flagged["tasks"]) == (3, 2, 6)
+    (run / "config.json").write_text(json.dumps({**config, "eval_ways": 3, "eval_queries": 2}))
+    assert main(["eval", str(run), "--tasks", "6"]) == 0
+    edited = json.loads((run / "eval.json").read_text())
+    assert edited["per_task_accuracy"] == flagged["per_task_accuracy"]
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["eval", str(run), "--tasks", "6"]) == 0
+    default = json.loads((run / "eval.json").read_text())
+    assert (default["ways"], default["queries"]) == (config["ways"], config["queries"])
+    # A learner that adapts a classifier head is tested at its training ways: refused.
+    maml_run = tmp_path / "maml"
+    assert main(args(maml_run, *data_flag, steps=1)) == 0
+    capsys.readouterr()
+    assert main(["eval", str(maml_run), "--tasks", "2", "--ways", "3"]) == 2
+    assert "eval_ways=3" in capsys.readouterr().err
 
 
 def test_background_split_trains_without_val_classes_or_rotations(tmp_path, data_flag):

@@ -120,10 +120,15 @@ def test_an_update_that_fails_to_serialize_leaves_the_old_file(tmp_path):
 def test_gpu_plan_fits_its_budget(tmp_path, capsys):
     assert reproduce.main(["--gpu", "--dry-run", "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
-    assert all(
-        f"{name}: mamlx train omniglot --preset {name}" in out for name in reproduce.GPU_ROWS
-    )
-    assert out.count("--max-minutes 6.5") == len(reproduce.GPU_ROWS)
+    by = reproduce.trainers(list(reproduce.GPU_ROWS))
+    assert by["reptile-20w5s"] == "reptile-20w1s"  # Reptile's 20-way rows: one training
+    for name, trainer in by.items():
+        if name == trainer:
+            assert f"{name}: mamlx train omniglot --preset {name}" in out
+        else:
+            assert f"{name}: trained as {trainer}" in out
+    assert out.count("--max-minutes 6.5") == len(set(by.values()))
+    assert f"{len(set(by.values()))} trainings at once, 0.225 of the device memory" in out
     assert "training stopped by 8 min, evaluated by 10 min" in out
     assert not (tmp_path / "r").exists()
 
@@ -152,6 +157,46 @@ def test_tiny_row_writes_a_well_formed_entry(tmp_path):
     assert run["verdict"] in ("within", "below")
     assert path.with_suffix(".md").read_text() == ledger.markdown(ledger.load(path))
     assert ledger.README.read_bytes() == readme  # only the repository's ledger touches it
+
+
+def test_rows_that_train_alike_share_one_training():
+    rows = ["protonet-5w1s", "protonet-5w5s", "protonet-20w5s", "siamese-20w5s", "siamese-5w1s"]
+    by = reproduce.trainers(rows)
+    assert by == {
+        "protonet-5w1s": "protonet-5w1s",  # 60-way 1-shot training: its own
+        "protonet-5w5s": "protonet-5w5s",
+        "protonet-20w5s": "protonet-5w5s",  # Snell et al.: one 5-shot model, tested at 5 and 20 ways
+        "siamese-20w5s": "siamese-20w5s",  # the first of its kind in the list trains
+        "siamese-5w1s": "siamese-20w5s",
+    }
+    for name, trainer in by.items():  # shared only where nothing but the test protocol differs
+        a, b = (vars(ledger.preset_config(n)) for n in (name, trainer))
+        assert {k for k in a if a[k] != b[k]} <= set(reproduce.TEST_FIELDS)
+    a, b = (vars(ledger.preset_config(n)) for n in ("protonet-5w1s", "protonet-5w5s"))
+    assert {k for k in a if a[k] != b[k]} - set(reproduce.TEST_FIELDS)
+
+
+@pytest.mark.slow
+def test_a_shared_training_is_tested_at_each_rows_protocol(tmp_path):
+    omniglot = data_dir("omniglot")
+    out, path = tmp_path / "runs", tmp_path / "ledger.json"
+    argv = ["--rows", "protonet-5w5s,protonet-20w5s", "--tiny", "--out", str(out)]
+    assert reproduce.main([*argv, "--ledger", str(path), "--data-dir", str(omniglot)]) == 0
+    assert (out / "protonet-5w5s" / "best.npz").is_file()
+    assert sorted(p.name for p in (out / "protonet-20w5s").iterdir()) == [
+        "eval-drawn.json",
+        "eval-rotated.json",
+    ]
+    runs = {e["ways"]: e["runs"][0] for e in json.loads(path.read_text())["entries"] if e["runs"]}
+    assert set(runs) == {5, 20}
+    for ways, queries in ((5, 15), (20, 5)):
+        run = runs[ways]
+        assert (run["protocol"]["ways"], run["protocol"]["queries"]) == (ways, queries)
+        assert run["command"].startswith("mamlx train omniglot --preset protonet-5w5s")
+        assert f"--ways {ways} --shots 5 --queries {queries}" in run["command"]
+    drawn = json.loads((out / "protonet-20w5s" / "eval-drawn.json").read_text())
+    assert (drawn["ways"], drawn["shots"], drawn["queries"]) == (20, 5, 5)
+    assert runs[5]["as_drawn"] != runs[20]["as_drawn"]
 
 
 def test_a_below_verdict_names_its_measured_cause():
