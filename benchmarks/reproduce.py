@@ -108,16 +108,13 @@ def trainers(names: list[str]) -> dict[str, str]:
     return {n: first.setdefault(training_key(n), n) for n in names}
 
 
-def eval_commands(
-    run_dir: Path, tasks: int, rotated: bool, name: str | None = None
-) -> list[list[str]]:
-    """``mamlx eval`` at the protocol, as drawn and (``rotated``) with rotated test classes;
-    with ``name``, at that preset's test ways, shots and queries."""
+def eval_commands(run_dir: Path, tasks: int, rotated: bool, name: str) -> list[list[str]]:
+    """``mamlx eval`` of ``run_dir`` at preset ``name``'s test ways, shots and queries, as
+    drawn and (``rotated``) with rotated test classes."""
+    c = ledger.preset_config(name)
     base = ["eval", str(run_dir), "--no-progress", "--tasks", str(tasks)]
-    if name is not None:
-        c = ledger.preset_config(name)
-        base += ["--ways", str(c.eval_ways or c.ways), "--shots", str(c.eval_shots or c.shots)]
-        base += ["--queries", str(c.eval_queries or c.queries)]
+    base += ["--ways", str(c.eval_ways or c.ways), "--shots", str(c.eval_shots or c.shots)]
+    base += ["--queries", str(c.eval_queries or c.queries)]
     return [[*base, "--no-eval-rotate"], *([[*base, "--eval-rotate"]] if rotated else [])]
 
 
@@ -137,11 +134,10 @@ for argv, out in json.loads(sys.argv[1]):
 
 
 def start_eval(
-    run_dir: Path, tasks: int, rotated: bool, env=None, name=None, out_dir=None
+    run_dir: Path, tasks: int, rotated: bool, env, name: str, out_dir: Path
 ) -> subprocess.Popen:
-    """Evaluate a run in a subprocess (at preset ``name``'s protocol if given): its
-    ``eval-drawn.json`` and ``eval-rotated.json`` go to ``out_dir`` (default ``run_dir``)."""
-    out_dir = Path(out_dir or run_dir)
+    """Evaluate a run in a subprocess at preset ``name``'s protocol: its
+    ``eval-drawn.json`` and ``eval-rotated.json`` go to ``out_dir``."""
     jobs = [
         (argv, str(out_dir / f"eval-{'rotated' if '--eval-rotate' in argv else 'drawn'}.json"))
         for argv in eval_commands(run_dir, tasks, rotated, name)
@@ -166,11 +162,10 @@ def row_of(
     flags: str,
     tasks: int,
     rotated: bool,
-    eval_dir: Path | None = None,
+    eval_dir: Path,
 ) -> dict:
     """The run as :func:`ledger.record_row` takes it (the shape of ``fewshot.run_preset``):
     trained in ``run_dir``, evaluated at ``name``'s protocol into ``eval_dir``."""
-    eval_dir = eval_dir or run_dir
     config = json.loads((run_dir / "config.json").read_text())
     drawn = json.loads((eval_dir / "eval-drawn.json").read_text())
     rot = json.loads((eval_dir / "eval-rotated.json").read_text()) if rotated else None
@@ -278,7 +273,7 @@ def run_rows(names: list[str], minutes: dict[str, float], args, *, parallel: boo
             continue
         tasks, rotated = protocol(name, args)
         (out / name).mkdir(parents=True, exist_ok=True)
-        proc = start_eval(run_dir, tasks, rotated, env, name=name, out_dir=out / name)
+        proc = start_eval(run_dir, tasks, rotated, env, name, out / name)
         evals[name] = (proc, tasks, rotated)
         if not parallel:
             proc.wait()
@@ -288,7 +283,7 @@ def run_rows(names: list[str], minutes: dict[str, float], args, *, parallel: boo
             continue
         run_dir, cmd = plans[by[name]]
         flags = row_flags(minutes[by[name]], args)
-        row = row_of(name, run_dir, cmd, flags, tasks, rotated, eval_dir=out / name)
+        row = row_of(name, run_dir, cmd, flags, tasks, rotated, out / name)
         notes = "tiny smoke run (--tiny), not a result" if args.tiny else ""
         run = ledger.record_row(
             row, preset=name, source="benchmarks/reproduce.py", notes=notes, path=args.ledger
