@@ -168,6 +168,47 @@ def test_non_transductive_prediction_ignores_other_queries():
         assert not np.allclose(full[i], rows[0], rtol=1e-5, atol=1e-6), "row 0 is not its row"
 
 
+def test_non_transductive_reptile_trains_as_transductive_and_logs_the_query_batch():
+    """Reptile's update never reads the queries; its logged query metrics predict the query
+    batch at once (one forward pass, not one per query), so with batch norm the
+    non-transductive learner's meta_grad equals the transductive one's, metrics included,
+    and the metrics are the query batch's loss through the adapted weights, by hand."""
+    from flax import nnx
+
+    from mamlx.models import model
+
+    class BNNet(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(1, 8, rngs=rngs)
+            self.bn = nnx.BatchNorm(8, use_running_average=False, rngs=rngs)
+            self.l2 = nnx.Linear(8, 1, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(jax.nn.relu(self.bn(self.l1(x))))
+
+    apply_fn, init_fn = model(BNNet)
+    eps = sinusoid(5, queries=6).sample_batch(jax.random.PRNGKey(0), None, 3)
+    make = lambda t: reptile(apply_fn, init_fn, inner_opt=0.01, inner_steps=2, transductive=t)
+    off, on = make(False), make(True)
+    params = off.init(jax.random.PRNGKey(1))
+    g_off, m_off = jax.jit(off.meta_grad)(params, eps)
+    g_on, m_on = jax.jit(on.meta_grad)(params, eps)
+    assert _max_abs_diff(g_off, g_on) == 0.0
+    np.testing.assert_allclose(m_off["loss"], m_on["loss"], rtol=1e-6)
+    losses = []
+    for t in range(3):
+        ep = jax.tree.map(lambda a, t=t: a[t], eps)
+        adapted = on.adapt(params, ep.support_x, ep.support_y)
+        losses.append(jnp.mean((apply_fn(adapted, ep.query_x) - ep.query_y) ** 2))
+    np.testing.assert_allclose(m_off["loss"], np.mean(losses), rtol=1e-5)
+    # ...while test-time prediction keeps the non-transductive rule: it differs.
+    ep = jax.tree.map(lambda a: a[0], eps)
+    pred_off = off.predict(off.adapt(params, ep.support_x, ep.support_y), ep.query_x)
+    assert not np.allclose(
+        pred_off, apply_fn(on.adapt(params, ep.support_x, ep.support_y), ep.query_x), atol=1e-5
+    )
+
+
 def _mse_loss(apply_fn):
     return lambda p, x, y: jnp.mean((apply_fn(p, x) - y) ** 2)
 

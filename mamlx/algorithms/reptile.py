@@ -27,7 +27,6 @@ import optax
 from mamlx import inner
 from mamlx.algorithms.base import MetaLearner, map_tasks_mean, query_outer_loss
 from mamlx.algorithms.gradient_based import (
-    SupportContext,
     check_inner_args,
     make_predict,
     support_loss_fn,
@@ -60,7 +59,9 @@ def reptile(
       task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
       transductive: if False, each query example is classified with batch
         statistics of the support set plus that example alone (the paper's
-        non-transductive evaluation).
+        non-transductive evaluation). ``meta_grad``'s metrics (training loss and
+        accuracy on the queries, which the update does not use) always predict the
+        query batch at once: one forward pass instead of one per query.
 
     Returns:
       A :class:`MetaLearner`; its ``meta_grad`` is the pseudo-gradient φ − mean θ̃.
@@ -87,8 +88,11 @@ def reptile(
 
     def task_update(meta_params, episode: Episode):
         adapted = adapt_params(meta_params, episode.support_x, episode.support_y)
-        state = adapted if transductive else SupportContext(adapted, episode.support_x)
-        metrics = task_metrics(predict(state, episode.query_x), episode.query_y, loss_fn)[1]
+        # Logged only (the update does not use the query set): the query batch at once, as
+        # the transductive rule, whatever `transductive` says. The other rule costs a forward
+        # pass of support ∪ {x} per query: it made the training step 7x slower at Omniglot
+        # 5-way, 10 shots and queries (CPU). Validation and test use `adapt`/`predict`.
+        metrics = task_metrics(apply_fn(adapted, episode.query_x), episode.query_y, loss_fn)[1]
         return adapted, metrics
 
     def meta_grad(meta_params, episodes: Episode, key=None):
