@@ -135,7 +135,8 @@ def test_finite_differences_float64(name):
         check_meta_learner(learner, sinusoid(5), check_fd=True, fd_eps=1e-5)
 
 
-def test_non_transductive_prediction_ignores_other_queries():
+def _bn_net():
+    """``(apply_fn, init_fn)`` of a 1-8-1 network with batch norm (batch statistics)."""
     from flax import nnx
 
     from mamlx.models import model
@@ -149,7 +150,11 @@ def test_non_transductive_prediction_ignores_other_queries():
         def __call__(self, x):
             return self.l2(jax.nn.relu(self.bn(self.l1(x))))
 
-    apply_fn, init_fn = model(BNNet)
+    return model(BNNet)
+
+
+def test_non_transductive_prediction_ignores_other_queries():
+    apply_fn, init_fn = _bn_net()
     ep = sinusoid(5, queries=6).sample(jax.random.PRNGKey(0))
     for transductive in (True, False):
         learner = maml(apply_fn, init_fn, inner_lr=0.01, transductive=transductive)
@@ -173,20 +178,7 @@ def test_non_transductive_reptile_trains_as_transductive_and_logs_the_query_batc
     batch at once (one forward pass, not one per query), so with batch norm the
     non-transductive learner's meta_grad equals the transductive one's, metrics included,
     and the metrics are the query batch's loss through the adapted weights, by hand."""
-    from flax import nnx
-
-    from mamlx.models import model
-
-    class BNNet(nnx.Module):
-        def __init__(self, rngs):
-            self.l1 = nnx.Linear(1, 8, rngs=rngs)
-            self.bn = nnx.BatchNorm(8, use_running_average=False, rngs=rngs)
-            self.l2 = nnx.Linear(8, 1, rngs=rngs)
-
-        def __call__(self, x):
-            return self.l2(jax.nn.relu(self.bn(self.l1(x))))
-
-    apply_fn, init_fn = model(BNNet)
+    apply_fn, init_fn = _bn_net()
     eps = sinusoid(5, queries=6).sample_batch(jax.random.PRNGKey(0), None, 3)
     make = lambda t: reptile(apply_fn, init_fn, inner_opt=0.01, inner_steps=2, transductive=t)
     off, on = make(False), make(True)
