@@ -65,16 +65,20 @@ class ReptileConfig(GradientConfig):
 
     Attributes:
       inner_opt: ``"sgd"`` at ``inner_lr``, or ``"adam"`` with β₁ = 0 (the paper's).
+      inner_batch: support examples per inner step in meta-training, a random order
+        reshuffled every pass (the paper's minibatches); 0: the whole support set.
       (the others as :class:`GradientConfig`; the outer step is SGD on φ − θ̃ at
       ``meta_lr``.)
     """
 
     inner_opt: str = "sgd"
+    inner_batch: int = 0
     CHOICES: ClassVar[dict[str, tuple]] = {"inner_opt": ("sgd", "adam")}
 
     def __post_init__(self):
         super().__post_init__()
         check_choices(self, self.CHOICES)
+        set_counts(self, 0, "inner_batch")
 
 
 @dataclass(frozen=True)
@@ -338,6 +342,7 @@ def _reptile(config: ReptileConfig, ctx):
         inner_steps=config.inner_steps,
         task_map=ctx.task_map,
         transductive=config.transductive,
+        inner_batch=config.inner_batch,
     )
 
 

@@ -23,8 +23,9 @@ def _cite(name: str, note: str = "") -> str:
 _FOMAML = "Finn et al. 2017, Sec. 5.2 (first-order approximation), with Finn et al.'s settings"
 
 # Reptile (Nichol, Achiam & Schulman 2018, Appendix A, Table 3): inner Adam (lr 1e-3,
-# beta1 = 0), 10 training shots, 5 inner iterations (10 for 20-way, lr 5e-4), outer step size
-# 1.0 annealed linearly to 0, meta-batch 5, 50 inner iterations at test, non-transductive.
+# beta1 = 0), 10 training shots, 5 inner iterations on minibatches of 10 (one pass over the
+# 50 examples; 20-way: 10 iterations on batches of 20, lr 5e-4), outer step size 1.0 annealed
+# linearly to 0, meta-batch 5, 50 inner iterations at test, non-transductive.
 _REPTILE = dict(
     algo="reptile",
     inner_opt="adam",
@@ -32,6 +33,7 @@ _REPTILE = dict(
     shots=10,
     queries=10,
     inner_steps=5,
+    inner_batch=10,
     eval_inner_steps=50,
     meta_lr=1.0,
     meta_lr_schedule="linear",
@@ -39,7 +41,14 @@ _REPTILE = dict(
     steps=100_000,
     transductive=False,
 )
-_REPTILE_20 = {**_REPTILE, "ways": 20, "inner_lr": 5e-4, "inner_steps": 10, "steps": 200_000}
+_REPTILE_20 = {
+    **_REPTILE,
+    "ways": 20,
+    "inner_lr": 5e-4,
+    "inner_steps": 10,
+    "inner_batch": 20,
+    "steps": 200_000,
+}
 
 # Meta-learner LSTM (Ravi & Larochelle 2017) on a 2-core CPU: their learner (Conv-4 with 32
 # filters), their meta-learner (hidden 20, meta-gradient clipped to norm 0.25, Adam 1e-3,

@@ -281,3 +281,76 @@ def test_metasgd_first_order_meta_gradient_matches_hand_written_rule():
         g_so, _ = jax.jit(make(False).meta_grad)(meta, eps)
         assert _max_abs_diff(g_so["params"], g_fo["params"]) > 1e-3
         assert _max_abs_diff(g_so["lr"], g_fo["lr"]) > 1e-3
+
+
+def test_reptile_inner_minibatches_equal_hand_computed_sgd_on_the_drawn_batches():
+    """inner_batch: step k of task i is plain SGD on the examples minibatch_indices draws
+    with task i's key (split from meta_grad's key as map_tasks does), by hand in float64."""
+    from mamlx.algorithms.reptile import minibatch_indices
+
+    rng = np.random.default_rng(1)
+    d, n, tasks, steps, batch, alpha = 3, 6, 2, 4, 4, 0.05
+    xs = rng.normal(size=(tasks, n, d)).astype(np.float32)
+    ys = rng.normal(size=(tasks, n)).astype(np.float32)
+    eps = Episode(jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(xs), jnp.asarray(ys))
+    phi = rng.normal(size=d).astype(np.float32)
+    key = jax.random.PRNGKey(3)
+    for task_map in ("vmap", "map"):
+        learner = reptile(
+            linear_apply, None, inner_opt=alpha, inner_steps=steps, inner_batch=batch,
+            task_map=task_map,
+        )  # fmt: skip
+        g, _ = jax.jit(learner.meta_grad)(jnp.asarray(phi), eps, key)
+        adapted = []
+        for t, k in enumerate(jax.random.split(key, tasks)):
+            idx = np.asarray(minibatch_indices(k, n, batch, steps))
+            assert sorted(idx.ravel()[:n]) == list(range(n))  # the first pass: each once
+            th = phi.astype(np.float64)
+            for b in idx:
+                x, y = xs[t][b], ys[t][b]
+                th = th - alpha * 2.0 / batch * x.T @ (x @ th - y)
+            adapted.append(th)
+        np.testing.assert_allclose(g, phi - np.mean(adapted, 0), rtol=1e-5, atol=1e-6)
+    # Batches of the whole support set are the full-batch learner, key or not.
+    full = reptile(linear_apply, None, inner_opt=alpha, inner_steps=steps)
+    whole = reptile(linear_apply, None, inner_opt=alpha, inner_steps=steps, inner_batch=n)
+    np.testing.assert_array_equal(
+        whole.meta_grad(jnp.asarray(phi), eps, key)[0], full.meta_grad(jnp.asarray(phi), eps)[0]
+    )
+
+
+def test_reptile_inner_minibatches_need_a_key_and_a_valid_size():
+    learner = reptile(linear_apply, None, inner_opt=0.1, inner_steps=2, inner_batch=2)
+    eps = Episode(jnp.ones((1, 4, 3)), jnp.ones((1, 4)), jnp.ones((1, 4, 3)), jnp.ones((1, 4)))
+    with pytest.raises(ValueError, match="inner_batch=2 .*pass meta_grad a key"):
+        learner.meta_grad(jnp.ones(3), eps)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="inner_batch must be an int >= 0"):
+            reptile(linear_apply, None, inner_opt=0.1, inner_batch=bad)
+    from mamlx.algorithms.reptile import minibatch_indices
+
+    with pytest.raises(ValueError, match="minibatches of 5 from 4 examples"):
+        minibatch_indices(jax.random.PRNGKey(0), 4, 5, 1)
+    # Passes after the first are fresh permutations: every example once per pass.
+    idx = np.asarray(minibatch_indices(jax.random.PRNGKey(1), 5, 5, 3))
+    assert all(sorted(row) == list(range(5)) for row in idx) and len({tuple(r) for r in idx}) > 1
+
+
+def test_reptile_presets_train_on_the_papers_minibatches():
+    """The Reptile presets carry Nichol et al.'s inner batch (10 at 5 ways, 20 at 20: one
+    pass over the 10-shot support set) to the learner: its meta_grad asks for a key."""
+    from mamlx.experiments import build_learner
+    from mamlx.presets import preset_config
+
+    for name, batch in (("reptile-5w1s", 10), ("reptile-20w5s", 20)):
+        config = preset_config(name, filters=4)
+        assert config.learner.inner_batch == batch
+        assert batch * config.learner.inner_steps == config.ways * config.shots
+        learner = build_learner(config)
+        n = config.ways * config.shots
+        ep = Episode(
+            jnp.zeros((1, n, 28, 28, 1)), jnp.zeros((1, n), jnp.int32),
+            jnp.zeros((1, 2, 28, 28, 1)), jnp.zeros((1, 2), jnp.int32),
+        )  # fmt: skip
+        with pytest.raises(ValueError, match=f"inner_batch={batch} .*key"):
+            learner.meta_grad(learner.init(jax.random.PRNGKey(0)), ep)

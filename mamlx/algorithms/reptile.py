@@ -46,6 +46,7 @@ def reptile(
     loss_fn: Callable | None = None,
     task_map: str = "vmap",
     transductive: bool = True,
+    inner_batch: int = 0,
 ) -> MetaLearner:
     """Reptile meta-learner.
 
@@ -62,6 +63,12 @@ def reptile(
         non-transductive evaluation). ``meta_grad``'s metrics (training loss and
         accuracy on the queries, which the update does not use) always predict the
         query batch at once: one forward pass instead of one per query.
+      inner_batch: examples per inner step during meta-training: each step takes the next
+        ``inner_batch`` examples of a random order of the support set, reshuffled at every
+        pass (the paper's minibatches: 5-way, 10 shots, batches of 10, 5 steps make one
+        pass over the 50 examples). ``meta_grad`` then needs a key. 0 (default), or at
+        least the support size: every step on the whole support set. ``adapt`` (test
+        time) always uses the whole support set.
 
     Returns:
       A :class:`MetaLearner`; its ``meta_grad`` is the pseudo-gradient φ − mean θ̃.
@@ -73,21 +80,30 @@ def reptile(
       >>> outer = optax.sgd(0.1)   # φ ← φ + 0.1 (θ̃ − φ)
     """
     check_inner_args(inner_steps, inner_opt, task_map)
+    if isinstance(inner_batch, bool) or not isinstance(inner_batch, int) or inner_batch < 0:
+        raise ValueError(f"inner_batch must be an int >= 0, got {inner_batch!r}")
 
     support_loss = support_loss_fn(apply_fn, loss_fn)
 
-    def adapt_params(meta_params, support_x, support_y, steps=None):
+    def adapt_params(meta_params, support_x, support_y, steps=None, key=None):
         steps = inner_steps if steps is None else steps
-        return inner.adapt(
-            support_loss, meta_params, support_x, support_y, steps=steps, optimizer=inner_opt
-        )[0]
+        if key is None:
+            return inner.adapt(
+                support_loss, meta_params, support_x, support_y, steps=steps, optimizer=inner_opt
+            )[0]
+        idx = minibatch_indices(key, support_x.shape[0], inner_batch, steps)
+        batches = (support_x[idx], support_y[idx])  # (steps, inner_batch, ...)
+        step_loss = lambda p, batch: support_loss(p, *batch)
+        return inner.run(
+            step_loss, meta_params, steps=steps, optimizer=inner_opt, step_inputs=batches
+        ).params
 
     adapt, predict = make_predict(apply_fn, adapt_params, transductive)
 
     outer_loss = query_outer_loss(adapt, predict, loss_fn)
 
-    def task_update(meta_params, episode: Episode):
-        adapted = adapt_params(meta_params, episode.support_x, episode.support_y)
+    def task_update(meta_params, episode: Episode, key=None):
+        adapted = adapt_params(meta_params, episode.support_x, episode.support_y, key=key)
         # Logged only (the update does not use the query set): the query batch at once, as
         # the transductive rule, whatever `transductive` says. The other rule costs a forward
         # pass of support ∪ {x} per query: it made the training step 7x slower at Omniglot
@@ -96,11 +112,33 @@ def reptile(
         return adapted, metrics
 
     def meta_grad(meta_params, episodes: Episode, key=None):
-        del key  # deterministic
-        adapted, metrics = map_tasks_mean(task_update, meta_params, episodes, task_map)
+        if not 0 < inner_batch < episodes.support_x.shape[1]:
+            key = None  # every step on the whole support set: deterministic
+        elif key is None:
+            raise ValueError(
+                f"reptile with inner_batch={inner_batch} (support sets of "
+                f"{episodes.support_x.shape[1]}) draws random minibatches: pass meta_grad a key"
+            )
+        adapted, metrics = map_tasks_mean(task_update, meta_params, episodes, task_map, key)
         return jax.tree.map(jnp.subtract, meta_params, adapted), metrics
 
     return MetaLearner(init_fn, adapt, predict, outer_loss, meta_grad, loss_fn)
+
+
+def minibatch_indices(key: PRNGKey, n: int, batch: int, steps: int) -> jax.Array:
+    """``(steps, batch)`` indices into ``n`` examples: consecutive batches of a random order,
+    reshuffled at every pass over the ``n`` (without replacement, as Nichol et al.'s code).
+
+    Example:
+      >>> idx = minibatch_indices(jax.random.PRNGKey(0), 6, 4, 3)
+      >>> idx.shape, sorted(idx.ravel()[:6].tolist()), sorted(idx.ravel()[6:].tolist())
+      ((3, 4), [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5])
+    """
+    if batch < 1 or batch > n:
+        raise ValueError(f"minibatches of {batch} from {n} examples: need 1 <= batch <= n")
+    passes = -(-steps * batch // n)
+    order = jax.vmap(lambda k: jax.random.permutation(k, n))(jax.random.split(key, passes))
+    return order.reshape(-1)[: steps * batch].reshape(steps, batch)
 
 
 class ReptileState(NamedTuple):
