@@ -337,12 +337,12 @@ def test_reptile_inner_minibatches_need_a_key_and_a_valid_size():
 
 
 def test_reptile_presets_train_on_the_papers_minibatches():
-    """The Reptile presets carry Nichol et al.'s inner batch (10 at 5 ways, 20 at 20: one
-    pass over the 10-shot support set) to the learner: its meta_grad asks for a key."""
+    """The Reptile presets carry the reference code's inner batch (one pass over the support
+    set: 5 at 5-way 1-shot, 20 at 20-way 5-shot) to the learner: its meta_grad asks for a key."""
     from mamlx.experiments import build_learner
     from mamlx.presets import preset_config
 
-    for name, batch in (("reptile-5w1s", 10), ("reptile-20w5s", 20)):
+    for name, batch in (("reptile-5w1s", 5), ("reptile-20w5s", 20)):
         config = preset_config(name, filters=4)
         assert config.learner.inner_batch == batch
         assert batch * config.learner.inner_steps == config.ways * config.shots
