@@ -18,14 +18,20 @@ def linear_apply(theta, x):
     return x @ theta
 
 
+def _linear_tasks(rng, tasks, n, d):
+    """``(xs, ys, episodes, phi)``: random linear-regression tasks whose support and query
+    sets are the same ``n`` points, and a random start ``phi`` (float32)."""
+    xs = rng.normal(size=(tasks, n, d)).astype(np.float32)
+    ys = rng.normal(size=(tasks, n)).astype(np.float32)
+    episodes = Episode(jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(xs), jnp.asarray(ys))
+    return xs, ys, episodes, rng.normal(size=d).astype(np.float32)
+
+
 @pytest.mark.parametrize("task_map", ["vmap", "map"])
 def test_reptile_update_equals_hand_computed_rule(task_map):
     rng = np.random.default_rng(0)
     d, n, tasks, inner_steps, alpha, eps = 3, 5, 4, 3, 0.05, 0.5
-    xs = rng.normal(size=(tasks, n, d)).astype(np.float32)
-    ys = rng.normal(size=(tasks, n)).astype(np.float32)
-    eps_batch = Episode(jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(xs), jnp.asarray(ys))
-    phi0 = rng.normal(size=d).astype(np.float32)
+    xs, ys, eps_batch, phi0 = _linear_tasks(rng, tasks, n, d)
     learner = reptile(
         linear_apply,
         lambda k: jnp.asarray(phi0),
@@ -290,10 +296,7 @@ def test_reptile_inner_minibatches_equal_hand_computed_sgd_on_the_drawn_batches(
 
     rng = np.random.default_rng(1)
     d, n, tasks, steps, batch, alpha = 3, 6, 2, 4, 4, 0.05
-    xs = rng.normal(size=(tasks, n, d)).astype(np.float32)
-    ys = rng.normal(size=(tasks, n)).astype(np.float32)
-    eps = Episode(jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(xs), jnp.asarray(ys))
-    phi = rng.normal(size=d).astype(np.float32)
+    xs, ys, eps, phi = _linear_tasks(rng, tasks, n, d)
     key = jax.random.PRNGKey(3)
     for task_map in ("vmap", "map"):
         learner = reptile(
@@ -325,7 +328,7 @@ def test_reptile_inner_minibatches_need_a_key_and_a_valid_size():
     with pytest.raises(ValueError, match="inner_batch=2 .*pass meta_grad a key"):
         learner.meta_grad(jnp.ones(3), eps)
     for bad in (-1, 2.5, True):
-        with pytest.raises(ValueError, match="inner_batch must be an int >= 0"):
+        with pytest.raises(ValueError, match="inner_batch must be an integer >= 0"):
             reptile(linear_apply, None, inner_opt=0.1, inner_batch=bad)
     from mamlx.algorithms.reptile import minibatch_indices
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from mamlx import inner
+from mamlx._checks import check_count
 from mamlx.algorithms.base import MetaLearner, map_tasks_mean, query_outer_loss
 from mamlx.algorithms.gradient_based import (
     check_inner_args,
@@ -80,8 +81,7 @@ def reptile(
       >>> outer = optax.sgd(0.1)   # φ ← φ + 0.1 (θ̃ − φ)
     """
     check_inner_args(inner_steps, inner_opt, task_map)
-    if isinstance(inner_batch, bool) or not isinstance(inner_batch, int) or inner_batch < 0:
-        raise ValueError(f"inner_batch must be an int >= 0, got {inner_batch!r}")
+    inner_batch = check_count("inner_batch", inner_batch, low=0)
 
     support_loss = support_loss_fn(apply_fn, loss_fn)
 
