@@ -421,6 +421,7 @@ MEASURED_TIME: dict[str, dict[str, str]] = {
     "maml-noconv-5w1s": {"cpu": "40 min for 38,600 of 60,000 steps (shared cores): 89.87 ± 1.33"},
     "maml-noconv-5w5s": {"cpu": "41 min for 14,000 of 60,000 steps (shared cores): 97.55 ± 0.29"},
     "protonet-20w1s-cpu": {"cpu": "20 min (3,100 steps)"},
+    "matching-5w1s": {"cpu": "16 min for 11,800 of 20,000 steps: 98.08 ± 0.20"},
     "matching-5w5s": {"cpu": "22 min for 12,200 of 20,000 steps: 99.34 ± 0.08"},
     "matching-20w1s": {"cpu": "22 min for 10,200 of 20,000 steps: 94.33 ± 0.21"},
     "matching-20w5s": {"cpu": "22 min for 6,200 of 20,000 steps: 97.50 ± 0.12"},
