@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,6 +92,35 @@ def default_batch_size(sampler: Sampler, data: Any, key: PRNGKey) -> int:
     return max(1, min(BATCH_SIZE, CPU_INPUT_FLOATS // max(episode_floats(sampler, data, key), 1)))
 
 
+#: On CPU, a compiled evaluation call may take at most this fraction of the memory
+#: available when it is compiled (XLA's own estimate of its buffers); a larger batch is
+#: cut to fit. A Relation Network's 5-way 5-shot task took 847 MB, so the 26 tasks the
+#: input bound allows took 22 GB and the process was killed.
+CPU_MEMORY_FRACTION = 0.5
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process now (Linux ``MemAvailable``; else the
+    machine's physical memory)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def compiled_bytes(compiled: Any) -> int | None:
+    """Memory XLA assigns to a compiled call (arguments, outputs, temporaries), or
+    ``None`` when the backend does not say."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return None
+    return stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+
+
 def out_of_device_memory(err: Exception) -> bool:
     """Whether ``err`` is XLA's out-of-memory error (the evaluator and the CLI ask)."""
     return type(err).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and (
@@ -139,20 +170,38 @@ def make_evaluator(
     fns: dict = {}
     largest = [batch_size]  # set at the first call if None; shrinks when out of memory
 
-    def batch_fn(s, b):
-        if (s, b) not in fns:
-            metric = jax.vmap(task_metrics_after(learner, s, loss_fn), (None, 0, 0))
+    def batch_fn(s, b, args):
+        """The compiled call of ``b`` tasks; ``None`` (and ``largest`` cut to what fits)
+        when on CPU it would take more than its share of the memory available."""
+        if (s, b) in fns:
+            return fns[s, b]
+        metric = jax.vmap(task_metrics_after(learner, s, loss_fn), (None, 0, 0))
 
-            def sample(k, d, first):
-                keys = jax.vmap(lambda i: jax.random.fold_in(k, i))(first + jnp.arange(b))
-                if not per_task_keys:
-                    episodes = sampler.sample_batch(jax.random.fold_in(k, first), d, b)
-                else:
-                    episodes = jax.vmap(sampler.sample, (0, None))(keys, d)
-                return episodes, jax.vmap(learner_key)(keys)
+        def sample(k, d, first):
+            keys = jax.vmap(lambda i: jax.random.fold_in(k, i))(first + jnp.arange(b))
+            if not per_task_keys:
+                episodes = sampler.sample_batch(jax.random.fold_in(k, first), d, b)
+            else:
+                episodes = jax.vmap(sampler.sample, (0, None))(keys, d)
+            return episodes, jax.vmap(learner_key)(keys)
 
-            fns[s, b] = jax.jit(lambda p, d, k, first: metric(p, *sample(k, d, first)))
-        return fns[s, b]
+        fn = jax.jit(lambda p, d, k, first: metric(p, *sample(k, d, first)))
+        compiled = fn.lower(*args).compile()
+        need = compiled_bytes(compiled) if jax.default_backend() == "cpu" else None
+        budget = CPU_MEMORY_FRACTION * available_memory()
+        if need is not None and need > budget:
+            if b > 1:  # the buffers grow with the tasks: cut in proportion
+                largest[0] = max(1, int(b * budget / need))
+                fns.clear()
+                return None
+            warnings.warn(
+                f"evaluating one task takes {need / 2**30:.1f} GiB, more than "
+                f"{CPU_MEMORY_FRACTION:.0%} of the memory available; the operating system "
+                "may stop the process",
+                stacklevel=4,
+            )
+        fns[s, b] = compiled
+        return compiled
 
     def run(
         meta_params: Params,
@@ -185,7 +234,15 @@ def make_evaluator(
         while done < num_tasks:
             b = min(largest[0], num_tasks)
             try:
-                out = {s: batch_fn(s, b)(meta_params, data, key, done) for s in steps}
+                calls = {}
+                for s in steps:
+                    if (call := batch_fn(s, b, (meta_params, data, key, done))) is None:
+                        break  # too large for this machine's memory: cut, compile again
+                    calls[s] = call
+                else:
+                    out = {s: c(meta_params, data, key, done) for s, c in calls.items()}
+                if len(calls) < len(steps):
+                    continue
             except jax.errors.JaxRuntimeError as e:
                 if b == 1 or not out_of_device_memory(e):
                     raise

@@ -1,6 +1,7 @@
 """MAML / first-order MAML / pre-training: closed forms, finite differences, conformance."""
 
 import re
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -309,21 +310,13 @@ def test_evaluator_tasks_do_not_depend_on_the_batch_size(monkeypatch):
 
     # A batch that runs out of device memory is halved until it fits: same tasks, same result.
     calls = []
-    real_jit = jax.jit
 
-    def jit_with_memory_of_two_tasks(fn):
-        compiled = real_jit(fn)
+    def two_tasks_fit(size):
+        calls.append(size)
+        if size > 2:
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating")
 
-        def call(p, d, k, first):
-            size = jax.eval_shape(fn, p, d, k, first)["loss"].shape[0]
-            calls.append(size)
-            if size > 2:
-                raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating")
-            return compiled(p, d, k, first)
-
-        return call
-
-    monkeypatch.setattr(ev.jax, "jit", jit_with_memory_of_two_tasks)
+    monkeypatch.setattr(ev.jax, "jit", _jit_calling(two_tasks_fit))
     run = ev.make_evaluator(learner, sinusoid(5), steps=[None], batch_size=8)
     small = run(params, None, key=key, num_tasks=7)
     np.testing.assert_allclose(small[None]["loss"], got[None]["loss"], rtol=1e-5)
@@ -331,15 +324,55 @@ def test_evaluator_tasks_do_not_depend_on_the_batch_size(monkeypatch):
     calls.clear()
     run(params, None, key=key, num_tasks=4)
     assert calls == [2, 2]
-    monkeypatch.setattr(
-        ev.jax,
-        "jit",
-        lambda fn: (
-            lambda *a: (_ for _ in ()).throw(jax.errors.JaxRuntimeError("INTERNAL: something else"))
-        ),
-    )
+
+    def other_error(size):
+        raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+    monkeypatch.setattr(ev.jax, "jit", _jit_calling(other_error))
     with pytest.raises(jax.errors.JaxRuntimeError, match="something else"):
         ev.make_evaluator(learner, sinusoid(5), batch_size=8)(params, None, key=key, num_tasks=3)
+
+
+_JAX_JIT = jax.jit
+
+
+def _jit_calling(hook, memory=None):
+    """A ``jax.jit`` for the evaluator whose compiled calls first call ``hook(tasks)``;
+    ``memory(tasks)``, if given, is the size in bytes that XLA reports for them."""
+    real_jit = _JAX_JIT  # not a jit patched earlier in the same test
+
+    def jit(fn):
+        class Lowered:
+            def __init__(self, args):
+                self.args = args
+
+            def compile(self):
+                compiled = real_jit(fn).lower(*self.args).compile()
+                size = jax.eval_shape(fn, *self.args)["loss"].shape[0]
+
+                class Compiled:
+                    def __call__(self, *args):
+                        hook(size)
+                        return compiled(*args)
+
+                    def memory_analysis(self):
+                        if memory is None:
+                            return compiled.memory_analysis()
+                        return SimpleNamespace(
+                            argument_size_in_bytes=0,
+                            output_size_in_bytes=0,
+                            temp_size_in_bytes=memory(size),
+                        )
+
+                return Compiled()
+
+        class Jitted:
+            def lower(self, *args):
+                return Lowered(args)
+
+        return Jitted()
+
+    return jit
 
 
 def test_evaluator_bounds_its_default_batch_by_input_size_on_cpu(monkeypatch):
@@ -369,23 +402,48 @@ def test_evaluator_bounds_its_default_batch_by_input_size_on_cpu(monkeypatch):
     monkeypatch.undo()
 
     sizes = []
-    real_jit = jax.jit
-
-    def recording_jit(fn):
-        compiled = real_jit(fn)
-
-        def call(p, d, k, first):
-            sizes.append(jax.eval_shape(fn, p, d, k, first)["loss"].shape[0])
-            return compiled(p, d, k, first)
-
-        return call
-
     expected = ev.evaluate(learner, params, sinusoid(5), key=key, num_tasks=7, batch_size=7)
     monkeypatch.setattr(ev, "CPU_INPUT_FLOATS", 65)
-    monkeypatch.setattr(ev.jax, "jit", recording_jit)
+    monkeypatch.setattr(ev.jax, "jit", _jit_calling(sizes.append))
     got = ev.evaluate(learner, params, sinusoid(5), key=key, num_tasks=7)
     assert sizes == [3, 3, 3]
     np.testing.assert_allclose(got[None]["loss"], expected[None]["loss"], rtol=1e-5)
+
+
+def test_evaluator_cuts_a_batch_that_would_not_fit_in_cpu_memory(monkeypatch):
+    # On CPU the evaluator asks XLA how much memory a compiled batch takes: one over
+    # CPU_MEMORY_FRACTION of the memory available is cut in proportion before it runs (a
+    # Relation Network's 26 tasks of 847 MB each were killed by the OS). Same result.
+    from mamlx import evaluation as ev
+
+    assert ev.available_memory() > 0
+    apply_fn, init_fn = sinusoid_model((16,))
+    learner = maml(apply_fn, init_fn, inner_lr=0.01, inner_steps=1)
+    params = learner.init(jax.random.PRNGKey(0))
+    key = jax.random.PRNGKey(9)
+    expected = ev.evaluate(learner, params, sinusoid(5), key=key, num_tasks=10, batch_size=10)
+
+    # The real figures: a larger batch is reported larger.
+    run_small = ev.jax.jit(lambda x: (x @ x.T).sum()).lower(jnp.ones((10, 30))).compile()
+    run_large = ev.jax.jit(lambda x: (x @ x.T).sum()).lower(jnp.ones((100, 30))).compile()
+    assert ev.compiled_bytes(run_large) > ev.compiled_bytes(run_small) > 0
+
+    ran = []
+    monkeypatch.setattr(ev, "available_memory", lambda: 1000)  # budget 500 bytes
+    monkeypatch.setattr(ev.jax, "jit", _jit_calling(ran.append, memory=lambda n: 160 * n))
+    run = ev.make_evaluator(learner, sinusoid(5), batch_size=10)
+    got = run(params, None, key=key, num_tasks=10)
+    assert ran == [3, 3, 3, 3]  # 10 tasks need 1,600 bytes: cut to 3 (480 bytes); nothing ran at 10
+    np.testing.assert_allclose(got[None]["loss"], expected[None]["loss"], rtol=1e-5)
+
+    # One task over the budget still runs, with a warning that says so.
+    ran.clear()
+    monkeypatch.setattr(ev.jax, "jit", _jit_calling(ran.append, memory=lambda n: 2**30 * n))
+    with pytest.warns(UserWarning, match="one task takes 1.0 GiB"):
+        got = ev.make_evaluator(learner, sinusoid(5), batch_size=4)(
+            params, None, key=key, num_tasks=2
+        )
+    assert ran == [1, 1]
 
 
 def test_evaluator_calls_samplers_without_sample_batch_wise():
