@@ -98,3 +98,44 @@ def test_conformance():
     # the float64 finite-difference check slow on CPU; the gradient is plain
     # jax.grad of the MSE (the check runs for the other learners).
     check_meta_learner(tiny_relation(), fewshot_sampler(2, 1, 2), tiny_data(), num_tasks=2)
+
+
+def test_all_pairs_equals_the_module_on_concatenated_pairs_values_and_gradients():
+    # all_pairs convolves the Q query and C class maps with the two halves of the first
+    # kernel and sums per pair; the module on the Q*C concatenated pairs is the definition.
+    # Batch-norm statistics over masked pairs only, as the learner uses them.
+    from mamlx.models import RelationModule, model
+
+    apply_fn, init_fn = model(lambda r: RelationModule((5, 5, 6), filters=4, hidden=3, rngs=r))
+    params = init_fn(jax.random.PRNGKey(0))
+    kc, kq = jax.random.split(jax.random.PRNGKey(1))
+    classes = jax.random.normal(kc, (4, 5, 5, 3))
+    queries = jax.random.normal(kq, (6, 5, 5, 3))
+    mask = jnp.broadcast_to(jnp.array([True, True, False, True]), (6, 4)).reshape(-1)
+
+    def concatenated(p, c, q):
+        pairs = jnp.concatenate(
+            [
+                jnp.broadcast_to(c[None], (6, *c.shape)),
+                jnp.broadcast_to(q[:, None], (6, 4, 5, 5, 3)),
+            ],
+            axis=-1,
+        )
+        return apply_fn(p, pairs.reshape(24, 5, 5, 6), mask=mask).reshape(6, 4)
+
+    def split(p, c, q):
+        return apply_fn(p, c, q, mask=mask, method="all_pairs")
+
+    np.testing.assert_allclose(
+        split(params, classes, queries), concatenated(params, classes, queries), atol=1e-5
+    )
+    weights = jax.random.normal(jax.random.PRNGKey(2), (6, 4))
+    grads = [
+        jax.grad(lambda p, c, q: jnp.sum(weights * jnp.tanh(f(p, c, q))), argnums=(0, 1, 2))(
+            params, classes, queries
+        )
+        for f in (split, concatenated)
+    ]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert float(jnp.abs(grads[0][1]).sum()) > 0  # the class maps get gradient too

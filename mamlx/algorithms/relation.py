@@ -140,23 +140,16 @@ def relation(
 
     def logits(state: RelationState, x: Array) -> Array:
         q = embed_fn(state.params["embed"], x)
-        num_q, num_c = q.shape[0], state.class_features.shape[0]
-        pairs = jnp.concatenate(
-            [
-                jnp.broadcast_to(state.class_features[None], (num_q, num_c, *q.shape[1:])),
-                jnp.broadcast_to(q[:, None], (num_q, num_c, *q.shape[1:])),
-            ],
-            axis=-1,
-        )
         # Batch norm sees the query-class pairs of present classes only, as in the paper
         # (N x Q pairs): the S - N empty columns would otherwise shift its statistics.
-        present = jnp.broadcast_to(state.counts > 0, (num_q, num_c)).reshape(-1)
-        out = rel_fn(
+        present = jnp.broadcast_to(state.counts > 0, (q.shape[0], len(state.counts)))
+        return rel_fn(
             state.params["relation"],
-            pairs.reshape(num_q * num_c, *pairs.shape[2:]),
-            mask=present,
+            state.class_features,
+            q,
+            mask=present.reshape(-1),
+            method="all_pairs",
         )
-        return out.reshape(num_q, num_c)
 
     def scores(state: RelationState, x: Array) -> Array:
         return mask_absent(jax.nn.sigmoid(logits(state, x)), state.counts, fill=0.0)

@@ -34,7 +34,8 @@ def functional(module: nnx.Module) -> tuple[ApplyFn, Params]:
     Returns:
       ``(apply_fn, params)`` where ``apply_fn(params, x)`` is pure and jittable
       and ``params`` is a nested ``dict`` of arrays. Further arguments of
-      ``apply_fn`` go to the module's ``__call__``.
+      ``apply_fn`` go to the module's ``__call__``, or to another of its methods
+      named by ``method=`` (as in Flax Linen's ``apply``).
 
     Example:
       >>> from flax import nnx
@@ -45,10 +46,11 @@ def functional(module: nnx.Module) -> tuple[ApplyFn, Params]:
     graphdef, param_state, rest = nnx.split(module, nnx.Param, ...)
     params = nnx.to_pure_dict(param_state)
 
-    def apply_fn(p: Params, x: Array, *args, **kwargs) -> Array:
+    def apply_fn(p: Params, x: Array, *args, method: str = "__call__", **kwargs) -> Array:
         state = jax.tree.map(lambda v: v, param_state)
         nnx.replace_by_pure_dict(state, p)
-        return nnx.merge(graphdef, state, rest, copy=True)(x, *args, **kwargs)
+        module = nnx.merge(graphdef, state, rest, copy=True)
+        return getattr(module, method)(x, *args, **kwargs)
 
     return apply_fn, params
 

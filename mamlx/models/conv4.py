@@ -146,8 +146,17 @@ class ConvBlock(nnx.Module):
 
         ``mask`` (``(N,)`` booleans) restricts the batch statistics to some images.
         """
+        return self.finish(self.convolve(x), mask)
+
+    def convolve(self, x: Array, channels: slice | None = None) -> Array:
+        """The block's convolution (no bias) of ``x``, with the kernel's input ``channels``
+        only when given (``x`` then has that many channels)."""
         stride = 2 if self.pool == "stride" else 1
-        y = conv2d(x, self.kernel[...], stride=stride, padding="SAME", impl=self.conv_impl)
+        kernel = self.kernel[...] if channels is None else self.kernel[:, :, channels]
+        return conv2d(x, kernel, stride=stride, padding="SAME", impl=self.conv_impl)
+
+    def finish(self, y: Array, mask: Array | None = None) -> Array:
+        """The rest of the block on a convolution's output ``y``: bias, batch norm, ReLU, pool."""
         y = y + self.bias[...]
         y = batch_norm(self.norm, y, False if self.transductive else None, mask)
         y = jax.nn.relu(y)

@@ -58,8 +58,34 @@ class RelationModule(nnx.Module):
 
     def __call__(self, pairs: Array, mask: Array | None = None) -> Array:
         """Relation logits of ``pairs``; batch-norm statistics over the ``mask``-ed pairs only."""
-        x = pairs
-        for block in self.blocks:
+        return self._head(self.blocks[0](pairs, mask), mask)
+
+    def all_pairs(self, classes: Array, queries: Array, mask: Array | None = None) -> Array:
+        """Relation logits ``(Q, C)`` of every pair ``[classes[c], queries[q]]``: the same as
+        ``self`` on the ``Q·C`` concatenated pairs (query-major; ``mask`` over them).
+
+        The first convolution is linear in its input channels, so it is applied to the
+        ``C`` class maps and the ``Q`` query maps with the two halves of its kernel and
+        summed per pair: ``Q + C`` maps convolved instead of ``Q·C`` of twice the channels.
+
+        Example:
+          >>> rel = RelationModule((7, 7, 8), filters=4, rngs=nnx.Rngs(0))
+          >>> c, q = jnp.ones((3, 7, 7, 4)), jnp.zeros((2, 7, 7, 4))
+          >>> pairs = jnp.concatenate([jnp.broadcast_to(c, (2, 3, 7, 7, 4)),
+          ...                          jnp.broadcast_to(q[:, None], (2, 3, 7, 7, 4))], -1)
+          >>> bool(jnp.allclose(rel.all_pairs(c, q), rel(pairs.reshape(6, 7, 7, 8)).reshape(2, 3)))
+          True
+        """
+        first, half = self.blocks[0], classes.shape[-1]
+        by_class = first.convolve(classes, slice(None, half))
+        by_query = first.convolve(queries, slice(half, None))
+        y = by_query[:, None] + by_class[None]
+        y = y.reshape(-1, *y.shape[2:])
+        return self._head(first.finish(y, mask), mask).reshape(len(queries), len(classes))
+
+    def _head(self, x: Array, mask: Array | None) -> Array:
+        """Everything after the first block: logits ``(B,)``."""
+        for block in self.blocks[1:]:
             x = block(x, mask)
         x = jax.nn.relu(self.fc1(x.reshape(x.shape[0], -1)))
         return self.fc2(x)[:, 0]
