@@ -64,7 +64,8 @@ def task_metrics_after(learner: MetaLearner, steps: int | None, loss_fn=None):
 BATCH_SIZE = 100
 #: On CPU, at most this many input floats (support and query images) per compiled call:
 #: there the operating system kills a process that runs out of memory, so there is no
-#: error to halve on. 100 Omniglot 20-way 5-shot tasks (40,000 images) took 24 GB.
+#: error to halve on. 100 Omniglot 20-way 5-shot tasks (40,000 images) took 24 GB. A first
+#: guess, checked after compiling against :data:`CPU_MEMORY_FRACTION`.
 CPU_INPUT_FLOATS = 2**21
 
 
@@ -141,7 +142,10 @@ def make_evaluator(
     Task ``i`` of a run is sampled from ``fold_in(key, i)`` with ``sampler.sample``, so
     the tasks, and therefore the result, do not depend on ``batch_size``: when a batch
     does not fit in the device's memory the evaluator halves it and goes on (and keeps
-    the smaller size for later calls). A run of fewer than ``batch_size`` tasks
+    the smaller size for later calls). On CPU, where the operating system kills a
+    process out of memory instead of XLA raising an error, a compiled batch that XLA
+    sizes over :data:`CPU_MEMORY_FRACTION` of the memory available is cut in proportion
+    before it runs. A run of fewer than ``batch_size`` tasks
     evaluates only those. Samplers without ``sample`` are called as
     ``sample_batch(fold_in(key, first_task), data, batch)``, which ties the tasks to the
     batch size. Task ``i`` is adapted with the key ``learner_key(fold_in(key, i))``
@@ -290,7 +294,7 @@ def evaluate(
       key: PRNG key for the test tasks (keep it apart from training keys).
       num_tasks: number of test tasks (the papers use 600 or more).
       steps: test-time adaptation steps to report (``None``: the learner's default).
-      batch_size: at most this many tasks per compiled call (halved when out of memory;
+      batch_size: at most this many tasks per compiled call (cut when out of memory;
         ``None``: :func:`default_batch_size`).
       loss_fn: optional loss override (default: the learner's ``predict_loss``).
       per_task: return each task's value instead of the mean and interval.
