@@ -192,7 +192,7 @@ def make_evaluator(
         fn = jax.jit(lambda p, d, k, first: metric(p, *sample(k, d, first)))
         compiled = fn.lower(*args).compile()
         need = compiled_bytes(compiled) if jax.default_backend() == "cpu" else None
-        budget = CPU_MEMORY_FRACTION * available_memory()
+        budget = CPU_MEMORY_FRACTION * available_memory() if need is not None else None
         if need is not None and need > budget:
             if b > 1:  # the buffers grow with the tasks: cut in proportion
                 largest[0] = max(1, int(b * budget / need))
