@@ -31,17 +31,19 @@ _FOMAML = "Finn et al. 2017, Sec. 5.2 (first-order approximation), with Finn et 
 # at test. 20-way: 9 (1-shot) / 12 (5-shot) shots, batches of 15 / 20, 12 steps, lr 4.6e-4,
 # meta-batch 3, 200k, 97 at test. Not reproduced: the code keeps Adam's moments across tasks
 # (mamlx re-initialises them per task) and batches its test-time steps (mamlx: the whole
-# support set).
+# support set). Training queries only feed the logged metrics (the update never sees them):
+# 8 where 12 training shots leave 8 of Omniglot's 20 examples per class; 10 at test.
 _REPTILE = dict(
     algo="reptile",
     inner_opt="adam",
     queries=10,
+    eval_queries=10,
     meta_lr=1.0,
     meta_lr_schedule="linear",
     transductive=False,
 )
 _REPTILE_5W1S = dict(
-    _REPTILE, shots=12, inner_batch=5, inner_steps=12, inner_lr=4.4e-4, meta_batch=3,
+    _REPTILE, shots=12, queries=8, inner_batch=5, inner_steps=12, inner_lr=4.4e-4, meta_batch=3,
     steps=200_000, eval_inner_steps=86, eval_shots=1,
 )  # fmt: skip
 _REPTILE_5W5S = dict(
@@ -53,7 +55,7 @@ _REPTILE_20 = dict(
     eval_inner_steps=97,
 )  # fmt: skip
 _REPTILE_20W1S = dict(_REPTILE_20, shots=9, inner_batch=15, eval_shots=1)
-_REPTILE_20W5S = dict(_REPTILE_20, shots=12, inner_batch=20, eval_shots=5)
+_REPTILE_20W5S = dict(_REPTILE_20, shots=12, queries=8, inner_batch=20, eval_shots=5)
 
 # Meta-learner LSTM (Ravi & Larochelle 2017) on a 2-core CPU: their learner (Conv-4 with 32
 # filters), their meta-learner (hidden 20, meta-gradient clipped to norm 0.25, Adam 1e-3,

@@ -51,6 +51,34 @@ def test_presets_cite_their_source_and_build_valid_configs():
         preset_config("maml-99w1s")
 
 
+#: Examples per class of each data set's smallest class (Omniglot: 20 drawers per character).
+EXAMPLES_PER_CLASS = {"omniglot": 20, "miniimagenet": 600}
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n, p in PRESETS.items() if p[0] in EXAMPLES_PER_CLASS)
+)
+def test_presets_episodes_fit_their_data_sets_classes(name):
+    """A preset whose shots + queries exceed a class's examples cannot train (the loader
+    refuses it at start): every preset's training and test episodes fit, drawn from an array
+    of the data set's shape."""
+    c = preset_config(name)
+    per_class = EXAMPLES_PER_CLASS[c.task]
+    data = jax.ShapeDtypeStruct((64, per_class, 4, 4, 1), jnp.float32)
+    train = fewshot_sampler(c.ways, c.shots, c.queries)
+    test = fewshot_sampler(
+        c.eval_ways or c.ways, c.eval_shots or c.shots, c.eval_queries or c.queries
+    )
+    for sampler in (train, test):
+        jax.eval_shape(sampler.sample, jax.random.PRNGKey(0), data)
+
+
+def test_presets_episode_check_catches_too_many_examples():
+    data = jax.ShapeDtypeStruct((64, 20, 4, 4, 1), jnp.float32)
+    with pytest.raises(ValueError, match="12 \\+ 10 = 22 is more than the 20"):
+        jax.eval_shape(fewshot_sampler(5, 12, 10).sample, jax.random.PRNGKey(0), data)
+
+
 def args(out, *extra, steps=6, backbone="mlp"):
     """``mamlx train omniglot`` flags of a tiny run; the fully connected classifier compiles
     in seconds where the Conv-4 takes tens (the CLI plumbing is the same)."""
