@@ -27,6 +27,8 @@ _LAZY: dict[str, str] = {
     "protonet": "mamlx.algorithms.protonet",
     "relation": "mamlx.algorithms.relation",
     "ReptileState": "mamlx.algorithms.reptile",
+    "CarriedParams": "mamlx.algorithms.reptile",
+    "carried_state_outer": "mamlx.algorithms.reptile",
     "reptile": "mamlx.algorithms.reptile",
     "reptile_optimizer": "mamlx.algorithms.reptile",
     "siamese": "mamlx.algorithms.siamese",
@@ -113,7 +115,13 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from mamlx.algorithms.pretrain import pretrain
     from mamlx.algorithms.protonet import protonet
     from mamlx.algorithms.relation import relation
-    from mamlx.algorithms.reptile import ReptileState, reptile, reptile_optimizer
+    from mamlx.algorithms.reptile import (
+        CarriedParams,
+        ReptileState,
+        carried_state_outer,
+        reptile,
+        reptile_optimizer,
+    )
     from mamlx.algorithms.siamese import siamese
     from mamlx.algorithms.transfer import transfer
     from mamlx.algorithms.triplet import triplet
@@ -161,6 +169,8 @@ __all__ = [
     "reptile",
     "reptile_optimizer",
     "ReptileState",
+    "CarriedParams",
+    "carried_state_outer",
     "Sampler",
     "siamese",
     "transfer",

@@ -9,6 +9,13 @@ from typing import Any
 import numpy as np
 
 
+def check_bool(name: str, v: Any) -> bool:
+    """``True``/``False`` only (the string ``"False"`` would read as true)."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {v!r}")
+    return bool(v)
+
+
 def check_count(name: str, n: Any, low: int = 1) -> int:
     """Return ``n`` as an int if it is an integer ``>= low``, else raise a ``ValueError``.
 

@@ -26,8 +26,9 @@ import numpy as np
 import optax
 
 from mamlx import registry
-from mamlx._checks import check_count
+from mamlx._checks import check_bool, check_count
 from mamlx.algorithms.base import TASK_MAPS
+from mamlx.algorithms.reptile import carried_state_outer
 from mamlx.models.conv import IMPLS as CONV_IMPLS
 from mamlx.models.conv4 import READOUTS
 
@@ -53,10 +54,7 @@ def check_positive_fields(obj: Any, *names: str, zero: bool = False) -> None:
 def check_bools(obj: Any, *names: str) -> None:
     """``True``/``False`` only (the string ``"False"`` would read as true)."""
     for name in names:
-        v = getattr(obj, name)
-        if not isinstance(v, (bool, np.bool_)):
-            raise ValueError(f"{name} must be True or False, got {v!r}")
-        object.__setattr__(obj, name, bool(v))
+        object.__setattr__(obj, name, check_bool(name, getattr(obj, name)))
 
 
 def check_choices(obj: Any, choices: dict[str, tuple]) -> None:
@@ -430,4 +428,6 @@ def outer_optimizer(config: RunConfig) -> optax.GradientTransformation:
     opt = optax.sgd(lr) if config.entry.outer == "sgd" else optax.adam(lr)
     if getattr(config, "clip_norm", 0) > 0:
         opt = optax.chain(optax.clip_by_global_norm(config.clip_norm), opt)
+    if not getattr(config, "reset_inner_state", True):  # Reptile's carried inner state
+        opt = carried_state_outer(opt)
     return opt

@@ -67,18 +67,23 @@ class ReptileConfig(GradientConfig):
       inner_opt: ``"sgd"`` at ``inner_lr``, or ``"adam"`` with β₁ = 0 (the paper's).
       inner_batch: support examples per inner step in meta-training, a random order
         reshuffled every pass (the paper's minibatches); 0: the whole support set.
+      reset_inner_state: a fresh inner optimizer state for every task; ``False``: the state
+        carries over from task to task and into test (Nichol et al.'s code; see
+        :func:`mamlx.reptile`).
       (the others as :class:`GradientConfig`; the outer step is SGD on φ − θ̃ at
       ``meta_lr``.)
     """
 
     inner_opt: str = "sgd"
     inner_batch: int = 0
+    reset_inner_state: bool = True
     CHOICES: ClassVar[dict[str, tuple]] = {"inner_opt": ("sgd", "adam")}
 
     def __post_init__(self):
         super().__post_init__()
         check_choices(self, self.CHOICES)
         set_counts(self, 0, "inner_batch")
+        check_bools(self, "reset_inner_state")
 
 
 @dataclass(frozen=True)
@@ -343,6 +348,7 @@ def _reptile(config: ReptileConfig, ctx):
         task_map=ctx.task_map,
         transductive=config.transductive,
         inner_batch=config.inner_batch,
+        reset_inner_state=config.reset_inner_state,
     )
 
 

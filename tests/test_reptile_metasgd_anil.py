@@ -357,3 +357,88 @@ def test_reptile_presets_train_on_the_papers_minibatches():
         )  # fmt: skip
         with pytest.raises(ValueError, match=f"inner_batch={batch} .*key"):
             learner.meta_grad(learner.init(jax.random.PRNGKey(0)), ep)
+
+
+def _adam_b1_zero(theta, v, t, grad, lr, b2=0.999, eps=1e-8):
+    """One step of Adam with β1 = 0 in float64: ``(theta, v, t)`` after it."""
+    t += 1
+    v = b2 * v + (1 - b2) * grad**2
+    return theta - lr * grad / (np.sqrt(v / (1 - b2**t)) + eps), v, t
+
+
+def test_reptile_carried_inner_state_equals_hand_computed_sequential_adam():
+    """reset_inner_state=False (Nichol et al.'s code): the inner Adam state runs on from
+    task to task, in order, through meta-steps; φ moves by the outer SGD, the state is
+    replaced by the one the meta-batch ended with, and a test task's inner loop starts from
+    it. Hand-computed Adam (β1 = 0) in float64 on linear-regression tasks."""
+    from mamlx.algorithms.reptile import CarriedParams, carried_state_outer
+
+    rng = np.random.default_rng(4)
+    d, n, tasks, steps, lr, eps = 3, 5, 3, 4, 0.05, 0.5
+    xs, ys, episodes, phi0 = _linear_tasks(rng, tasks, n, d)
+    inner_opt = optax.adam(lr, b1=0.0)
+    kwargs = dict(inner_opt=inner_opt, inner_steps=steps, reset_inner_state=False)
+    learner = reptile(linear_apply, lambda k: jnp.asarray(phi0), **kwargs)
+    params = learner.init(jax.random.PRNGKey(0))
+    assert isinstance(params, CarriedParams)
+    tx = carried_state_outer(optax.sgd(eps))
+    opt_state = tx.init(params)
+    grad = lambda th, t: 2.0 / n * xs[t].T @ (xs[t] @ th - ys[t])
+    phi, v, count = phi0.astype(np.float64), np.zeros(d), 0
+    for _ in range(3):  # three meta-steps
+        g, _ = jax.jit(learner.meta_grad)(params, episodes)
+        updates, opt_state = tx.update(g, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        adapted = []
+        for t in range(tasks):  # in order, the state running on
+            th = phi.copy()
+            for _ in range(steps):
+                th, v, count = _adam_b1_zero(th, v, count, grad(th, t), lr)
+            adapted.append(th)
+        phi = phi + eps * (np.mean(adapted, 0) - phi)
+        np.testing.assert_allclose(params.params, phi, rtol=1e-5, atol=1e-6)
+        adam = params.inner_state[0]
+        assert int(adam.count) == count
+        np.testing.assert_allclose(adam.nu, v, rtol=1e-4, atol=1e-9)
+    # Test time: the inner loop starts from the carried state (and leaves it as it was).
+    x, y = jnp.asarray(xs[0]), jnp.asarray(ys[0])
+    th, vt, ct = phi.copy(), v.copy(), count
+    for _ in range(steps):
+        th, vt, ct = _adam_b1_zero(th, vt, ct, grad(th, 0), lr)
+    np.testing.assert_allclose(learner.adapt(params, x, y), th, rtol=1e-4, atol=1e-6)
+    fresh = reptile(linear_apply, None, inner_opt=inner_opt, inner_steps=steps)
+    assert not np.allclose(fresh.adapt(params.params, x, y), th, atol=1e-3)
+    assert int(params.inner_state[0].count) == count
+
+
+def test_reptile_carried_state_needs_its_outer_optimizer_and_a_bool():
+    from mamlx.algorithms.reptile import carried_state_outer
+
+    tx = carried_state_outer(optax.sgd(0.1))
+    with pytest.raises(ValueError, match="meta-parameters are CarriedParams; got ArrayImpl"):
+        tx.init(jnp.ones(3))
+    with pytest.raises(ValueError, match="reset_inner_state must be True or False"):
+        reptile(linear_apply, None, inner_opt=0.1, reset_inner_state="False")
+
+
+def test_reptile_presets_carry_the_inner_state_through_fit():
+    """The Reptile presets carry Adam's state (Nichol et al.'s code): a configuration with
+    reset_inner_state=False builds CarriedParams and an outer optimizer that replaces the
+    state, so two fit steps leave Adam's step count at 2 meta-steps x meta-batch x inner
+    steps (a plain outer SGD on it would leave ε times that)."""
+    from mamlx.config import outer_optimizer
+    from mamlx.experiments import build_learner
+    from mamlx.presets import preset_config
+    from mamlx.tasks import fewshot_sampler
+    from mamlx.train import init_state, make_step
+
+    config = preset_config("reptile-5w5s", filters=4, image_size=8, meta_lr=0.5)
+    assert config.learner.reset_inner_state is False
+    learner, tx = build_learner(config), outer_optimizer(config)
+    data = jax.random.uniform(jax.random.PRNGKey(0), (8, 20, 8, 8, 1))
+    sampler = fewshot_sampler(config.ways, config.shots, 2)
+    step = jax.jit(make_step(learner, sampler, tx, meta_batch=2))
+    state = init_state(learner, tx, jax.random.PRNGKey(1))
+    for _ in range(2):
+        state, _ = step(state, data)
+    assert int(state.params.inner_state[0].count) == 2 * 2 * config.learner.inner_steps
