@@ -611,6 +611,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         mesh = task_mesh(run.devices or None)
         check_divisible(config.meta_batch, mesh)
+        if mesh.devices.size > 1 and not getattr(config, "reset_inner_state", True):
+            raise ValueError(
+                f"reset_inner_state=False carries the inner optimizer's state through the "
+                f"meta-batch's tasks in order, on one device; --devices {run.devices or 'all'} "
+                f"splits them over {mesh.devices.size}: train on one (--devices 1) or with "
+                f"--reset-inner-state"
+            )
     exp = _experiments.build(config)
     state = training.init_state(exp.learner, exp.optimizer, jax.random.PRNGKey(config.seed))
     if resume:

@@ -89,6 +89,14 @@ SCRIPT = textwrap.dedent(
                  "--no-progress", "--no-compile-cache", "--out", out]) == 0
     assert main(["train", "sinusoid", "--steps", "8", "--meta-batch", "6", "--devices", "4",
                  "--no-progress", "--no-compile-cache", "--out", out + "2"]) == 2
+    # Reptile's carried inner state runs the tasks in order: refused over several devices
+    import contextlib, io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["train", "sinusoid", "--algo", "reptile", "--no-reset-inner-state",
+                     "--steps", "2", "--meta-batch", "8", "--devices", "4", "--no-progress",
+                     "--no-compile-cache", "--out", out + "3"]) == 2
+    assert "carries the inner optimizer's state" in err.getvalue(), err.getvalue()
     print("SHARDING OK")
     """
 )
