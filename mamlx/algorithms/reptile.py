@@ -175,11 +175,11 @@ def reptile(
         adapted, metrics = map_tasks_mean(task_update, meta_params, episodes, task_map, key)
         return jax.tree.map(jnp.subtract, meta_params, adapted), metrics
 
-    def init_fn_(key):
+    def init_meta_params(key):
         params = init_fn(key)
         return CarriedParams(params, opt.init(params)) if carry else params
 
-    return MetaLearner(init_fn_, adapt, predict, outer_loss, meta_grad, loss_fn)
+    return MetaLearner(init_meta_params, adapt, predict, outer_loss, meta_grad, loss_fn)
 
 
 class CarriedParams(NamedTuple):
@@ -220,8 +220,10 @@ def carried_state_outer(outer: optax.GradientTransformation) -> optax.GradientTr
                 "carried_state_outer trains reptile(..., reset_inner_state=False), whose "
                 f"meta-parameters are CarriedParams; got {type(params).__name__}"
             )
-        label = lambda name: lambda tree: jax.tree.map(lambda _: name, tree)
-        return CarriedParams(label("params")(params.params), label("state")(params.inner_state))
+        return CarriedParams(
+            jax.tree.map(lambda _: "params", params.params),
+            jax.tree.map(lambda _: "state", params.inner_state),
+        )
 
     return optax.partition({"params": outer, "state": replace}, labels)
 
