@@ -217,3 +217,15 @@ def test_a_below_verdict_names_its_measured_cause():
     ledger.place(book, {**_run(p, 91.0, 0.3, 1000, run_id="long"), "steps": planned}, p.key)
     entry = next(e for e in ledger.refresh(book)["entries"] if e["key"] == p.key)
     assert entry["verdict"] == "below" and entry["reason"] == "cause not measured"
+
+
+def test_rows_test_rotated_classes_unless_the_paper_did_not():
+    """Rotated test classes are a second test on the Vinyals split, skipped where the cited
+    paper says its test classes were not rotated (Reptile); tasks follow the ways."""
+    import argparse
+
+    args = argparse.Namespace(tiny=False)
+    assert reproduce.protocol("reptile-5w5s", args) == (600, False)
+    assert reproduce.protocol("reptile-20w1s", args) == (1000, False)
+    assert reproduce.protocol("maml-5w5s", args) == (600, True)  # MAML's code rotates
+    assert reproduce.protocol("relation-20w5s", args) == (1000, True)  # not said: both
