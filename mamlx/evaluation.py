@@ -16,6 +16,7 @@ from mamlx._checks import check_count
 from mamlx.algorithms.base import MetaLearner, call_with_key, learner_key, takes_key
 from mamlx.episodes import Episode
 from mamlx.losses import task_metrics
+from mamlx.runtime import release_host_memory
 from mamlx.tasks.base import Sampler
 from mamlx.types import Params, PRNGKey
 
@@ -230,6 +231,7 @@ def make_evaluator(
         finally:
             if bar is not None:
                 bar.close()
+            release_host_memory()  # the batches' freed buffers: not kept between validations
         reduce = np.concatenate if per_task else lambda v: mean_ci(np.concatenate(v))
         return {s: {k: reduce(v) for k, v in m.items()} for s, m in values.items()}
 

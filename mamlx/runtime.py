@@ -100,6 +100,29 @@ def tune_host_allocator() -> dict:
     return dict(_status)
 
 
+def release_host_memory() -> bool:
+    """Give the C library's free heap pages back to the operating system (``malloc_trim``)
+    where :func:`tune_host_allocator` keeps them in the process.
+
+    The tuned allocator keeps freed buffers for reuse; after a large passing allocation,
+    such as an evaluation between training chunks, the holes it leaves below live buffers
+    stay resident and later allocations that do not fit them grow the process: an
+    Omniglot Reptile 5-way 5-shot run (validation batches of about 10 GB) was killed by
+    the OOM killer at its third validation, at 24 GB on a 23 GB machine. The evaluator
+    calls this after every run.
+
+    Returns:
+        whether anything was released (``False`` also where the allocator is not tuned).
+
+    Example:
+        >>> release_host_memory() in (True, False)
+        True
+    """
+    if not _status:
+        return False
+    return bool(ctypes.CDLL(None).malloc_trim(0))
+
+
 def host_allocator_status() -> dict:
     """What :func:`tune_host_allocator` set in this process (``{}`` if nothing).
 
