@@ -4,16 +4,17 @@ Nichol et al.'s reference code (openai/supervised-reptile) keeps the inner Adam 
 moments in TensorFlow variables that the meta-update neither saves nor restores: they carry
 over from task to task through all of training, and every test task starts its inner loop
 from the state training ended with (restored after each test task). mamlx's ``reptile``
-re-initialises the inner optimizer per task. With beta1 = 0 a fresh Adam's first steps are
+re-initialises it per task by default (``reset_inner_state=True``). With beta1 = 0 a fresh Adam's first steps are
 sign steps of size lr in every coordinate; a carried one divides by the long-run gradient
 scale. This script trains the Reptile 5-way 1-shot preset's settings both ways, on the same
 episodes and keys, and reports the non-transductive validation accuracy along the way:
 
     python benchmarks/reptile_adam_state.py --data-dir ../shared/data/omniglot --steps 5000
 
-It is a measurement of the #21 ledger's Reptile rows, not a trainer: the reset arm is the
-library's own update (``reptile``'s ``meta_grad`` and SGD on its pseudo-gradient), written
-here again with the state threaded through, so both arms run the same code.
+It is a measurement for the #21 ledger's Reptile rows, not a trainer. Both arms are written
+here apart from ``mamlx.reptile`` (whose ``reset_inner_state=False`` came from this
+measurement), so the script is also an independent check of it; the tests hold the
+library's both ways to hand-computed Adam.
 """
 
 from __future__ import annotations
