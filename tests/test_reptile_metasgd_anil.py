@@ -370,7 +370,9 @@ def test_reptile_carried_inner_state_equals_hand_computed_sequential_adam():
     """reset_inner_state=False (Nichol et al.'s code): the inner Adam state runs on from
     task to task, in order, through meta-steps; φ moves by the outer SGD, the state is
     replaced by the one the meta-batch ended with, and a test task's inner loop starts from
-    it. Hand-computed Adam (β1 = 0) in float64 on linear-regression tasks."""
+    it. Hand-computed Adam (β1 = 0) in float64 on linear-regression tasks. (Not through
+    check_meta_learner: its "meta-loss is the task mean of outer_loss" does not hold when
+    task i starts from the state tasks 0 … i-1 left, by design.)"""
     from mamlx.algorithms.reptile import CarriedParams, carried_state_outer
 
     rng = np.random.default_rng(4)
