@@ -106,10 +106,11 @@ def release_host_memory() -> bool:
 
     The tuned allocator keeps freed buffers for reuse; after a large passing allocation,
     such as an evaluation between training chunks, the holes it leaves below live buffers
-    stay resident and later allocations that do not fit them grow the process: an
-    Omniglot Reptile 5-way 5-shot run (validation batches of about 10 GB) was killed by
-    the OOM killer at its third validation, at 24 GB on a 23 GB machine. The evaluator
-    calls this after every run.
+    stay resident and later allocations that do not fit them grow the process (measured:
+    a freed 1 GiB buffer under a live one stays resident until this call). An Omniglot
+    Reptile 5-way 5-shot run (validation batches of about 10 GB) was killed by the OOM
+    killer at its third validation, at 24 GB on a 23 GB machine; these holes are the
+    likely cause, not reproduced. The evaluator calls this after every run.
 
     Returns:
         whether anything was released (``False`` also where the allocator is not tuned).
