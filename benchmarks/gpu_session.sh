@@ -9,6 +9,13 @@
 #   2. meanwhile, on 2 pinned CPU cores of the same box: CPU throughput vs PyTorch, same settings
 #   3. with TRAIN_LIMIT > 0, after 1: the PRESET training run on the GPU for that long, then a 600-task
 #      evaluation (session 1: maml-5w1s; session 5: 170 s of maml-20w1s, benchmarks/results/fewshot.md)
+#   4. with TARGET_LIMIT > 0 (default 150 s), after 1 (#24): Omniglot 5-way 1-shot second-order MAML
+#      (preset maml-5w1s, validation every 500 steps) for TARGET_LIMIT seconds of training with float32
+#      matrix products, then the same with bfloat16 ones (--matmul-precision), each evaluated on the
+#      same EVAL_TASKS test tasks (mamlx eval's fixed seed): accuracy after that much training
+#      (target: 98.7 % within 3 minutes) and what bfloat16 products cost in accuracy. The
+#      validation curve with its training seconds is in each metrics.jsonl.
+#      Default sizing for one 600 s call: GPU_LIMIT=180 + 2 x (150 s + compile, validation, eval).
 # Usage (repository root, data copied to .gpu_data/omniglot): bash benchmarks/gpu_session.sh OUTDIR
 set -u
 OUT=${1:-${OUT:-/tmp/gpu_out}}
@@ -18,7 +25,9 @@ pack() { tar -cf "$OUT/results.tar.part" -C "$R" . && mv "$OUT/results.tar.part"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 MAMLX_CACHE=/tmp/mamlx_cache
 TRAIN_LIMIT=${TRAIN_LIMIT:-0}
 CPU_LIMIT=${CPU_LIMIT:-380}
-GPU_LIMIT=${GPU_LIMIT:-380}
+GPU_LIMIT=${GPU_LIMIT:-180}
+TARGET_LIMIT=${TARGET_LIMIT:-150}
+EVAL_TASKS=${EVAL_TASKS:-400}
 SETTINGS=${SETTINGS:-omniglot-20w1s omniglot-5w1s}
 GPU_CORES=${GPU_CORES:-2-15} CPU_CORES=${CPU_CORES:-0,1}
 PRESET=${PRESET:-maml-20w1s}
@@ -57,6 +66,22 @@ if [ "$TRAIN_LIMIT" -gt 0 ]; then
   cp /tmp/$PRESET/metrics.jsonl "$R/${PRESET}_metrics.jsonl"
   taskset -c "$GPU_CORES" timeout 60 python3 -m mamlx.cli eval /tmp/$PRESET --tasks 600 \
     && cp /tmp/$PRESET/eval.json "$R/${PRESET}_eval.json"
+fi
+if [ "$TARGET_LIMIT" -gt 0 ]; then
+  minutes=$(python3 -c "print($TARGET_LIMIT / 60)")
+  for prec in float32 bfloat16; do
+    run=/tmp/maml5w1s_$prec
+    log "maml-5w1s, $prec matrix products, ${TARGET_LIMIT}s of training"
+    taskset -c "$GPU_CORES" python3 -m mamlx.cli train omniglot --preset maml-5w1s \
+      --data-dir .gpu_data/omniglot --out "$run" --no-progress --val-every 500 \
+      --max-minutes "$minutes" --matmul-precision "$prec"
+    log "train exit $?"
+    cp "$run/metrics.jsonl" "$R/maml5w1s_${prec}_metrics.jsonl"
+    taskset -c "$GPU_CORES" timeout 90 python3 -m mamlx.cli eval "$run" --tasks "$EVAL_TASKS" \
+      --no-progress && cp "$run/eval.json" "$R/maml5w1s_${prec}_eval.json"
+    grep -h '"val' "$run/metrics.jsonl" | tail -n 3
+    pack
+  done
 fi
 wait $CPU_PID; grep -v "^ *round" "$OUT/cpu_log.txt" | tail -n 60
 pack

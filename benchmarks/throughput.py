@@ -69,6 +69,7 @@ import optax
 from flax import nnx
 
 import mamlx
+from mamlx.cli import MATMUL_PRECISION_CONFIG, MATMUL_PRECISIONS
 from mamlx.models import functional
 from mamlx.models.conv import default_impl
 from mamlx.models.conv4 import Conv4
@@ -109,6 +110,7 @@ MALLOCS = {"both": ("default", "tuned"), "default": ("default",), "tuned": ("tun
 WARMUP = 3  # untimed steps before timing, for every implementation (JAX's in whole chunks)
 CHUNK = 5  # meta-steps per compiled JAX call (mamlx.fit's chunk), --chunk
 JAX_TIMES = "fit step (sampling included)"
+MATMUL_PRECISION = {"level": "default"}  # --matmul-precision: the JAX rows' products (mamlx.cli)
 
 
 def make_batch(s: Setting, seed: int = 0):
@@ -208,7 +210,9 @@ def bench_jax(
     if key not in _PREPARED:
         run, state, data = _build_fit_chunk(s, algo, impl, task_map, chunk)
         t0 = time.perf_counter()
-        compiled = run.lower(state, data).compile()
+        level = MATMUL_PRECISION_CONFIG[MATMUL_PRECISION["level"]]
+        with jax.default_matmul_precision(level):  # the executable keeps it
+            compiled = run.lower(state, data).compile()
         _PREPARED[key] = [compiled, state, data, time.perf_counter() - t0]
     compiled, state, data, compile_s = _PREPARED[key]
     for _ in range(math.ceil(WARMUP / chunk)):  # the host allocator settles in a few calls
@@ -497,6 +501,7 @@ def machine_info() -> dict:
         "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax_matmul_precision": MATMUL_PRECISION["level"],
         "python": platform.python_version(),
         "mamlx_host_allocator": mamlx.runtime.host_allocator_status() or "untuned",
         # Other processes on the machine skew timings (torch's OpenMP pool most).
@@ -561,6 +566,13 @@ def main(argv=None) -> dict:
     )
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument(
+        "--matmul-precision",
+        choices=MATMUL_PRECISIONS,
+        default="default",
+        help="precision of the JAX rows' float32 matrix products, as `mamlx train "
+        "--matmul-precision` (default: JAX's; the peers and their check keep theirs)",
+    )
+    ap.add_argument(
         "--ceiling",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -594,6 +606,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput"))
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 10)
+    MATMUL_PRECISION["level"] = args.matmul_precision
     if args.chunk < 1:
         ap.error(f"--chunk must be at least 1, got {args.chunk}")
     if args.torch_worker:  # child process of torch_in_subprocess: one timing as JSON

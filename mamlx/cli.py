@@ -53,7 +53,51 @@ RUN_DEFAULTS = {
     "progress": True,
     "compile_cache": True,
     "max_minutes": 0.0,
+    "matmul_precision": "default",
 }
+# --matmul-precision -> jax_default_matmul_precision. "default" leaves JAX's own (TF32 on recent
+# NVIDIA GPUs, float32 on CPUs). JAX's level named "bfloat16" is its DEFAULT precision, TF32 on
+# those GPUs, so bfloat16 products are asked for by their dot algorithm (bfloat16 inputs,
+# float32 accumulation).
+MATMUL_PRECISION_CONFIG = {
+    "default": None,
+    "float32": "float32",
+    "tensorfloat32": "tensorfloat32",
+    "bfloat16": "BF16_BF16_F32",
+}
+MATMUL_PRECISIONS = tuple(MATMUL_PRECISION_CONFIG)
+
+
+def set_matmul_precision(level: str, backend: str | None = None) -> None:
+    """Make ``level`` (one of :data:`MATMUL_PRECISIONS`) the precision of every float32 matrix
+    product and convolution this process compiles from now on (``jax_default_matmul_precision``,
+    see :data:`MATMUL_PRECISION_CONFIG`).
+
+    ``backend`` (default: JAX's default backend) is where the products will run: XLA's CPU
+    backend computes ``tensorfloat32`` as float32 and has no bfloat16 dot algorithm for every
+    product (it fails to compile), so ``bfloat16`` is refused there.
+    """
+    if level not in MATMUL_PRECISION_CONFIG:
+        raise ValueError(f"matmul precision must be one of {MATMUL_PRECISIONS}, got {level!r}")
+    import jax
+
+    if level == "bfloat16" and (backend or jax.default_backend()) == "cpu":
+        raise ValueError(
+            "--matmul-precision bfloat16 needs a GPU (or TPU): XLA's CPU backend cannot compile "
+            "bfloat16 dot algorithms for all of the network's products; on a CPU use default"
+        )
+    jax.config.update("jax_default_matmul_precision", MATMUL_PRECISION_CONFIG[level])
+
+
+def _saved_precision(run_dir: Path) -> str:
+    """The matrix-product precision a run trained with (its run.json; older runs: default)."""
+    saved = run_dir / "run.json"
+    if not saved.is_file():
+        return "default"
+    try:
+        return json.loads(saved.read_text()).get("matmul_precision", "default")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{saved} is not valid JSON ({e}); delete it to use the defaults") from e
 
 
 def _env_defaults() -> dict[str, Any]:
@@ -259,6 +303,14 @@ def _add_run_flags(parser: argparse.ArgumentParser, default: Any = None) -> None
         default=default,
         help="use JAX's persistent compilation cache (default: on)",
     )
+    parser.add_argument(
+        "--matmul-precision",
+        choices=MATMUL_PRECISIONS,
+        default=default,
+        help="precision of float32 matrix products and convolutions: bfloat16 (bfloat16 "
+        "inputs, float32 sums) and tensorfloat32 are faster on GPUs, float32 is exact (default: "
+        "JAX's, TF32 on recent NVIDIA GPUs; CPUs compute float32 whatever is asked)",
+    )
 
 
 def _run_settings(args: argparse.Namespace, run_dir: Path, resume: bool) -> argparse.Namespace:
@@ -378,6 +430,11 @@ def build_parser(tables: bool = True) -> argparse.ArgumentParser:
         "(default: the run's eval_queries or queries)",
     )
     ev.add_argument("--seed", type=int, default=12345, help="seed of the held-out tasks")
+    ev.add_argument(
+        "--matmul-precision",
+        choices=MATMUL_PRECISIONS,
+        help="precision of float32 matrix products (default: the one each run trained with)",
+    )
     ev.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -586,6 +643,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             config = saved
     resume = bool(args.resume)
     run = _run_settings(args, run_dir, resume)
+    set_matmul_precision(run.matmul_precision)
     if run.compile_cache:
         enable_compilation_cache()
     exists = (run_dir / "config.json").exists() or checkpoint.latest_checkpoint(run_dir)
@@ -932,6 +990,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     sine.max_steps = 10 if args.max_steps is None else args.max_steps
     sine.queries = 100 if args.queries is None else args.queries
     for rd in map(Path, args.run_dirs):
+        set_matmul_precision(args.matmul_precision or _saved_precision(rd))
         if isinstance(_load_run_config(rd), _config.FewShotConfig):
             eval_fewshot(rd, args)
             continue

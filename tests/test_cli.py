@@ -252,3 +252,60 @@ def test_bad_run_flags_and_data_folders_leave_nothing(tmp_path, capsys):
     rc = main(["train", "omniglot", "--data-dir", str(missing), "--out", str(tmp_path / "c")])
     assert rc == 2 and f"data folder {missing} does not exist" in capsys.readouterr().err
     assert not missing.exists() and not (tmp_path / "c").exists()
+
+
+@pytest.fixture
+def restore_matmul_precision():
+    before = jax.config.jax_default_matmul_precision
+    yield
+    jax.config.update("jax_default_matmul_precision", before)
+
+
+@pytest.mark.parametrize(
+    "level, lowered",
+    [
+        ("default", "precision = [DEFAULT, DEFAULT]"),
+        ("float32", "precision = [HIGHEST, HIGHEST]"),
+        ("tensorfloat32", "precision = [HIGH, HIGH]"),
+        (
+            "bfloat16",
+            "lhs_precision_type = bf16, rhs_precision_type = bf16, accumulation_type = f32",
+        ),
+    ],
+)
+def test_matmul_precision_levels_reach_the_compiled_products(
+    level, lowered, restore_matmul_precision
+):
+    """JAX's level named 'bfloat16' is its DEFAULT (TF32 on GPUs): ours asks for the
+    bfloat16 dot algorithm itself, in the products of the patches convolution too."""
+    from mamlx.cli import set_matmul_precision
+    from mamlx.models.conv import conv2d
+
+    set_matmul_precision(level, backend="gpu")  # lowered only: what a GPU would compile
+    x, w = jax.numpy.ones((2, 8, 8, 16)), jax.numpy.ones((3, 3, 16, 4))
+    text = jax.jit(lambda x, w: conv2d(x, w, impl="patches")).lower(x, w).as_text()
+    assert lowered in text
+    with pytest.raises(ValueError, match="matmul precision must be one of"):
+        set_matmul_precision("fp8")
+    with pytest.raises(ValueError, match="bfloat16 needs a GPU"):  # XLA:CPU cannot compile it
+        set_matmul_precision("bfloat16", backend="cpu")
+
+
+def test_train_records_matmul_precision_and_eval_uses_the_runs(
+    tmp_path, monkeypatch, restore_matmul_precision
+):
+    import mamlx.cli as cli
+
+    used = []
+    real = cli.set_matmul_precision
+    monkeypatch.setattr(cli, "set_matmul_precision", lambda lv: (used.append(lv), real(lv)))
+    assert train(tmp_path / "r", "--matmul-precision", "float32") == 0
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["matmul_precision"] == "float32" and used == ["float32"]
+    assert jax.config.jax_default_matmul_precision == "float32"
+    args = ["eval", str(tmp_path / "r"), "--tasks", "2", "--max-steps", "1"]
+    assert main([*args, "--figure", str(tmp_path / "a.png")]) == 0
+    assert main([*args, "--figure", str(tmp_path / "b.png"), "--matmul-precision", "default"]) == 0
+    assert used == ["float32", "float32", "default"]  # eval: the run's, unless given
+    assert main(["train", "--resume", str(tmp_path / "r"), "--steps", "60", "--no-progress"]) == 0
+    assert used[-1] == "float32"  # resume keeps the run's precision
