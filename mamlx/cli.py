@@ -309,7 +309,8 @@ def _add_run_flags(parser: argparse.ArgumentParser, default: Any = None) -> None
         default=default,
         help="precision of float32 matrix products and convolutions: bfloat16 (bfloat16 "
         "inputs, float32 sums) and tensorfloat32 are faster on GPUs, float32 is exact (default: "
-        "JAX's, TF32 on recent NVIDIA GPUs; CPUs compute float32 whatever is asked)",
+        "JAX's, TF32 on recent NVIDIA GPUs; a CPU computes tensorfloat32 as float32 and refuses "
+        "bfloat16)",
     )
 
 
@@ -643,7 +644,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             config = saved
     resume = bool(args.resume)
     run = _run_settings(args, run_dir, resume)
-    set_matmul_precision(run.matmul_precision)
     if run.compile_cache:
         enable_compilation_cache()
     exists = (run_dir / "config.json").exists() or checkpoint.latest_checkpoint(run_dir)
@@ -664,6 +664,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "outside SLURM, Open MPI and TPU pods; --no-distributed trains in this process"
             )
             raise
+    # After jax.distributed.initialize: asking for the backend (bfloat16's check) starts it.
+    set_matmul_precision(run.matmul_precision)
     if run.devices != 1:
         from mamlx.sharding import check_divisible, task_mesh
 
