@@ -206,7 +206,7 @@ def bench_jax(
     untimed ones. The chunk is compiled once per process (later rounds reuse it, go on
     training from the state the last round left, and report the first compile time).
     """
-    key = (s, algo, impl, task_map, chunk)
+    key = (s, algo, impl, task_map, chunk, MATMUL_PRECISION["level"])
     if key not in _PREPARED:
         run, state, data = _build_fit_chunk(s, algo, impl, task_map, chunk)
         t0 = time.perf_counter()
@@ -607,6 +607,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 10)
     MATMUL_PRECISION["level"] = args.matmul_precision
+    if args.matmul_precision == "bfloat16" and jax.default_backend() == "cpu":
+        ap.error("--matmul-precision bfloat16 needs a GPU: XLA's CPU backend cannot compile it")
     if args.chunk < 1:
         ap.error(f"--chunk must be at least 1, got {args.chunk}")
     if args.torch_worker:  # child process of torch_in_subprocess: one timing as JSON

@@ -73,6 +73,10 @@ def set_matmul_precision(level: str, backend: str | None = None) -> None:
     product and convolution this process compiles from now on (``jax_default_matmul_precision``,
     see :data:`MATMUL_PRECISION_CONFIG`).
 
+    The bfloat16 dot algorithm reaches matrix products (the ``'patches'`` convolution, dense
+    layers); JAX lowers XLA's own convolution (``conv_impl='xla'``) at DEFAULT precision under
+    it, which is TF32 on recent GPUs.
+
     ``backend`` (default: JAX's default backend) is where the products will run: XLA's CPU
     backend computes ``tensorfloat32`` as float32 and has no bfloat16 dot algorithm for every
     product (it fails to compile), so ``bfloat16`` is refused there.
@@ -992,7 +996,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     sine.max_steps = 10 if args.max_steps is None else args.max_steps
     sine.queries = 100 if args.queries is None else args.queries
     for rd in map(Path, args.run_dirs):
-        set_matmul_precision(args.matmul_precision or _saved_precision(rd))
+        level = args.matmul_precision or _saved_precision(rd)
+        if not args.matmul_precision and level == "bfloat16" and jax.default_backend() == "cpu":
+            print(f"note: {rd} trained with bfloat16 products, a CPU evaluates it at float32")
+            level = "default"
+        set_matmul_precision(level)
         if isinstance(_load_run_config(rd), _config.FewShotConfig):
             eval_fewshot(rd, args)
             continue
