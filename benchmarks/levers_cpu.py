@@ -33,6 +33,7 @@ import os
 import statistics
 import sys
 import time
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,16 +50,6 @@ import mamlx.algorithms.base as base  # noqa: E402
 import mamlx.algorithms.reptile as reptile_mod  # noqa: E402
 import mamlx.models.conv4 as conv4  # noqa: E402
 from mamlx.models import conv  # noqa: E402
-
-
-@contextlib.contextmanager
-def patched(obj, name: str, value):
-    old = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, old)
 
 
 def _finish_without_bias(self, y, mask=None):
@@ -129,16 +120,22 @@ _REAL_MAP_MEAN = base.map_tasks_mean
 def _groups(g: int):
     stack = contextlib.ExitStack()
     for mod in (base, reptile_mod):
-        stack.enter_context(patched(mod, "map_tasks_mean", _grouped_map_tasks_mean(g)))
+        stack.enter_context(mock.patch.object(mod, "map_tasks_mean", _grouped_map_tasks_mean(g)))
     return stack
 
 
 LEVERS = {  # lever -> {variant name: context manager factory}
-    "bias-shift": {"no-bias": lambda: patched(conv4.ConvBlock, "finish", _finish_without_bias)},
-    "bn-reduce": {"reductions": lambda: patched(conv4, "batch_norm", _batch_norm_by_reductions)},
+    "bias-shift": {
+        "no-bias": lambda: mock.patch.object(conv4.ConvBlock, "finish", _finish_without_bias)
+    },
+    "bn-reduce": {
+        "reductions": lambda: mock.patch.object(conv4, "batch_norm", _batch_norm_by_reductions)
+    },
     "task-groups": {f"groups-of-{g}": (lambda g=g: _groups(g)) for g in (2, 4, 8)},
-    "patch-barrier": {"barrier": lambda: patched(conv4, "conv2d", _conv_after_barrier)},
-    "shifted-products": {"shifted": lambda: patched(conv4, "conv2d", _conv_shifted_products)},
+    "patch-barrier": {"barrier": lambda: mock.patch.object(conv4, "conv2d", _conv_after_barrier)},
+    "shifted-products": {
+        "shifted": lambda: mock.patch.object(conv4, "conv2d", _conv_shifted_products)
+    },
 }
 
 

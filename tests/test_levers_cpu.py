@@ -39,8 +39,9 @@ def test_lever_trains_the_same_step_in_another_program(lever, name):
     before = (levers_cpu.conv4.batch_norm, levers_cpu.conv4.conv2d, levers_cpu.base.map_tasks_mean)
     got, program = _losses(levers_cpu.LEVERS[lever][name])
     # Three Adam steps from the same state: the losses of the same function, up to float32
-    # round-off (the bias lever drops a term that cancels exactly).
-    np.testing.assert_allclose(got, want, rtol=2e-4)
+    # round-off (the bias lever drops a term that cancels exactly). Measured (jax 0.10.2, CPU):
+    # largest relative difference 7.9e-6 (groups of 2), 0 for the barrier.
+    np.testing.assert_allclose(got, want, rtol=5e-5)
     assert program != default_program
     after = (levers_cpu.conv4.batch_norm, levers_cpu.conv4.conv2d, levers_cpu.base.map_tasks_mean)
     assert after == before and levers_cpu.reptile_mod.map_tasks_mean is before[2]
