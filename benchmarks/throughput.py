@@ -69,6 +69,7 @@ import optax
 from flax import nnx
 
 import mamlx
+from mamlx import sharding
 from mamlx.cli import MATMUL_PRECISION_CONFIG, MATMUL_PRECISIONS
 from mamlx.models import functional
 from mamlx.models.conv import default_impl
@@ -175,11 +176,13 @@ def _build_jax_step(s: Setting, algo: str, impl: str, task_map: str):
 _DATA: dict = {}  # setting -> its data array on the device, shared by all variants
 
 
-def _build_fit_chunk(s: Setting, algo: str, impl: str, task_map: str, chunk: int):
+def _build_fit_chunk(s: Setting, algo: str, impl: str, task_map: str, chunk: int, devices: int = 1):
     """``fit``'s compiled call for one configuration and its inputs ``(state, data)``.
 
     The learner, optimizer and sampler ``fit`` would get, through ``fit``'s own
-    :func:`~mamlx.train.make_step` and :func:`~mamlx.train.make_chunk` (no mesh).
+    :func:`~mamlx.train.make_step` and :func:`~mamlx.train.make_chunk`; with ``devices``
+    > 1 the task batch is split over a mesh of that many devices, as ``mamlx train
+    --devices N`` does (:mod:`mamlx.sharding`; on a CPU, ``--cpu-devices``).
     """
     model = Conv4(s.ways, in_shape=s.image, filters=s.filters, conv_impl=impl, rngs=nnx.Rngs(0))
     apply_fn, params = functional(model)
@@ -188,27 +191,38 @@ def _build_fit_chunk(s: Setting, algo: str, impl: str, task_map: str, chunk: int
     sampler = fewshot_sampler(s.ways, s.shots, s.queries, rotate=s.rotate)
     if s not in _DATA:
         _DATA[s] = jax.device_put(make_data(s))
-    state = init_state(learner, opt, jax.random.PRNGKey(0))
-    run = make_chunk(make_step(learner, sampler, opt, s.meta_batch), chunk)
-    return run, state, _DATA[s]
+    state, data = init_state(learner, opt, jax.random.PRNGKey(0)), _DATA[s]
+    mesh = None
+    if devices > 1:
+        mesh = sharding.task_mesh(devices)
+        state, data = sharding.replicate((state, data), mesh)
+    run = make_chunk(make_step(learner, sampler, opt, s.meta_batch, mesh=mesh), chunk)
+    return run, state, data
 
 
-_PREPARED: dict = {}  # (setting, algo, impl, task_map, chunk) -> [compiled, state, data, compile_s]
+_PREPARED: dict = {}  # (setting, algo, impl, task_map, chunk, devices, precision) -> [compiled, state, data, compile_s]
 
 
 def bench_jax(
-    s: Setting, algo: str, impl: str, task_map: str, repeats: int, chunk: int = CHUNK
+    s: Setting,
+    algo: str,
+    impl: str,
+    task_map: str,
+    repeats: int,
+    chunk: int = CHUNK,
+    devices: int = 1,
 ) -> dict:
     """Time ``fit``'s compiled chunk of ``chunk`` steps; returns compile time and per-step times.
 
     ``times_s`` holds one entry per timed chunk: its time / ``chunk``; at least ``repeats``
     steps are timed, in ``ceil(repeats / chunk)`` chunks, after ``ceil(WARMUP / chunk)``
-    untimed ones. The chunk is compiled once per process (later rounds reuse it, go on
+    untimed ones; ``devices`` > 1 splits the task batch over that many devices. The
+    chunk is compiled once per process (later rounds reuse it, go on
     training from the state the last round left, and report the first compile time).
     """
-    key = (s, algo, impl, task_map, chunk, MATMUL_PRECISION["level"])
+    key = (s, algo, impl, task_map, chunk, devices, MATMUL_PRECISION["level"])
     if key not in _PREPARED:
-        run, state, data = _build_fit_chunk(s, algo, impl, task_map, chunk)
+        run, state, data = _build_fit_chunk(s, algo, impl, task_map, chunk, devices)
         t0 = time.perf_counter()
         level = MATMUL_PRECISION_CONFIG[MATMUL_PRECISION["level"]]
         with jax.default_matmul_precision(level):  # the executable keeps it
@@ -490,6 +504,18 @@ def default_variants() -> str:
     return f"{impl}/vmap" + (",xla/vmap" if impl != "xla" else "")
 
 
+def parse_variant(text: str) -> tuple[str, str, int]:
+    """``"patches/map@2"`` -> ``("patches", "map", 2)`` (no ``@``: one device)."""
+    body, at, devices = text.partition("@")
+    parts = body.split("/")
+    if len(parts) != 2 or not all(parts) or (at and not devices.isdigit()):
+        raise ValueError(f"a JAX variant is conv_impl/task_map[@devices], got {text!r}")
+    n = int(devices) if devices else 1
+    if n < 1:
+        raise ValueError(f"a JAX variant needs at least 1 device, got {text!r}")
+    return parts[0], parts[1], n
+
+
 # --------------------------------------------------------------------------------------
 def machine_info() -> dict:
     """CPU model, cores, accelerator and library versions."""
@@ -547,8 +573,17 @@ def main(argv=None) -> dict:
     ap.add_argument(
         "--jax-variants",
         default=None,
-        help="comma list of conv_impl/task_map, e.g. patches/vmap,xla/vmap,patches/map "
-        f"(default: {default_variants()}: the backend's default conv, and on CPU both task maps)",
+        help="comma list of conv_impl/task_map[@devices], e.g. patches/vmap,xla/vmap,"
+        "patches/map,patches/map@2 (@N: the task batch split over N devices, as `mamlx train "
+        "--devices N`; on a CPU give --cpu-devices) (default: the backend's default conv, and on "
+        "CPU both task maps)",
+    )
+    ap.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=None,
+        help="split the CPU into this many JAX devices (jax_num_cpu_devices, as `mamlx train "
+        "--cpu-devices`), for variants with @N; the other variants run on the first",
     )
     ap.add_argument(
         "--rounds",
@@ -605,6 +640,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--torch-check", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput"))
     args = ap.parse_args(argv)
+    if args.cpu_devices is not None:  # before JAX's first computation starts the CPU backend
+        if args.cpu_devices < 1:
+            ap.error(f"--cpu-devices must be at least 1, got {args.cpu_devices}")
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     repeats = args.repeats or (3 if args.quick else 10)
     MATMUL_PRECISION["level"] = args.matmul_precision
     if args.matmul_precision == "bfloat16" and jax.default_backend() == "cpu":
@@ -619,7 +658,13 @@ def main(argv=None) -> dict:
         pairs = [(a, st) for a in args.torch_check.split(",") for st in ("loop", "vmap")]
         print(json.dumps({f"{a},torch-{st}": peer_gradient_error(a, st) for a, st in pairs}))
         return {}
-    variants = (args.jax_variants or default_variants()).split(",")
+    variants = [parse_variant(v) for v in (args.jax_variants or default_variants()).split(",")]
+    for v in variants:
+        if v[2] > jax.device_count():
+            ap.error(
+                f"variant {v[0]}/{v[1]}@{v[2]} needs {v[2]} devices, {jax.device_count()} "
+                "available (on a CPU: --cpu-devices)"
+            )
     rows = []
     load_start = machine_info()["load_avg_1m"]
     ceiling = jax.default_backend() == "cpu" if args.ceiling is None else args.ceiling
@@ -690,10 +735,10 @@ def main(argv=None) -> dict:
             for algo in args.algos.split(","):
                 if ceiling and (sname, algo) not in work:
                     work[sname, algo] = step_gflop_per_task(s, algo)
-                for v in variants:
-                    impl, task_map = v.split("/")
-                    r = bench_jax(s, algo, impl, task_map, repeats, args.chunk)
-                    pool(s, algo, f"jax[{impl}/{task_map}]", r)
+                for impl, task_map, devices in variants:
+                    r = bench_jax(s, algo, impl, task_map, repeats, args.chunk, devices)
+                    at = f"@{devices}" if devices > 1 else ""
+                    pool(s, algo, f"jax[{impl}/{task_map}{at}]", r)
                 if not args.no_torch:
                     for style in ("loop", "vmap"):
                         for malloc in MALLOCS[args.torch_malloc]:

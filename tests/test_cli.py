@@ -247,6 +247,8 @@ def test_bad_run_flags_and_data_folders_leave_nothing(tmp_path, capsys):
     assert "--chunk must be positive" in capsys.readouterr().err
     assert train(tmp_path / "b", "--devices", "-1") == 2
     assert "--devices must be >= 0" in capsys.readouterr().err
+    assert train(tmp_path / "b", "--cpu-devices", "-1") == 2
+    assert "--cpu-devices must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     missing = tmp_path / "nope"
     rc = main(["train", "omniglot", "--data-dir", str(missing), "--out", str(tmp_path / "c")])

@@ -115,3 +115,74 @@ def test_sharded_meta_gradient_equals_single_device():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SHARDING OK" in proc.stdout
+
+
+CPU_DEVICES = textwrap.dedent(
+    """
+    import contextlib, io, json, pathlib, sys, tempfile
+    import jax, numpy as np
+    from mamlx import checkpoint
+    from mamlx.cli import main
+
+    out = pathlib.Path(tempfile.mkdtemp())
+    common = ["train", "sinusoid", "--steps", "8", "--meta-batch", "8", "--chunk", "4",
+              "--no-progress", "--no-compile-cache"]
+    assert main(common + ["--cpu-devices", "2", "--out", str(out / "two")]) == 0
+    assert len(jax.devices()) == 2, jax.devices()
+    run = json.loads((out / "two" / "run.json").read_text())
+    assert (run["cpu_devices"], run["devices"], run["resolved"]["device_count"]) == (2, 0, 2)
+    assert main(common + ["--devices", "1", "--out", str(out / "one")]) == 0
+    two = np.load(checkpoint.latest_checkpoint(out / "two"))
+    one = np.load(checkpoint.latest_checkpoint(out / "one"))
+    leaves = [k for k in one.files if k.startswith("leaf:")]
+    assert leaves and sorted(leaves) == sorted(k for k in two.files if k.startswith("leaf:"))
+    for k in leaves:  # the same training: tasks split over two devices, gradients averaged
+        np.testing.assert_allclose(one[k], two[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    # resuming in a process whose backend already has the saved count is fine
+    assert main(["train", "--resume", str(out / "two"), "--steps", "12", "--no-progress"]) == 0
+    # another count, once the backend runs: refused with the reason, nothing written
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(common + ["--cpu-devices", "3", "--out", str(out / "three")]) == 2
+    assert "already started in this process with 2 device(s)" in err.getvalue(), err.getvalue()
+    assert not (out / "three").exists()
+    # benchmarks/throughput.py's @2 rows time the same training over the two devices
+    sys.path.insert(0, "benchmarks")
+    import dataclasses, throughput
+    tiny = dataclasses.replace(throughput.CHECK, name="tiny", image=(9, 9, 1), classes=6)
+    for devices in (1, 2):
+        r = throughput.bench_jax(tiny, "fomaml", "patches", "map", 2, chunk=2, devices=devices)
+        assert np.isfinite(r["loss"]) and len(r["times_s"]) == 1, r
+    (_, s1, d1, _), (_, s2, d2, _) = throughput._PREPARED.values()
+    assert len(d2.sharding.device_set) == 2 and int(s1.step) == int(s2.step) == 6
+    # Conv biases before batch norm have zero gradient: Adam turns its rounding noise into
+    # full steps, so they differ, and cancel in the normalization; the rest trains alike.
+    leaves = jax.tree_util.tree_leaves_with_path
+    compared = 0
+    for (path, a), (_, b) in zip(leaves(s1.params), leaves(s2.params)):
+        name = jax.tree_util.keystr(path)
+        if name.startswith("['blocks']") and name.endswith("]['bias']") and "norm" not in name:
+            continue
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
+        compared += 1
+    assert compared == 14, compared
+    print("CPU DEVICES OK")
+    """
+)
+
+
+def test_cli_cpu_devices_split_the_cpu_and_train_as_one_device():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = " ".join(
+        f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", CPU_DEVICES],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "CPU DEVICES OK" in proc.stdout

@@ -70,3 +70,16 @@ def test_jax_rows_time_fits_chunk_of_sampled_steps(tmp_path, monkeypatch):
     assert bound["tasks_per_s_at_gemm_peak"] == 200.0
     assert json.loads(out.with_suffix(".json").read_text())["rows"][0]["impl"] == row["impl"]
     assert "fit step (sampling included)" in out.with_suffix(".md").read_text()
+
+
+def test_variants_name_the_devices_they_shard_over(tmp_path, monkeypatch):
+    assert throughput.parse_variant("patches/map") == ("patches", "map", 1)
+    assert throughput.parse_variant("patches/map@2") == ("patches", "map", 2)
+    for bad in ("patches", "patches/map@", "patches/map@x", "patches/map@0", "/map", "a/b/c"):
+        with pytest.raises(ValueError, match="conv_impl/task_map|at least 1 device"):
+            throughput.parse_variant(bad)
+    monkeypatch.setattr(throughput, "SETTINGS", {"tiny": TINY})
+    many = throughput.jax.device_count() + 1
+    argv = f"--settings tiny --jax-variants patches/map@{many} --no-torch --no-ceiling"
+    with pytest.raises(SystemExit):  # more devices than the process has: refused up front
+        throughput.main((argv + f" --out {tmp_path / 't'}").split())
