@@ -44,6 +44,7 @@ Usage::
     python benchmarks/throughput.py --quick    # fewer repeats
     python benchmarks/throughput.py --rounds 3 --repeats 3   # interleaved rounds, for a shared machine
     python benchmarks/throughput.py --jax-variants patches/vmap,xla/vmap,patches/map
+    python benchmarks/throughput.py --cpu-devices 2    # adds patches/map@2: `mamlx train --cpu-devices 2`
     python benchmarks/throughput.py --quick --settings omniglot-5w1s --no-torch --out /tmp/tp
 """
 
@@ -497,10 +498,12 @@ def _worker(args: list[str], malloc: str = "default") -> dict:
 
 def default_variants() -> str:
     """The default convolution for per-task kernels, vectorized and (on CPU) looped over
-    tasks; elsewhere also XLA's own (cuDNN's grouped convolution) for comparison."""
+    tasks, and on a CPU split into several devices (``--cpu-devices``) also looped over the
+    tasks of each; elsewhere also XLA's own (cuDNN's grouped convolution) for comparison."""
     impl = default_impl(batched_kernels=True)
     if jax.default_backend() == "cpu":
-        return f"{impl}/vmap,{impl}/map"
+        n = jax.device_count()
+        return f"{impl}/vmap,{impl}/map" + (f",{impl}/map@{n}" if n > 1 else "")
     return f"{impl}/vmap" + (",xla/vmap" if impl != "xla" else "")
 
 
