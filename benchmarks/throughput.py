@@ -661,7 +661,10 @@ def main(argv=None) -> dict:
         pairs = [(a, st) for a in args.torch_check.split(",") for st in ("loop", "vmap")]
         print(json.dumps({f"{a},torch-{st}": peer_gradient_error(a, st) for a, st in pairs}))
         return {}
-    variants = [parse_variant(v) for v in (args.jax_variants or default_variants()).split(",")]
+    try:
+        variants = [parse_variant(v) for v in (args.jax_variants or default_variants()).split(",")]
+    except ValueError as e:
+        ap.error(str(e))
     for v in variants:
         if v[2] > jax.device_count():
             ap.error(

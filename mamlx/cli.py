@@ -100,18 +100,18 @@ def split_cpu(count: int) -> None:
     the learner over its own tasks and the cores share the work by tasks, not only inside
     each operation.
 
-    Must run before JAX's first computation starts the backend; asking again for the count
-    the backend already has (a resumed run in the same process) does nothing.
+    Must run before JAX's first computation starts the backend; asking for the count the
+    backend already has (a resumed run in the same process) does nothing.
     """
     import jax
 
     if count < 1:
-        raise ValueError(f"--cpu-devices must be >= 1 (0: JAX's default, one), got {count}")
-    if jax.config.jax_num_cpu_devices == count:
-        return
+        raise ValueError(f"split_cpu needs a positive number of devices, got {count}")
     try:
         jax.config.update("jax_num_cpu_devices", count)
-    except RuntimeError as e:  # the backend already runs with another count
+    except RuntimeError as e:  # the backend runs already (which makes asking for it safe)
+        if len(jax.devices("cpu")) == count:
+            return
         raise ValueError(
             f"--cpu-devices {count}: JAX's CPU backend has already started in this process with "
             f"{len(jax.devices('cpu'))} device(s); the count is fixed from the first computation "
@@ -282,9 +282,9 @@ def _add_run_flags(parser: argparse.ArgumentParser, default: Any = None) -> None
         type=int,
         default=default,
         help="split a CPU into this many JAX devices and shard the task batch over them "
-        "(each device maps the learner over its own tasks; 2 on a 2-core CPU trained 1.09-1.24x "
-        "the tasks/s of one device, benchmarks/results/throughput_cpu_devices.md); params and "
-        "data are copied to each (default 0: one device; refused on a GPU)",
+        "(each device loops over its own tasks; 2 on a 2-core CPU: 1.09-1.24x the tasks/s of one "
+        "device, benchmarks/results/throughput_cpu_devices.md); params and data are copied to "
+        "each (default 0: JAX's one CPU device; refused when JAX computes on an accelerator)",
     )
     parser.add_argument(
         "--distributed",
@@ -363,7 +363,7 @@ def _run_settings(args: argparse.Namespace, run_dir: Path, resume: bool) -> argp
     settings.update({k: v for k, v in given.items() if v is not None})
     if given["devices"] is None and settings["distributed"] and not saved.is_file():
         settings["devices"] = 0  # a multi-host launch shards over every device by default
-    if given["devices"] is None and given["cpu_devices"] and not saved.is_file():
+    if given["devices"] is None and (given["cpu_devices"] or 0) > 1:
         settings["devices"] = 0  # over the CPU's devices (of every host, with --distributed)
     for name in ("chunk", "checkpoint_every"):
         if settings[name] <= 0:
@@ -376,8 +376,16 @@ def _run_settings(args: argparse.Namespace, run_dir: Path, resume: bool) -> argp
         raise ValueError(f"--devices must be >= 0 (0: all devices), got {settings['devices']}")
     if settings["cpu_devices"] < 0:
         raise ValueError(
-            f"--cpu-devices must be >= 0 (0: JAX's default, one), got {settings['cpu_devices']}"
+            f"--cpu-devices must be >= 0 (0: leave JAX's one CPU device), got "
+            f"{settings['cpu_devices']}"
         )
+    if settings["cpu_devices"] > 1 and settings["devices"] == 1:
+        raise ValueError(
+            f"--cpu-devices {settings['cpu_devices']} with --devices 1 would train on one device "
+            "and leave the others idle: drop --devices (it then shards over all of them) or give "
+            "--cpu-devices 0"
+        )
+    settings["cpu_devices_given"] = given["cpu_devices"] is not None
     return argparse.Namespace(**settings)
 
 
@@ -714,15 +722,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     # After jax.distributed.initialize: asking for the backend (bfloat16's check) starts it.
     set_matmul_precision(run.matmul_precision)
     if run.cpu_devices and jax.default_backend() != "cpu":
-        raise ValueError(
-            f"--cpu-devices {run.cpu_devices} splits a CPU backend; this process computes on "
-            f"{jax.default_backend()} (--devices shards over its devices)"
+        if run.cpu_devices_given:
+            raise ValueError(
+                f"--cpu-devices {run.cpu_devices} splits a CPU backend; this process computes on "
+                f"{jax.default_backend()} (--devices shards over its devices; JAX_PLATFORMS=cpu "
+                "computes on the CPU)"
+            )
+        print(  # a run begun on a CPU, resumed on an accelerator: its saved setting is moot
+            f"note: {run_dir}/run.json has cpu_devices {run.cpu_devices}, for a CPU; this process "
+            f"computes on {jax.default_backend()}: cpu_devices 0, devices {run.devices or 'all'}",
+            file=sys.stderr,
         )
+        run.cpu_devices = 0
+    del run.cpu_devices_given  # not a run setting
     if run.devices != 1:
         from mamlx.sharding import check_divisible, task_mesh
 
         mesh = task_mesh(run.devices or None)
-        check_divisible(config.meta_batch, mesh)
+        try:
+            check_divisible(config.meta_batch, mesh)
+        except ValueError as e:
+            if run.cpu_devices:
+                e.add_note(
+                    f"mamlx: --cpu-devices {run.cpu_devices} split the CPU; give a "
+                    "--meta-batch it divides, or another --cpu-devices"
+                )
+            raise
         if mesh.devices.size > 1 and not getattr(config, "reset_inner_state", True):
             raise ValueError(
                 f"reset_inner_state=False carries the inner optimizer's state through the "

@@ -1,11 +1,12 @@
 """The `mamlx` command end to end on tiny runs."""
 
+import argparse
 import json
 
 import jax
 import pytest
 
-from mamlx import evaluate, init_state
+from mamlx import cli, evaluate, init_state
 from mamlx.cli import main
 from mamlx.experiments import build
 from mamlx.runs import read_config
@@ -242,6 +243,46 @@ def test_eval_reads_a_run_without_rewriting_its_log(tmp_path):
     assert json.loads((run / "eval.json").read_text())["step"] == 40
 
 
+def test_cpu_devices_settings_on_new_and_resumed_runs(tmp_path):
+    def settings(run_dir, resume, **given):
+        args = argparse.Namespace(**{**dict.fromkeys(cli.RUN_DEFAULTS), **given})
+        return cli._run_settings(args, run_dir, resume)
+
+    new = settings(tmp_path / "new", False, cpu_devices=2)
+    assert (new.cpu_devices, new.devices, new.cpu_devices_given) == (2, 0, True)
+    assert settings(tmp_path / "new", False, cpu_devices=1).devices == 1  # one device: no mesh
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "run.json").write_text(json.dumps({**cli.RUN_DEFAULTS, "devices": 1}))
+    # asked for on resume: shards over the devices it makes, though the run saved devices 1
+    assert settings(saved, True, cpu_devices=2).devices == 0
+    (saved / "run.json").write_text(
+        json.dumps({**cli.RUN_DEFAULTS, "cpu_devices": 2, "devices": 0})
+    )
+    back = settings(saved, True)  # restored from run.json, not given
+    assert (back.cpu_devices, back.devices, back.cpu_devices_given) == (2, 0, False)
+    with pytest.raises(ValueError, match="leave the others idle"):
+        settings(saved, True, devices=1)
+    assert settings(saved, True, cpu_devices=0, devices=1).cpu_devices == 0
+
+
+def test_a_cpu_split_run_resumes_on_an_accelerator(tmp_path, monkeypatch, capsys):
+    n = len(jax.devices("cpu"))  # this process's backend runs already: its own count is accepted
+    run = tmp_path / "run"
+    assert train(run, "--cpu-devices", str(n), "--devices", "0") == 0
+    assert json.loads((run / "run.json").read_text())["cpu_devices"] == n
+    capsys.readouterr()
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # as if resumed on a GPU box
+    # given there: refused, naming the way out
+    assert main(["train", "--resume", str(run), "--cpu-devices", str(n), "--no-progress"]) == 2
+    assert "splits a CPU backend; this process computes on gpu" in capsys.readouterr().err
+    # saved in run.json, not given: dropped with a note, and the run goes on
+    assert main(["train", "--resume", str(run), "--steps", "60", "--no-progress"]) == 0
+    assert f"run.json has cpu_devices {n}, for a CPU" in capsys.readouterr().err
+    saved = json.loads((run / "run.json").read_text())
+    assert saved["cpu_devices"] == 0 and "cpu_devices_given" not in saved
+
+
 def test_bad_run_flags_and_data_folders_leave_nothing(tmp_path, capsys):
     assert train(tmp_path / "a", "--chunk", "0") == 2
     assert "--chunk must be positive" in capsys.readouterr().err
@@ -249,6 +290,8 @@ def test_bad_run_flags_and_data_folders_leave_nothing(tmp_path, capsys):
     assert "--devices must be >= 0" in capsys.readouterr().err
     assert train(tmp_path / "b", "--cpu-devices", "-1") == 2
     assert "--cpu-devices must be >= 0" in capsys.readouterr().err
+    assert train(tmp_path / "b", "--cpu-devices", "2", "--devices", "1") == 2
+    assert "leave the others idle" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     missing = tmp_path / "nope"
     rc = main(["train", "omniglot", "--data-dir", str(missing), "--out", str(tmp_path / "c")])

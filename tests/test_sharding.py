@@ -138,8 +138,14 @@ CPU_DEVICES = textwrap.dedent(
     assert leaves and sorted(leaves) == sorted(k for k in two.files if k.startswith("leaf:"))
     for k in leaves:  # the same training: tasks split over two devices, gradients averaged
         np.testing.assert_allclose(one[k], two[k], rtol=1e-4, atol=1e-6, err_msg=k)
-    # resuming in a process whose backend already has the saved count is fine
+    # resuming in a process whose backend already has the saved count is fine, and keeps it
     assert main(["train", "--resume", str(out / "two"), "--steps", "12", "--no-progress"]) == 0
+    run = json.loads((out / "two" / "run.json").read_text())
+    assert (run["cpu_devices"], run["devices"], run["resolved"]["device_count"]) == (2, 0, 2)
+    assert "cpu_devices_given" not in run
+    # each device loops over its own tasks, as on one CPU device
+    from mamlx.algorithms.base import resolve_task_map
+    assert resolve_task_map("auto") == "map"
     # another count, once the backend runs: refused with the reason, nothing written
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

@@ -72,7 +72,7 @@ def test_jax_rows_time_fits_chunk_of_sampled_steps(tmp_path, monkeypatch):
     assert "fit step (sampling included)" in out.with_suffix(".md").read_text()
 
 
-def test_variants_name_the_devices_they_shard_over(tmp_path, monkeypatch):
+def test_variants_name_the_devices_they_shard_over(tmp_path, monkeypatch, capsys):
     assert throughput.parse_variant("patches/map") == ("patches", "map", 1)
     assert throughput.parse_variant("patches/map@2") == ("patches", "map", 2)
     for bad in ("patches", "patches/map@", "patches/map@x", "patches/map@0", "/map", "a/b/c"):
@@ -80,6 +80,12 @@ def test_variants_name_the_devices_they_shard_over(tmp_path, monkeypatch):
             throughput.parse_variant(bad)
     monkeypatch.setattr(throughput, "SETTINGS", {"tiny": TINY})
     many = throughput.jax.device_count() + 1
-    argv = f"--settings tiny --jax-variants patches/map@{many} --no-torch --no-ceiling"
-    with pytest.raises(SystemExit):  # more devices than the process has: refused up front
-        throughput.main((argv + f" --out {tmp_path / 't'}").split())
+    for variants, why in (
+        (f"patches/map@{many}", "needs"),
+        ("patches/map@x", "conv_impl/task_map"),
+    ):
+        argv = f"--settings tiny --jax-variants {variants} --no-torch --no-ceiling"
+        with pytest.raises(SystemExit):  # refused up front, nothing measured
+            throughput.main((argv + f" --out {tmp_path / 't'}").split())
+        assert why in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

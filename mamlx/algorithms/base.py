@@ -66,16 +66,18 @@ def check_task_map(task_map: str) -> str:
 
 
 def resolve_task_map(task_map: str) -> str:
-    """``"auto"``: ``"map"`` on a single CPU device, else ``"vmap"``; others unchanged.
+    """``"auto"``: ``"map"`` on CPU, else ``"vmap"``; others unchanged.
 
     On CPU a loop over tasks that takes each task's gradient in turn keeps one
     task's activations in cache and beats vectorizing the meta-batch
-    (``benchmarks/results/throughput.md``); accelerators and sharded task
-    batches want ``vmap``. Resolved when the learner's functions are traced.
+    (``benchmarks/results/throughput.md``), also on each device of a CPU split into
+    several (``mamlx train --cpu-devices``: each device loops over its own tasks inside
+    ``shard_map``, ``benchmarks/results/throughput_cpu_devices.md``); accelerators want
+    ``vmap``. Resolved when the learner's functions are traced.
     """
     if check_task_map(task_map) != "auto":
         return task_map
-    return "map" if jax.default_backend() == "cpu" and jax.device_count() == 1 else "vmap"
+    return "map" if jax.default_backend() == "cpu" else "vmap"
 
 
 def learner_key(key: PRNGKey) -> PRNGKey:
