@@ -102,11 +102,15 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_sharded_meta_gradient_equals_single_device():
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
-    env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
+def run_script(script: str, marker: str, cpu_devices: int | None = None) -> None:
+    """Run ``script`` in a fresh CPU-only process (JAX's device count is fixed per process):
+    with ``cpu_devices`` emulated devices, or none forced; it must print ``marker``."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    if cpu_devices:
+        flags.append(f"--xla_force_host_platform_device_count={cpu_devices}")
+    env = dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
+        [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         env=env,
@@ -114,7 +118,11 @@ def test_sharded_meta_gradient_equals_single_device():
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SHARDING OK" in proc.stdout
+    assert marker in proc.stdout
+
+
+def test_sharded_meta_gradient_equals_single_device():
+    run_script(SCRIPT, "SHARDING OK", cpu_devices=4)
 
 
 CPU_DEVICES = textwrap.dedent(
@@ -178,17 +186,4 @@ CPU_DEVICES = textwrap.dedent(
 
 
 def test_cli_cpu_devices_split_the_cpu_and_train_as_one_device():
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = " ".join(
-        f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", CPU_DEVICES],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "CPU DEVICES OK" in proc.stdout
+    run_script(CPU_DEVICES, "CPU DEVICES OK")  # the script splits the CPU itself
