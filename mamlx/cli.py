@@ -283,8 +283,8 @@ def _add_run_flags(parser: argparse.ArgumentParser, default: Any = None) -> None
         default=default,
         help="split a CPU into this many JAX devices and shard the task batch over them "
         "(each device loops over its own tasks; 2 on a 2-core CPU: 1.09-1.24x the tasks/s of one "
-        "device, benchmarks/results/throughput_cpu_devices.md); params and data are copied to "
-        "each (default 0: JAX's one CPU device; refused when JAX computes on an accelerator)",
+        "device in one run, 0.91-1.24x in another, benchmarks/results/throughput_cpu_devices*.md); "
+        "params and data are copied to each (default 0: JAX's one CPU device; refused when JAX computes on an accelerator)",
     )
     parser.add_argument(
         "--distributed",
