@@ -644,9 +644,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput"))
     args = ap.parse_args(argv)
     if args.cpu_devices is not None:  # before JAX's first computation starts the CPU backend
-        if args.cpu_devices < 1:
-            ap.error(f"--cpu-devices must be at least 1, got {args.cpu_devices}")
-        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+        try:
+            sharding.split_cpu(args.cpu_devices)
+        except ValueError as e:
+            ap.error(str(e))
     repeats = args.repeats or (3 if args.quick else 10)
     MATMUL_PRECISION["level"] = args.matmul_precision
     if args.matmul_precision == "bfloat16" and jax.default_backend() == "cpu":

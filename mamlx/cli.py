@@ -94,31 +94,6 @@ def set_matmul_precision(level: str, backend: str | None = None) -> None:
     jax.config.update("jax_default_matmul_precision", MATMUL_PRECISION_CONFIG[level])
 
 
-def split_cpu(count: int) -> None:
-    """Make JAX's CPU backend ``count`` devices (``jax_num_cpu_devices``), for ``mamlx train
-    --cpu-devices``: with the task batch sharded over them (``--devices``) each device maps
-    the learner over its own tasks and the cores share the work by tasks, not only inside
-    each operation.
-
-    Must run before JAX's first computation starts the backend; asking for the count the
-    backend already has (a resumed run in the same process) does nothing.
-    """
-    import jax
-
-    if count < 1:
-        raise ValueError(f"split_cpu needs a positive number of devices, got {count}")
-    try:
-        jax.config.update("jax_num_cpu_devices", count)
-    except RuntimeError as e:  # the backend runs already (which makes asking for it safe)
-        if len(jax.devices("cpu")) == count:
-            return
-        raise ValueError(
-            f"--cpu-devices {count}: JAX's CPU backend has already started in this process with "
-            f"{len(jax.devices('cpu'))} device(s); the count is fixed from the first computation "
-            "on (start a new process)"
-        ) from e
-
-
 def _saved_precision(run_dir: Path) -> str:
     """The matrix-product precision a run trained with (its run.json; older runs: default)."""
     saved = run_dir / "run.json"
@@ -706,6 +681,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     mesh = None
     if run.cpu_devices:  # before anything starts JAX's backend
+        from mamlx.sharding import split_cpu
+
         split_cpu(run.cpu_devices)
     if run.distributed:
         from mamlx.sharding import initialize_distributed

@@ -46,6 +46,29 @@ def task_mesh(devices: Sequence[jax.Device] | int | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (AXIS,))
 
 
+def split_cpu(count: int) -> None:
+    """Make JAX's CPU backend ``count`` devices (``jax_num_cpu_devices``), as ``mamlx train
+    --cpu-devices`` and ``benchmarks/throughput.py --cpu-devices`` do. With the task batch
+    sharded over them (:func:`task_mesh`, ``--devices``) each device maps the learner over
+    its own tasks and the cores share the work by tasks, not only inside each operation.
+
+    Must run before JAX's first computation starts the backend; asking for the count the
+    backend already has (a resumed run in the same process) does nothing.
+    """
+    if count < 1:
+        raise ValueError(f"split_cpu needs a positive number of devices, got {count}")
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError as e:  # the backend runs already (which makes asking for it safe)
+        if len(jax.devices("cpu")) == count:
+            return
+        raise ValueError(
+            f"{count} CPU devices (--cpu-devices): JAX's CPU backend has already started in "
+            f"this process with {len(jax.devices('cpu'))} device(s); the count is fixed from the "
+            "first computation on (start a new process)"
+        ) from e
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """Sharding that keeps a full copy on every device of ``mesh``."""
     return NamedSharding(mesh, PartitionSpec())
