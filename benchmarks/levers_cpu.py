@@ -17,7 +17,12 @@ Levers:
 * ``patch-barrier``: the patches' input (batch norm + ReLU of the layer before) written
   once (``lax.optimization_barrier``) instead of recomputed inside each tap slice;
 * ``shifted-products``: the 64-channel convolutions as nine shifted products
-  ``sum_t slice_t(x) @ W_t`` (no patch matrix).
+  ``sum_t slice_t(x) @ W_t`` (no patch matrix);
+* ``shared-first-step``: every task's first inner step starts from the same meta-parameters,
+  so it is taken for all tasks at once (``vmap`` with the parameters shared: one product over
+  the whole batch's support images per layer, per-task weight gradients), and only the later
+  steps and the query loss loop over tasks; second-order MAML sends the query loss's
+  cotangents back through that vectorized step in one ``vjp``.
 
 Usage::
 
@@ -43,12 +48,15 @@ mamlx.runtime.tune_host_allocator()  # before JAX computes anything, as throughp
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
 import throughput as tp  # noqa: E402
 from jax import lax  # noqa: E402
 
 import mamlx.algorithms.base as base  # noqa: E402
 import mamlx.algorithms.reptile as reptile_mod  # noqa: E402
 import mamlx.models.conv4 as conv4  # noqa: E402
+from mamlx import inner  # noqa: E402
+from mamlx.losses import task_metrics  # noqa: E402
 from mamlx.models import conv  # noqa: E402
 
 
@@ -124,6 +132,75 @@ def _groups(g: int):
     return stack
 
 
+def _shared_first_meta_grad(apply_fn, algo: str, s: tp.Setting):
+    """The setting's meta-gradient with the first inner step vectorized over tasks."""
+    opt = inner.as_optimizer(s.inner_lr)
+    first_order = algo != "maml"
+
+    def support_loss(p, x, y):
+        return task_metrics(apply_fn(p, x), y)[0]
+
+    def first_steps(theta, episodes):  # (losses, grads) at theta, one per task
+        vg = jax.vmap(jax.value_and_grad(support_loss), (None, 0, 0))
+        return vg(theta, episodes.support_x, episodes.support_y)
+
+    def adapted(
+        theta, l0, g0, ep
+    ):  # the first step from its given loss and gradient, then the rest
+        if first_order:
+            l0, g0 = lax.stop_gradient((l0, g0))
+        updates, state = inner.opt_update(opt, g0, opt.init(theta), theta, l0)
+        rest = inner.run(
+            support_loss,
+            optax.apply_updates(theta, updates),
+            ep.support_x,
+            ep.support_y,
+            steps=s.inner_steps - 1,
+            optimizer=opt,
+            opt_state=state,
+            first_order=first_order,
+        )
+        return rest.params
+
+    def query(theta, l0, g0, ep):
+        return task_metrics(apply_fn(adapted(theta, l0, g0, ep), ep.query_x), ep.query_y)
+
+    def meta_grad(theta, episodes, key=None):
+        n = episodes.support_x.shape[0]
+        zeros = jax.tree.map(jnp.zeros_like, theta)
+        if algo == "reptile":
+
+            def body(total, x):
+                p = adapted(theta, *x)
+                metrics = task_metrics(apply_fn(p, x[2].query_x), x[2].query_y)[1]
+                return jax.tree.map(jnp.add, total, p), metrics
+
+            total, metrics = lax.scan(body, zeros, (*first_steps(theta, episodes), episodes))
+            return jax.tree.map(lambda p, t: p - t / n, theta, total), base.mean_metrics(metrics)
+        first, back = jax.vjp(lambda th: first_steps(th, episodes), theta)
+
+        def body(total, x):
+            argnums = 0 if first_order else (0, 1, 2)
+            grads, metrics = jax.grad(query, argnums, has_aux=True)(theta, *x)
+            direct, cot = (grads, None) if first_order else (grads[0], grads[1:])
+            return jax.tree.map(jnp.add, total, direct), (cot, metrics)
+
+        total, (cot, metrics) = lax.scan(body, zeros, (*first, episodes))
+        if not first_order:  # the query losses' cotangents through the vectorized first step
+            total = jax.tree.map(jnp.add, total, back(cot)[0])
+        return jax.tree.map(lambda t: t / n, total), base.mean_metrics(metrics)
+
+    return meta_grad
+
+
+_REAL_LEARNER = tp._jax_learner
+
+
+def _learner_with_shared_first_step(apply_fn, algo, s, task_map, init=lambda key: None):
+    learner = _REAL_LEARNER(apply_fn, algo, s, task_map, init)
+    return learner._replace(meta_grad=_shared_first_meta_grad(apply_fn, algo, s))
+
+
 LEVERS = {  # lever -> {variant name: context manager factory}
     "bias-shift": {
         "no-bias": lambda: mock.patch.object(conv4.ConvBlock, "finish", _finish_without_bias)
@@ -135,6 +212,9 @@ LEVERS = {  # lever -> {variant name: context manager factory}
     "patch-barrier": {"barrier": lambda: mock.patch.object(conv4, "conv2d", _conv_after_barrier)},
     "shifted-products": {
         "shifted": lambda: mock.patch.object(conv4, "conv2d", _conv_shifted_products)
+    },
+    "shared-first-step": {
+        "vectorized": lambda: mock.patch.object(tp, "_jax_learner", _learner_with_shared_first_step)
     },
 }
 

@@ -46,3 +46,31 @@ def test_lever_trains_the_same_step_in_another_program(lever, name):
     after = (levers_cpu.conv4.batch_norm, levers_cpu.conv4.conv2d, levers_cpu.base.map_tasks_mean)
     assert after == before and levers_cpu.reptile_mod.map_tasks_mean is before[2]
     assert levers_cpu.conv4.ConvBlock.finish is not levers_cpu._finish_without_bias
+
+
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile"])
+def test_shared_first_step_is_each_learners_meta_gradient(algo):
+    # Against the learner's own per-task loop, in float64 so that round-off cannot hide a wrong
+    # term: three inner steps (the vectorized first and two looped), second-order MAML's
+    # cotangents sent back through the vectorized step. The conv biases' gradients are zero
+    # (batch norm cancels them), hence the absolute tolerance.
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from mamlx import Episode
+    from mamlx.models import functional
+
+    s = replace(TINY, ways=3, shots=2, queries=3, meta_batch=4, inner_steps=3)
+    with jax.enable_x64(True):
+        model = levers_cpu.conv4.Conv4(s.ways, in_shape=s.image, filters=4, rngs=nnx.Rngs(0))
+        apply_fn, params = functional(model)
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        sx, sy, qx, qy = throughput.make_batch(s)
+        batch = Episode(jnp.asarray(sx, jnp.float64), sy, jnp.asarray(qx, jnp.float64), qy)
+        want, want_m = throughput._jax_learner(apply_fn, algo, s, "map").meta_grad(params, batch)
+        got, got_m = levers_cpu._shared_first_meta_grad(apply_fn, algo, s)(params, batch)
+        scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want))
+        for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12 * scale)
+        np.testing.assert_allclose(got_m["loss"], want_m["loss"], rtol=1e-12)
