@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -149,6 +150,7 @@ def run(
     unroll: int | bool = 1,
     trace: TraceFn | None = None,
     step_inputs: Any = None,
+    first: tuple[Array, Params] | None = None,
 ) -> InnerResult:
     """The inner loop: ``steps`` optimizer steps on ``loss_fn(params, *args)``, one ``lax.scan``.
 
@@ -178,6 +180,12 @@ def run(
         passes its slice ``x_k`` as the last argument of ``loss_fn(θ_k, *args, x_k)`` and
         of ``trace(θ_{k+1}, s_{k+1}, x_k)`` (``jnp.arange(steps)`` gives per-step
         parameters such as MAML++'s batch-norm weights their step index).
+      first: optional ``(L_0, g_0)``, step 0's loss and gradient at ``params``, computed by
+        the caller, typically for a whole batch of tasks at once by :func:`first_steps`
+        (every task's loop starts from the same meta-parameters, so step 0 of all tasks is
+        one vectorized gradient). The loop then evaluates ``loss_fn`` from step 1 on; the
+        result is the same function of its inputs (``first_order`` stops them alike).
+        Not with ``step_inputs`` (step 0 would need its own inputs).
 
     Returns:
       :class:`InnerResult` ``(params, opt_state, losses, trace)``; ``losses[k] = L(θ_k)``.
@@ -193,23 +201,58 @@ def run(
     if opt_state is None:
         opt_state = opt.init(params)
 
-    def step(carry, x_k):
-        p, s = carry
-        extra = () if step_inputs is None else (x_k,)
-        loss, grads = jax.value_and_grad(loss_fn)(p, *args, *extra)
+    if first is not None and step_inputs is not None:
+        raise ValueError(
+            "run: `first` (step 0's loss and gradient) cannot be given with step_inputs"
+        )
+
+    def update(p, s, loss, grads, extra):
         seen = jax.lax.stop_gradient((loss, grads)) if first_order else (loss, grads)
         updates, s = opt_update(opt, seen[1], s, p, seen[0])
         p = optax.apply_updates(p, updates)
         return (p, s), (loss, None if trace is None else trace(p, s, *extra))
 
+    def step(carry, x_k):
+        extra = () if step_inputs is None else (x_k,)
+        loss, grads = jax.value_and_grad(loss_fn)(carry[0], *args, *extra)
+        return update(*carry, loss, grads, extra)
+
     if remat:
         step = jax.checkpoint(step)
-    (new_params, new_state), (losses, traced) = jax.lax.scan(
-        step, (params, opt_state), step_inputs, length=steps, unroll=unroll
-    )
+    if first is None or steps == 0:
+        (new_params, new_state), (losses, traced) = jax.lax.scan(
+            step, (params, opt_state), step_inputs, length=steps, unroll=unroll
+        )
+    else:
+        carry, out0 = update(params, opt_state, *first, ())
+        (new_params, new_state), rest = jax.lax.scan(
+            step, carry, None, length=steps - 1, unroll=unroll
+        )
+        losses, traced = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), out0, rest)
     if steps == 0:  # hand back the inputs themselves, not scan's copies
         new_params, new_state = params, opt_state
     return InnerResult(new_params, new_state, losses, traced)
+
+
+def first_steps(
+    loss_fn: Callable[..., Array], params: Params, *batched_args: Any
+) -> tuple[Array, Params]:
+    """Step 0's loss and gradient for a batch of tasks whose loops start from ``params``.
+
+    ``jax.vmap`` of ``jax.value_and_grad(loss_fn)`` over the leading (task) axis of
+    ``batched_args``, with ``params`` shared: a layer's product then runs over all tasks'
+    inputs at once (one large matrix product instead of one small one per task), and only
+    the weight gradients are per task. Hand task ``i``'s slice to :func:`run` or
+    :func:`adapt` as ``first=``. Used by first-order MAML and Reptile when they loop over
+    tasks (``task_map="map"``): on 2 CPU cores their Omniglot 5-way 1-shot training step
+    ran 1.18x and 1.19x faster (``benchmarks/results/throughput_levers_cpu.md``).
+
+    Returns:
+      ``(losses, grads)`` with a leading task axis.
+    """
+    return jax.vmap(jax.value_and_grad(loss_fn), (None,) + (0,) * len(batched_args))(
+        params, *batched_args
+    )
 
 
 def adapt(
@@ -222,6 +265,7 @@ def adapt(
     optimizer: InnerOpt,
     first_order: bool = False,
     remat: bool = False,
+    first: tuple[Array, Params] | None = None,
 ) -> tuple[Params, Array]:
     """Adapt ``params`` to one task by ``steps`` optimizer steps on ``loss_fn(params, x, y)``.
 
@@ -240,6 +284,7 @@ def adapt(
         with extra args also get ``value=`` the support loss (:func:`opt_update`).
       first_order: stop gradients through the inner gradient and loss (first-order MAML).
       remat: ``jax.checkpoint`` each inner step to bound backward memory.
+      first: optional ``(L_0, g_0)`` at ``params`` on ``(x, y)``, see :func:`run`.
 
     Returns:
       ``(adapted_params, losses)`` where ``losses[k]`` is the support loss at θ_k
@@ -261,5 +306,6 @@ def adapt(
         optimizer=optimizer,
         first_order=first_order,
         remat=remat,
+        first=first,
     )
     return out.params, out.losses

@@ -146,3 +146,46 @@ def test_state_passed_in_zero_steps_and_conflicting_flags():
         unroll(adam, lambda q: support(q, A, B), p0, s0, 2, True, first_order=True)
     with pytest.raises(ValueError, match="inner steps must be an integer"):
         inner.run(support, p0, A, B, steps=2.0, optimizer=0.1)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_a_given_first_step_is_the_loop_that_computes_it(first_order):
+    """``first=(L_0, g_0)`` from :func:`inner.first_steps` (tasks batched, θ_0 shared): the
+    same params, losses, trace, optimizer state and gradients (with respect to θ_0, also
+    through the given step 0 when second order) as the loop that evaluates step 0 itself;
+    Adam checks that the state the given step leaves is the one the later steps start from."""
+    with jax.enable_x64(True):
+        bs = jnp.stack([B, B[::-1], 2 * B])  # three tasks, one θ_0
+        theta0 = {"w": jnp.array([0.2, -0.4, 1.0])}
+        opt = optax.adam(0.1)
+        kw = dict(steps=STEPS, optimizer=opt, first_order=first_order, trace=lambda p, s: query(p))
+
+        def outer(theta, b, first=None):
+            out = inner.run(support, theta, A, b, first=first, **kw)
+            return query(out.params) + jnp.sum(out.trace) + jnp.sum(out.losses), out
+
+        def batched(theta):
+            first = inner.first_steps(support, theta, jnp.broadcast_to(A, bs.shape), bs)
+            return jax.vmap(lambda b, f: outer(theta, b, (f[0], f[1]))[0])(bs, first).sum()
+
+        looped = lambda theta: sum(outer(theta, b)[0] for b in bs)
+        np.testing.assert_allclose(batched(theta0), looped(theta0), rtol=1e-13)
+        g_batched, g_looped = jax.grad(batched)(theta0), jax.grad(looped)(theta0)
+        np.testing.assert_allclose(g_batched["w"], g_looped["w"], rtol=1e-12)
+        first = jax.value_and_grad(support)(theta0, A, bs[1])
+        _, given = outer(theta0, bs[1], first)
+        _, computed = outer(theta0, bs[1])
+        flat = lambda t: jax.flatten_util.ravel_pytree(t)[0]
+        np.testing.assert_allclose(flat(given), flat(computed), rtol=1e-13)
+        # A wrong step 0 is used as given: the argument is not ignored.
+        wrong = (first[0], jax.tree.map(lambda g: g + 1.0, first[1]))
+        assert not np.allclose(outer(theta0, bs[1], wrong)[1].params["w"], computed.params["w"])
+
+
+def test_a_given_first_step_with_step_inputs_is_refused():
+    first = jax.value_and_grad(support)({"w": jnp.zeros(3)}, A, B)
+    with pytest.raises(ValueError, match="step_inputs"):
+        inner.run(
+            lambda p, x: support(p, A, x), {"w": jnp.zeros(3)}, steps=2, optimizer=ALPHA,
+            step_inputs=jnp.stack([B, B]), first=first,
+        )  # fmt: skip

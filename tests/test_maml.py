@@ -105,6 +105,37 @@ def test_batched_meta_gradient_is_mean_of_per_task_gradients():
         assert np.isfinite(metrics["loss"])
 
 
+@pytest.mark.parametrize("transductive", [True, False])
+def test_first_order_loop_over_tasks_is_the_mean_of_per_task_gradients(transductive):
+    """First-order MAML with ``task_map="map"`` takes all tasks' first inner step at once
+    (:func:`mamlx.inner.first_steps`); its meta-gradient and metrics are still the mean of
+    the per-task ``outer_loss`` gradients (which adapt task by task), in float64, with SGD
+    and with Adam as the inner optimizer (whose state the first step hands on), and the same
+    as vectorizing the tasks."""
+    import optax
+
+    with jax.enable_x64(True):
+        apply_fn, init_fn = sinusoid_model((8,))
+        eps = sine_batch64(4)
+        for inner_opt in (0.01, optax.adam(0.05)):
+            learners = {
+                tm: fomaml(apply_fn, init_fn, inner_lr=inner_opt, inner_steps=3, task_map=tm,
+                           transductive=transductive)
+                for tm in ("map", "vmap")
+            }  # fmt: skip
+            params = tree_cast(learners["map"].init(jax.random.PRNGKey(0)), jnp.float64)
+            g_map, m_map = learners["map"].meta_grad(params, eps)
+            g_vmap, _ = learners["vmap"].meta_grad(params, eps)
+            task = lambda p, i: learners["map"].outer_loss(p, jax.tree.map(lambda a: a[i], eps))
+            per_task = [jax.grad(task, has_aux=True)(params, i) for i in range(4)]
+            mean = jax.tree.map(lambda *g: sum(g) / 4, *[g for g, _ in per_task])
+            for a, b, c in zip(*map(jax.tree.leaves, (g_map, mean, g_vmap)), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+                np.testing.assert_allclose(a, c, rtol=1e-10, atol=1e-14)
+            want_loss = np.mean([float(m["loss"]) for _, m in per_task])
+            np.testing.assert_allclose(m_map["loss"], want_loss, rtol=1e-12)
+
+
 def test_remat_gives_the_same_meta_gradient_in_less_memory():
     # Large enough that per-step activations dominate: a 1-128-1 MLP, 100 shots, 10 steps
     # (measured on CPU: 1.8 MB of temporaries without remat, 0.35 MB with).

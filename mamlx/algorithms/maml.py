@@ -13,9 +13,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
+
 from mamlx import inner
-from mamlx.algorithms.base import MetaLearner, gradient_learner, query_outer_loss
-from mamlx.algorithms.gradient_based import check_inner_args, make_predict, support_loss_fn
+from mamlx.algorithms.base import (
+    MetaLearner,
+    gradient_learner,
+    map_tasks_mean,
+    query_outer_loss,
+    resolve_task_map,
+)
+from mamlx.algorithms.gradient_based import (
+    SupportContext,
+    check_inner_args,
+    make_predict,
+    support_loss_fn,
+)
+from mamlx.losses import task_metrics
 from mamlx.models.adapter import ApplyFn
 from mamlx.types import Params, PRNGKey
 
@@ -44,10 +58,14 @@ def maml(
       inner_steps: inner steps during meta-training (test-time steps are chosen
         by ``adapt(..., steps=)``).
       first_order: first-order MAML (no second derivatives).
-      remat: checkpoint each inner step (memory bounded in the number of steps).
+      remat: checkpoint each inner step (memory bounded in the number of steps); first-order
+        MAML then also keeps its first inner step in the per-task loop (below).
       loss_fn: ``loss_fn(pred, y)``; default cross-entropy for integer labels,
         MSE otherwise.
       task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
+        First-order MAML looping over tasks (``"map"``) takes every task's first inner step
+        at once (:func:`mamlx.inner.first_steps`: all tasks start from the meta-parameters),
+        so the support sets' first forward and backward pass is alive for all tasks together.
       transductive: batch-norm statistics from the whole query batch (True, as
         the original MAML) or from support ∪ {one query} (False); see
         :func:`mamlx.algorithms.gradient_based.make_predict`.
@@ -66,7 +84,7 @@ def maml(
 
     support_loss = support_loss_fn(apply_fn, loss_fn)
 
-    def adapt_params(meta_params, support_x, support_y, steps=None):
+    def adapt_params(meta_params, support_x, support_y, steps=None, first=None):
         steps = inner_steps if steps is None else steps
         params, _ = inner.adapt(
             support_loss,
@@ -77,6 +95,7 @@ def maml(
             optimizer=inner_lr,
             first_order=first_order,
             remat=remat,
+            first=first,
         )
         return params
 
@@ -84,7 +103,25 @@ def maml(
 
     outer_loss = query_outer_loss(adapt, predict, loss_fn)
 
-    return gradient_learner(init_fn, adapt, predict, outer_loss, task_map, loss_fn)
+    learner = gradient_learner(init_fn, adapt, predict, outer_loss, task_map, loss_fn)
+    if not first_order or remat or inner_steps == 0:
+        return learner
+
+    def outer_loss_after(meta_params, task):
+        """``outer_loss`` of one task given its first inner step's loss and gradient."""
+        episode, first = task
+        params = adapt_params(meta_params, episode.support_x, episode.support_y, None, first)
+        state = params if transductive else SupportContext(params, episode.support_x)
+        return task_metrics(predict(state, episode.query_x), episode.query_y, loss_fn)
+
+    def meta_grad(meta_params, episodes, key=None):
+        if resolve_task_map(task_map) != "map":
+            return learner.meta_grad(meta_params, episodes, key)
+        first = inner.first_steps(support_loss, meta_params, episodes.support_x, episodes.support_y)
+        task_grad = jax.grad(outer_loss_after, has_aux=True)
+        return map_tasks_mean(task_grad, meta_params, (episodes, first), "map")
+
+    return learner._replace(meta_grad=meta_grad)
 
 
 def fomaml(apply_fn: ApplyFn, init_fn: Callable[[PRNGKey], Params], **kwargs) -> MetaLearner:

@@ -32,7 +32,13 @@ import optax
 
 from mamlx import inner
 from mamlx._checks import check_bool, check_count
-from mamlx.algorithms.base import MetaLearner, map_tasks_mean, mean_metrics, query_outer_loss
+from mamlx.algorithms.base import (
+    MetaLearner,
+    map_tasks_mean,
+    mean_metrics,
+    query_outer_loss,
+    resolve_task_map,
+)
 from mamlx.algorithms.gradient_based import (
     check_inner_args,
     make_predict,
@@ -66,6 +72,9 @@ def reptile(
       inner_steps: inner steps k on the support set during meta-training.
       loss_fn: ``loss_fn(pred, y)``; default by target dtype.
       task_map: ``"vmap"``, ``"map"`` or ``"auto"`` over the task batch (:func:`~mamlx.algorithms.map_tasks`).
+        Looping over tasks (``"map"``) on whole support sets (no ``inner_batch``), the first
+        inner step of all tasks is one vectorized gradient at the meta-parameters
+        (:func:`mamlx.inner.first_steps`), the later steps loop over tasks.
       transductive: if False, each query example is classified with batch
         statistics of the support set plus that example alone (the paper's
         non-transductive evaluation). ``meta_grad``'s metrics (training loss and
@@ -108,12 +117,15 @@ def reptile(
 
     support_loss = support_loss_fn(apply_fn, loss_fn)
 
-    def run_task(phi, opt_state, support_x, support_y, steps=None, key=None):
-        """The inner loop from ``phi`` (and ``opt_state``; ``None``: a fresh state)."""
+    def run_task(phi, opt_state, support_x, support_y, steps=None, key=None, first=None):
+        """The inner loop from ``phi`` (and ``opt_state``; ``None``: a fresh state); ``first``:
+        its first step's loss and gradient (:func:`mamlx.inner.first_steps`)."""
         steps = inner_steps if steps is None else steps
         if key is None:
             loss = lambda p: support_loss(p, support_x, support_y)
-            return inner.run(loss, phi, steps=steps, optimizer=opt, opt_state=opt_state)
+            return inner.run(
+                loss, phi, steps=steps, optimizer=opt, opt_state=opt_state, first=first
+            )
         idx = minibatch_indices(key, support_x.shape[0], inner_batch, steps)
         batches = (support_x[idx], support_y[idx])  # (steps, inner_batch, ...)
         step_loss = lambda p, batch: support_loss(p, *batch)
@@ -141,6 +153,12 @@ def reptile(
     def task_update(meta_params, episode: Episode, key=None):
         adapted = adapt_params(meta_params, episode.support_x, episode.support_y, key=key)
         return adapted, logged_metrics(adapted, episode)
+
+    def task_update_after(meta_params, task):
+        """``task_update`` given the task's first inner step (loss and gradient)."""
+        episode, first = task
+        adapted = run_task(meta_params, None, episode.support_x, episode.support_y, first=first)
+        return adapted.params, logged_metrics(adapted.params, episode)
 
     def carried_meta_grad(meta_params: CarriedParams, episodes: Episode, key=None):
         n = episodes.support_x.shape[0]
@@ -175,6 +193,12 @@ def reptile(
             )
         if carry:
             return carried_meta_grad(meta_params, episodes, key)
+        if key is None and inner_steps > 0 and resolve_task_map(task_map) == "map":
+            # Every task starts from meta_params: their first steps as one vectorized gradient.
+            sx, sy = episodes.support_x, episodes.support_y
+            tasks = (episodes, inner.first_steps(support_loss, meta_params, sx, sy))
+            adapted, metrics = map_tasks_mean(task_update_after, meta_params, tasks, "map")
+            return jax.tree.map(jnp.subtract, meta_params, adapted), metrics
         adapted, metrics = map_tasks_mean(task_update, meta_params, episodes, task_map, key)
         return jax.tree.map(jnp.subtract, meta_params, adapted), metrics
 
