@@ -22,7 +22,10 @@ Levers:
   so it is taken for all tasks at once (``vmap`` with the parameters shared: one product over
   the whole batch's support images per layer, per-task weight gradients), and only the later
   steps and the query loss loop over tasks; second-order MAML sends the query loss's
-  cotangents back through that vectorized step in one ``vjp``.
+  cotangents back through that vectorized step in one ``vjp``. It won for first-order MAML
+  and Reptile, which now do it themselves when they loop over tasks
+  (:func:`mamlx.inner.first_steps`), so their default here is the lever; it stays a lever
+  for second-order MAML.
 
 Usage::
 
