@@ -113,8 +113,11 @@ def _private_cache(tmp_path_factory):
     from mamlx.tasks import cache
 
     set_here = "MAMLX_CACHE" not in os.environ
-    if set_here:
-        os.environ["MAMLX_CACHE"] = str(tmp_path_factory.mktemp("mamlx_cache"))
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    if set_here:  # one for all xdist workers (cache writes are atomic): Omniglot decoded once
+        (shared / "mamlx_cache").mkdir(exist_ok=True)
+        os.environ["MAMLX_CACHE"] = str(shared / "mamlx_cache")
     default = cache.DEFAULT_CACHE_ROOT
     cache.DEFAULT_CACHE_ROOT = Path(os.environ["MAMLX_CACHE"])
     # One persistent compilation cache for the whole run, shared by the xdist workers and
@@ -122,8 +125,6 @@ def _private_cache(tmp_path_factory):
     # same small network), and a fresh function object misses JAX's in-memory cache.
     jax_cache = "MAMLX_JAX_CACHE" not in os.environ
     if jax_cache:
-        base = tmp_path_factory.getbasetemp()
-        shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
         os.environ["MAMLX_JAX_CACHE"] = str(shared / "jax-cache")
     jax.config.update("jax_compilation_cache_dir", os.environ["MAMLX_JAX_CACHE"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
