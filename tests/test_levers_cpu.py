@@ -69,8 +69,9 @@ def test_shared_first_step_is_maml_s_meta_gradient():
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
         sx, sy, qx, qy = throughput.make_batch(s)
         batch = Episode(jnp.asarray(sx, jnp.float64), sy, jnp.asarray(qx, jnp.float64), qy)
-        want, want_m = throughput._jax_learner(apply_fn, algo, s, "map").meta_grad(params, batch)
-        got, got_m = levers_cpu._shared_first_meta_grad(apply_fn, algo, s)(params, batch)
+        learner = throughput._jax_learner(apply_fn, algo, s, "map")
+        want, want_m = jax.jit(learner.meta_grad)(params, batch)
+        got, got_m = jax.jit(levers_cpu._shared_first_meta_grad(apply_fn, algo, s))(params, batch)
         scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want))
         for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12 * scale)

@@ -124,10 +124,11 @@ def test_first_order_loop_over_tasks_is_the_mean_of_per_task_gradients(transduct
                 for tm in ("map", "vmap")
             }  # fmt: skip
             params = tree_cast(learners["map"].init(jax.random.PRNGKey(0)), jnp.float64)
-            g_map, m_map = learners["map"].meta_grad(params, eps)
-            g_vmap, _ = learners["vmap"].meta_grad(params, eps)
+            g_map, m_map = jax.jit(learners["map"].meta_grad)(params, eps)
+            g_vmap, _ = jax.jit(learners["vmap"].meta_grad)(params, eps)
             task = lambda p, i: learners["map"].outer_loss(p, jax.tree.map(lambda a: a[i], eps))
-            per_task = [jax.grad(task, has_aux=True)(params, i) for i in range(4)]
+            task_grad = jax.jit(jax.grad(task, has_aux=True), static_argnums=1)
+            per_task = [task_grad(params, i) for i in range(4)]
             mean = jax.tree.map(lambda *g: sum(g) / 4, *[g for g, _ in per_task])
             for a, b, c in zip(*map(jax.tree.leaves, (g_map, mean, g_vmap)), strict=True):
                 np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)

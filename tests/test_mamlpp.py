@@ -77,10 +77,12 @@ def test_all_options_off_is_maml_step_for_step():
         _close(pa, pb["params"], 0, 0)
         opt = optax.adam(1e-2)
         sa, sb = opt.init(pa), opt.init(pb)
+        grad_a = jax.jit(a.meta_grad)
+        grad_b = jax.jit(lambda p, e, s: b.meta_grad(p, e, step=s))
         for i in range(3):
             eps = _episodes(seed=i)
-            ga, ma = a.meta_grad(pa, eps)
-            gb, mb = b.meta_grad(pb, eps, step=i)
+            ga, ma = grad_a(pa, eps)
+            gb, mb = grad_b(pb, eps, i)
             _close(ga, gb["params"])
             np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-12)
             ua, sa = opt.update(ga, sa, pa)
@@ -96,8 +98,8 @@ def test_multi_step_loss_on_the_last_step_alone_is_mamls_loss():
         msl = mamlpp(apply_fn, init_fn, inner_lr=LR, inner_steps=3, msl_weights=(0, 0, 1))
         params = ref.init(jax.random.PRNGKey(1))
         eps = _episodes()
-        g_ref, m_ref = ref.meta_grad(params, eps)
-        g, m = msl.meta_grad({"params": params}, eps, step=0)
+        g_ref, m_ref = jax.jit(ref.meta_grad)(params, eps)
+        g, m = jax.jit(lambda p, e: msl.meta_grad(p, e, step=0))({"params": params}, eps)
         _close(g_ref, g["params"])
         np.testing.assert_allclose(m_ref["loss"], m["loss"], rtol=1e-12)
 
@@ -126,10 +128,11 @@ def test_annealed_multi_step_loss_follows_the_training_step():
         learner = mamlpp(apply_fn, init_fn, **kw)
         meta = learner.init(jax.random.PRNGKey(0))
         eps = _episodes()
+        annealed = jax.jit(lambda m, e, s: learner.meta_grad(m, e, step=s)[0])
         for step in (0, 4, 6):
             w = tuple(float(x) for x in msl_weights(step, 2, 2, 3))
             fixed = mamlpp(apply_fn, init_fn, inner_lr=LR, inner_steps=2, msl_weights=w)
-            _close(fixed.meta_grad(meta, eps)[0], learner.meta_grad(meta, eps, step=step)[0])
+            _close(jax.jit(fixed.meta_grad)(meta, eps)[0], annealed(meta, eps, step))
 
 
 # --- derivative-order annealing -----------------------------------------------------------
@@ -143,12 +146,12 @@ def test_derivative_order_annealing_switches_exactly_at_the_configured_step():
         )
         meta = da.init(jax.random.PRNGKey(0))
         eps = _episodes()
-        first = fomaml(apply_fn, init_fn, inner_lr=LR, inner_steps=2).meta_grad(
+        first = jax.jit(fomaml(apply_fn, init_fn, inner_lr=LR, inner_steps=2).meta_grad)(
             meta["params"], eps
         )[0]
-        second = maml(apply_fn, init_fn, inner_lr=LR, inner_steps=2).meta_grad(meta["params"], eps)[
-            0
-        ]
+        second = jax.jit(maml(apply_fn, init_fn, inner_lr=LR, inner_steps=2).meta_grad)(
+            meta["params"], eps
+        )[0]
         assert _max_diff(first, second) > 1e-4
         step_fn = jax.jit(lambda m, e, s: da.meta_grad(m, e, step=s)[0])
         for step in (0, 5):

@@ -57,6 +57,9 @@ SCRIPT = textwrap.dedent(
     cases = [
         (meta_lstm(*sinusoid_model((8,)), inner_steps=2, init_lr=0.01), sinusoid(5), None),
         (reptile(*sinusoid_model((8,)), inner_opt=lopt, inner_steps=2), sinusoid(5), None),
+        # looping over tasks: the first inner steps of a device's tasks vectorized (first_steps)
+        (reptile(*sinusoid_model((8,)), inner_opt=0.05, inner_steps=2, task_map="map"),
+         sinusoid(5), None),
         (matching(*tiny_conv(), fce_steps=2, feature_dim=16, task_map="map"),
          fewshot_sampler(3, 1, 2), images),
     ]

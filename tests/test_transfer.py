@@ -37,7 +37,7 @@ def test_episodic_pretraining_gradient_is_the_mean_task_gradient_at_phi_and_maml
         apply_fn, init_fn = _fc64()
         params = init_fn(jax.random.PRNGKey(0))
         episodes = _episodes()
-        grads, _ = pretrain(apply_fn, init_fn, inner_lr=0.4).meta_grad(params, episodes)
+        grads, _ = jax.jit(pretrain(apply_fn, init_fn, inner_lr=0.4).meta_grad)(params, episodes)
 
         def task_loss(p, ep):  # the loss at φ on all of the task's examples, no inner step
             x = jnp.concatenate([ep.support_x, ep.query_x])
@@ -46,7 +46,7 @@ def test_episodic_pretraining_gradient_is_the_mean_task_gradient_at_phi_and_maml
             return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
 
         per_task = [
-            jax.grad(task_loss)(params, jax.tree.map(lambda a, i=i: a[i], episodes))
+            jax.jit(jax.grad(task_loss))(params, jax.tree.map(lambda a, i=i: a[i], episodes))
             for i in range(3)
         ]
         mean = jax.tree.map(lambda *g: sum(g) / 3, *per_task)
@@ -60,13 +60,15 @@ def test_episodic_pretraining_gradient_is_the_mean_task_gradient_at_phi_and_maml
             jnp.concatenate([episodes.support_x, episodes.query_x], axis=1),
             jnp.concatenate([episodes.support_y, episodes.query_y], axis=1),
         )
-        maml_grads, _ = maml(apply_fn, init_fn, inner_lr=0.4, inner_steps=0).meta_grad(
+        maml_grads, _ = jax.jit(maml(apply_fn, init_fn, inner_lr=0.4, inner_steps=0).meta_grad)(
             params, whole
         )
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(maml_grads), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
         # ... and not MAML's with one step (the contrast is real).
-        one, _ = maml(apply_fn, init_fn, inner_lr=0.4, inner_steps=1).meta_grad(params, whole)
+        one, _ = jax.jit(maml(apply_fn, init_fn, inner_lr=0.4, inner_steps=1).meta_grad)(
+            params, whole
+        )
         assert (
             max(
                 float(jnp.abs(a - b).max())
