@@ -101,6 +101,7 @@ def check_meta_learner(
 
     if check_fd:
 
+        @jax.jit  # called twice per direction: compiled once, not run op by op
         def batch_loss(p):
             return jnp.mean(jax.vmap(learner.outer_loss, (None, 0))(p, episodes)[0])
 
