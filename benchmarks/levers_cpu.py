@@ -51,7 +51,6 @@ mamlx.runtime.tune_host_allocator()  # before JAX computes anything, as throughp
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
 import throughput as tp  # noqa: E402
 from jax import lax  # noqa: E402
 
@@ -136,34 +135,17 @@ def _groups(g: int):
 
 
 def _shared_first_meta_grad(apply_fn, algo: str, s: tp.Setting):
-    """The setting's meta-gradient with the first inner step vectorized over tasks."""
-    opt = inner.as_optimizer(s.inner_lr)
+    """The setting's meta-gradient with the first inner step vectorized over tasks, through
+    the library's own pieces (:func:`mamlx.inner.first_steps`, ``inner.run(..., first=)``)."""
     first_order = algo != "maml"
 
     def support_loss(p, x, y):
         return task_metrics(apply_fn(p, x), y)[0]
 
-    def first_steps(theta, episodes):  # (losses, grads) at theta, one per task
-        vg = jax.vmap(jax.value_and_grad(support_loss), (None, 0, 0))
-        return vg(theta, episodes.support_x, episodes.support_y)
-
-    def adapted(
-        theta, l0, g0, ep
-    ):  # the first step from its given loss and gradient, then the rest
-        if first_order:
-            l0, g0 = lax.stop_gradient((l0, g0))
-        updates, state = inner.opt_update(opt, g0, opt.init(theta), theta, l0)
-        rest = inner.run(
-            support_loss,
-            optax.apply_updates(theta, updates),
-            ep.support_x,
-            ep.support_y,
-            steps=s.inner_steps - 1,
-            optimizer=opt,
-            opt_state=state,
-            first_order=first_order,
-        )
-        return rest.params
+    def adapted(theta, l0, g0, ep):  # the inner loop, its first step's loss and gradient given
+        args = (support_loss, theta, ep.support_x, ep.support_y)
+        kw = dict(steps=s.inner_steps, optimizer=s.inner_lr, first_order=first_order)
+        return inner.run(*args, first=(l0, g0), **kw).params
 
     def query(theta, l0, g0, ep):
         return task_metrics(apply_fn(adapted(theta, l0, g0, ep), ep.query_x), ep.query_y)
@@ -171,6 +153,9 @@ def _shared_first_meta_grad(apply_fn, algo: str, s: tp.Setting):
     def meta_grad(theta, episodes, key=None):
         n = episodes.support_x.shape[0]
         zeros = jax.tree.map(jnp.zeros_like, theta)
+        first_steps = lambda th: inner.first_steps(
+            support_loss, th, episodes.support_x, episodes.support_y
+        )
         if algo == "reptile":
 
             def body(total, x):
@@ -178,9 +163,9 @@ def _shared_first_meta_grad(apply_fn, algo: str, s: tp.Setting):
                 metrics = task_metrics(apply_fn(p, x[2].query_x), x[2].query_y)[1]
                 return jax.tree.map(jnp.add, total, p), metrics
 
-            total, metrics = lax.scan(body, zeros, (*first_steps(theta, episodes), episodes))
+            total, metrics = lax.scan(body, zeros, (*first_steps(theta), episodes))
             return jax.tree.map(lambda p, t: p - t / n, theta, total), base.mean_metrics(metrics)
-        first, back = jax.vjp(lambda th: first_steps(th, episodes), theta)
+        first, back = jax.vjp(first_steps, theta)
 
         def body(total, x):
             argnums = 0 if first_order else (0, 1, 2)

@@ -185,7 +185,7 @@ def run(
         (every task's loop starts from the same meta-parameters, so step 0 of all tasks is
         one vectorized gradient). The loop then evaluates ``loss_fn`` from step 1 on; the
         result is the same function of its inputs (``first_order`` stops them alike).
-        Not with ``step_inputs`` (step 0 would need its own inputs).
+        Not with ``step_inputs`` (step 0 would need its own inputs); unused when ``steps`` is 0.
 
     Returns:
       :class:`InnerResult` ``(params, opt_state, losses, trace)``; ``losses[k] = L(θ_k)``.

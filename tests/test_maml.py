@@ -130,9 +130,10 @@ def test_first_order_loop_over_tasks_is_the_mean_of_per_task_gradients(transduct
             task_grad = jax.jit(jax.grad(task, has_aux=True), static_argnums=1)
             per_task = [task_grad(params, i) for i in range(4)]
             mean = jax.tree.map(lambda *g: sum(g) / 4, *[g for g, _ in per_task])
+            # Measured (jax 0.10.2, CPU): largest relative difference 1e-15, absolute 4.4e-16.
             for a, b, c in zip(*map(jax.tree.leaves, (g_map, mean, g_vmap)), strict=True):
-                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
-                np.testing.assert_allclose(a, c, rtol=1e-10, atol=1e-14)
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+                np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-14)
             want_loss = np.mean([float(m["loss"]) for _, m in per_task])
             np.testing.assert_allclose(m_map["loss"], want_loss, rtol=1e-12)
 
