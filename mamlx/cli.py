@@ -105,6 +105,23 @@ def _saved_precision(run_dir: Path) -> str:
         raise ValueError(f"{saved} is not valid JSON ({e}); delete it to use the defaults") from e
 
 
+def _use_run_precision(run_dir: Path, given: str | None = None) -> str:
+    """Set the matrix-product precision for using a trained run: ``given`` (a flag), else the
+    one the run trained with; a bfloat16 run on a CPU (which cannot compile bfloat16
+    products) runs at the default, with a note on stderr. Returns the level set."""
+    import jax
+
+    level = given or _saved_precision(Path(run_dir))
+    if not given and level == "bfloat16" and jax.default_backend() == "cpu":
+        print(
+            f"note: {run_dir} trained with bfloat16 products, a CPU runs it at float32",
+            file=sys.stderr,
+        )
+        level = "default"
+    set_matmul_precision(level)
+    return level
+
+
 def _env_defaults() -> dict[str, Any]:
     """The CLI's defaults from ``MAMLX_*`` environment variables (the library reads none).
 
@@ -530,6 +547,11 @@ def build_parser(tables: bool = True) -> argparse.ArgumentParser:
             "--latest",
             action="store_true",
             help="use the latest checkpoint (default: best.npz, the best validation, if any)",
+        )
+        p.add_argument(
+            "--matmul-precision",
+            choices=MATMUL_PRECISIONS,
+            help="precision of float32 matrix products (default: the one the run trained with)",
         )
     return parser
 
@@ -981,6 +1003,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mamlx.runs import load_run, predict_folders
 
     enable_compilation_cache()
+    _use_run_precision(Path(args.run_dir), args.matmul_precision)
     run = load_run(args.run_dir, best=not args.latest)
     pred = predict_folders(run, args.support, args.query, steps=args.steps)
     for path, name in zip(pred.paths, pred.predicted, strict=True):
@@ -1014,6 +1037,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first")
     enable_compilation_cache()
+    _use_run_precision(Path(args.run_dir), args.matmul_precision)
     run = load_run(args.run_dir, best=not args.latest)
     paths, emb = embed_folder(run, args.images)
     checkpoint.atomic_write_bytes(out, lambda f: np.save(f, emb))
@@ -1046,11 +1070,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     sine.max_steps = 10 if args.max_steps is None else args.max_steps
     sine.queries = 100 if args.queries is None else args.queries
     for rd in map(Path, args.run_dirs):
-        level = args.matmul_precision or _saved_precision(rd)
-        if not args.matmul_precision and level == "bfloat16" and jax.default_backend() == "cpu":
-            print(f"note: {rd} trained with bfloat16 products, a CPU evaluates it at float32")
-            level = "default"
-        set_matmul_precision(level)
+        _use_run_precision(rd, args.matmul_precision)
         if isinstance(_load_run_config(rd), _config.FewShotConfig):
             eval_fewshot(rd, args)
             continue

@@ -101,6 +101,14 @@ def miniimagenet_dir() -> Path:
     return data_dir("miniimagenet")
 
 
+@pytest.fixture
+def restore_matmul_precision():
+    """Put JAX's global matrix-product precision back after a test that sets it."""
+    before = jax.config.jax_default_matmul_precision
+    yield
+    jax.config.update("jax_default_matmul_precision", before)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     """Keep the tests' preprocessed-data and compilation caches out of the user's home.

@@ -299,13 +299,6 @@ def test_bad_run_flags_and_data_folders_leave_nothing(tmp_path, capsys):
     assert not missing.exists() and not (tmp_path / "c").exists()
 
 
-@pytest.fixture
-def restore_matmul_precision():
-    before = jax.config.jax_default_matmul_precision
-    yield
-    jax.config.update("jax_default_matmul_precision", before)
-
-
 @pytest.mark.parametrize(
     "level, lowered",
     [

@@ -169,6 +169,45 @@ def test_predict_and_embed_with_a_metric_learner(
     np.testing.assert_allclose(emb, embed(run, qx), rtol=1e-4, atol=1e-4)
 
 
+def test_predict_and_embed_use_the_runs_matmul_precision(
+    proto, drawings, tmp_path, monkeypatch, capsys, restore_matmul_precision
+):
+    """The precision the run trained with (run.json), unless --matmul-precision is given; a
+    bfloat16 run on a CPU (which cannot compile bfloat16 products) runs at the default."""
+    import shutil
+
+    import mamlx.cli as cli
+
+    used = []
+    real = cli.set_matmul_precision
+    monkeypatch.setattr(cli, "set_matmul_precision", lambda lv: (used.append(lv), real(lv)))
+    run = tmp_path / "run"
+    shutil.copytree(proto, run)
+
+    def saved(level: str) -> None:
+        meta = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**meta, "matmul_precision": level}))
+
+    chars = list(drawings)[:2]
+    write(tmp_path / "s", drawings, chars, [1])
+    write(tmp_path / "q", drawings, chars, [2])
+    predict = ["predict", str(run), "--support", str(tmp_path / "s")]
+    predict += ["--query", str(tmp_path / "q")]
+    embed = ["embed", str(run), "--images", str(tmp_path / "q"), "--out", str(tmp_path / "e.npy")]
+    saved("float32")
+    assert main(predict) == 0 and main(embed) == 0
+    assert used == ["float32", "float32"]
+    assert jax.config.jax_default_matmul_precision == "float32"
+    assert main([*predict, "--matmul-precision", "default"]) == 0
+    assert main([*embed, "--matmul-precision", "tensorfloat32"]) == 0
+    assert used[2:] == ["default", "tensorfloat32"]
+    saved("bfloat16")
+    capsys.readouterr()
+    assert main(embed) == 0
+    assert used[-1] == "default"
+    assert "trained with bfloat16 products, a CPU runs it at float32" in capsys.readouterr().err
+
+
 def test_bad_folders_and_files_are_one_line_errors(proto, drawings, tmp_path, capsys):
     chars = list(drawings)[:3]
     rows = write(tmp_path / "support", drawings, chars, range(1, 2))

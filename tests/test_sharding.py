@@ -105,15 +105,16 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def run_script(script: str, marker: str, cpu_devices: int | None = None) -> None:
+def run_script(script: str, marker: str, cpu_devices: int | None = None, *args: str) -> str:
     """Run ``script`` in a fresh CPU-only process (JAX's device count is fixed per process):
-    with ``cpu_devices`` emulated devices, or none forced; it must print ``marker``."""
+    with ``cpu_devices`` emulated devices, or none forced, and ``args`` as ``sys.argv[1:]``;
+    it must print ``marker``. Returns its standard output."""
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
     if cpu_devices:
         flags.append(f"--xla_force_host_platform_device_count={cpu_devices}")
     env = dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -122,6 +123,7 @@ def run_script(script: str, marker: str, cpu_devices: int | None = None) -> None
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert marker in proc.stdout
+    return proc.stdout
 
 
 def test_sharded_meta_gradient_equals_single_device():
@@ -130,12 +132,12 @@ def test_sharded_meta_gradient_equals_single_device():
 
 CPU_DEVICES = textwrap.dedent(
     """
-    import contextlib, io, json, pathlib, sys, tempfile
+    import contextlib, io, json, pathlib, sys
     import jax, numpy as np
     from mamlx import checkpoint
     from mamlx.cli import main
 
-    out = pathlib.Path(tempfile.mkdtemp())
+    out = pathlib.Path(sys.argv[1])
     common = ["train", "sinusoid", "--steps", "8", "--meta-batch", "8", "--chunk", "4",
               "--no-progress", "--no-compile-cache"]
     assert main(common + ["--cpu-devices", "2", "--out", str(out / "two")]) == 0
@@ -188,5 +190,35 @@ CPU_DEVICES = textwrap.dedent(
 )
 
 
-def test_cli_cpu_devices_split_the_cpu_and_train_as_one_device():
-    run_script(CPU_DEVICES, "CPU DEVICES OK")  # the script splits the CPU itself
+# A new process resuming the split run: no flag, the split comes from run.json, set before
+# JAX starts; the resumed run equals one trained straight through on the two devices.
+FRESH_RESUME = textwrap.dedent(
+    """
+    import json, pathlib, sys
+    import jax, numpy as np
+    from mamlx import checkpoint
+    from mamlx.cli import main
+
+    out = pathlib.Path(sys.argv[1])
+    assert main(["train", "--resume", str(out / "two"), "--steps", "16", "--no-progress"]) == 0
+    assert len(jax.devices()) == 2, jax.devices()
+    run = json.loads((out / "two" / "run.json").read_text())
+    assert (run["cpu_devices"], run["devices"], run["resolved"]["device_count"]) == (2, 0, 2)
+    assert main(["train", "sinusoid", "--steps", "16", "--meta-batch", "8", "--chunk", "4",
+                 "--no-progress", "--no-compile-cache", "--cpu-devices", "2",
+                 "--out", str(out / "straight")]) == 0
+    paths = [checkpoint.latest_checkpoint(out / name) for name in ("two", "straight")]
+    assert [p.name for p in paths] == [checkpoint.step_path(out, 16).name] * 2, paths
+    resumed, straight = map(np.load, paths)
+    leaves = [k for k in straight.files if k.startswith("leaf:")]
+    assert leaves and sorted(leaves) == sorted(k for k in resumed.files if k.startswith("leaf:"))
+    for k in leaves:
+        np.testing.assert_allclose(resumed[k], straight[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    print("FRESH RESUME OK")
+    """
+)
+
+
+def test_cli_cpu_devices_split_the_cpu_and_train_as_one_device(tmp_path):
+    run_script(CPU_DEVICES, "CPU DEVICES OK", None, str(tmp_path))  # it splits the CPU itself
+    run_script(FRESH_RESUME, "FRESH RESUME OK", None, str(tmp_path))
