@@ -26,6 +26,14 @@ Levers:
   and Reptile, which now do it themselves when they loop over tasks
   (:func:`mamlx.inner.first_steps`), so their default here is the lever; it stays a lever
   for second-order MAML.
+* ``inner-unroll``: the inner loop as straight-line code (``lax.scan``'s ``unroll=True`` in
+  :func:`mamlx.inner.run`) instead of a loop, so XLA schedules and fuses across inner
+  steps (only settings with more than one inner step differ: 20-way here).
+* ``patch-statistics``: the first layer's batch-norm statistics from its patch matrix (the
+  9 x 9 covariance of the taps-major patch rows and the kernel: ``mean = c̄ W + b``,
+  ``var = diag(Wᵀ Σ W)``) instead of two passes over its ``(N·Ho·Wo, 64)`` output. It won
+  (Reptile 20-way) and Conv-4 does it itself (:func:`mamlx.models.conv.conv2d_moments`), so
+  the default here is the lever and the variant ``from-output`` is the block before it.
 
 Usage::
 
@@ -62,15 +70,15 @@ from mamlx.losses import task_metrics  # noqa: E402
 from mamlx.models import conv  # noqa: E402
 
 
-def _finish_without_bias(self, y, mask=None):
-    y = conv4.batch_norm(self.norm, y, False if self.transductive else None, mask)
+def _finish_without_bias(self, y, mask=None, moments=None):
+    y = conv4.batch_norm(self.norm, y, False if self.transductive else None, mask, moments)
     y = jax.nn.relu(y)
     return conv4.max_pool_2x2(y) if self.pool == "max" else y
 
 
-def _batch_norm_by_reductions(norm, x, use_running_average=None, mask=None):
-    if use_running_average or mask is not None:  # not what the timed steps use
-        return _REAL_BN(norm, x, use_running_average, mask)
+def _batch_norm_by_reductions(norm, x, use_running_average=None, mask=None, moments=None):
+    if use_running_average or mask is not None or moments is not None:  # given or not timed
+        return _REAL_BN(norm, x, use_running_average, mask, moments)
     flat = x.reshape(-1, x.shape[-1])
     mean = jnp.mean(flat, axis=0)
     var = jnp.maximum(jnp.mean(flat * flat, axis=0) - mean * mean, 0.0)
@@ -189,6 +197,19 @@ def _learner_with_shared_first_step(apply_fn, algo, s, task_map, init=lambda key
     return learner._replace(meta_grad=_shared_first_meta_grad(apply_fn, algo, s))
 
 
+def _block_with_output_statistics(self, x, mask=None):
+    """The block as before the patch-statistics lever was adopted: batch norm takes its
+    statistics from the convolution's output, in every block."""
+    return self.finish(self.convolve(x), mask)
+
+
+_REAL_RUN = inner.run
+
+
+def _run_unrolled(*args, **kw):
+    return _REAL_RUN(*args, **{**kw, "unroll": True})
+
+
 LEVERS = {  # lever -> {variant name: context manager factory}
     "bias-shift": {
         "no-bias": lambda: mock.patch.object(conv4.ConvBlock, "finish", _finish_without_bias)
@@ -203,6 +224,12 @@ LEVERS = {  # lever -> {variant name: context manager factory}
     },
     "shared-first-step": {
         "vectorized": lambda: mock.patch.object(tp, "_jax_learner", _learner_with_shared_first_step)
+    },
+    "inner-unroll": {"unrolled": lambda: mock.patch.object(inner, "run", _run_unrolled)},
+    "patch-statistics": {
+        "from-output": lambda: mock.patch.object(
+            conv4.ConvBlock, "__call__", _block_with_output_statistics
+        )
     },
 }
 

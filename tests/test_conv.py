@@ -443,3 +443,95 @@ def test_fewshot_learners_pick_the_convolution_by_algorithm(monkeypatch):
             )
         )
         assert "conv_general_dilated" in jaxpr, algo  # an explicit choice is kept
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[6]], ids=str)
+def test_conv2d_moments_are_the_outputs_weighted_mean_and_variance(case):
+    """Moments from the patch matrix (mean c̄W, variance diag(WᵀΣW)) against the output's own
+    weighted mean and variance, float64; weights with a zero, and all zero (mean and var 0)."""
+    _, _, _, cout, _, stride, padding = case
+    with jax.enable_x64(True):
+        x, w = _inputs(case, jnp.float64, n=4)
+        x = x * 2.0 + 3.0  # a mean far from 0: a variance by E[y²] − E[y]² would cancel
+        for weights in (None, jnp.array([0.5, 0.0, 0.125, 0.375])):
+            y, mean, var = conv_lib.conv2d_moments(x, w, weights, stride=stride, padding=padding)
+            np.testing.assert_allclose(y, _ref(x, w, stride, padding), rtol=1e-12, atol=1e-12)
+            p = jnp.full(4, 0.25) if weights is None else weights
+            rows = jnp.broadcast_to(p[:, None, None, None] / (y.shape[1] * y.shape[2]), y.shape)
+            want_mean = jnp.sum(rows * y, axis=(0, 1, 2))
+            want_var = jnp.sum(rows * (y - want_mean) ** 2, axis=(0, 1, 2))
+            assert mean.shape == var.shape == (cout,)
+            np.testing.assert_allclose(mean, want_mean, rtol=1e-12)
+            np.testing.assert_allclose(var, want_var, rtol=1e-12)
+        _, mean, var = conv_lib.conv2d_moments(x, w, jnp.zeros(4), stride=stride, padding=padding)
+        np.testing.assert_array_equal(mean, 0.0)
+        np.testing.assert_array_equal(var, 0.0)
+
+        def f(x, w):  # every output, to second order, in both modes (plain slices and products)
+            y, m, v = conv_lib.conv2d_moments(x, w, stride=stride, padding=padding)
+            return jnp.sum(jnp.sin(y)) + jnp.sum(m * jnp.cos(m)) + jnp.sum(jnp.sqrt(v + 1.0))
+
+        args = (x[:1] * 0.1, w)
+        check_grads(f, args, order=2, modes=["fwd", "rev"], atol=1e-6, rtol=1e-6, eps=1e-6)
+    with pytest.raises(ValueError, match="kh \\* kw \\* Cin <= 32"):
+        conv_lib.conv2d_moments(jnp.ones((1, 5, 5, 4)), jnp.ones((3, 3, 4, 2)))
+    assert conv_lib.moments_from_patches(w, "patches", "cpu")
+    assert conv_lib.moments_from_patches(w, None, "cpu")
+    assert not conv_lib.moments_from_patches(w, "xla", "cpu")
+    assert not conv_lib.moments_from_patches(w, "patches", "gpu")  # measured on CPUs only
+    assert not conv_lib.moments_from_patches(jnp.ones((3, 3, 4, 2)), "patches", "cpu")
+
+
+@pytest.mark.parametrize("pool, transductive", [("stride", True), ("max", False)])
+def test_first_block_with_moments_from_patches_is_conv_then_flax_batch_norm(pool, transductive):
+    """The first block (taps-major patches: statistics from the patches) against its parts
+    computed the plain way: the XLA convolution, then Flax's own BatchNorm, ReLU, pool; output,
+    running averages and gradients (to the kernel, bias, scale and images) in float64, with and
+    without a mask. Later blocks and eval mode keep the statistics of the output."""
+    from mamlx.models.conv4 import ConvBlock
+
+    with jax.enable_x64(True):
+        x = jax.random.uniform(jax.random.key(3), (5, 10, 10, 3), jnp.float64) + 0.5
+        mask = jnp.array([True, False, True, True, False])
+
+        def make():
+            b = ConvBlock(3, 6, pool=pool, transductive=transductive, rngs=nnx.Rngs(0))
+            b.kernel.set_value(jnp.asarray(b.kernel[...], jnp.float64))
+            b.bias.set_value(jnp.linspace(-0.5, 0.5, 6, dtype=jnp.float64))
+            b.norm.scale.set_value(jnp.linspace(0.5, 2.0, 6, dtype=jnp.float64))
+            b.norm.bias.set_value(jnp.linspace(-1.0, 1.0, 6, dtype=jnp.float64))
+            b.norm.mean.set_value(jnp.full((6,), 0.3, jnp.float64))
+            b.norm.var.set_value(jnp.full((6,), 2.0, jnp.float64))
+            return b
+
+        def plain(b, x, m):
+            y = _ref(x, b.kernel[...], b.stride, "SAME") + b.bias[...]
+            rows = None if m is None else jnp.broadcast_to(m[:, None, None, None], y.shape)
+            y = jax.nn.relu(b.norm(y, use_running_average=False, mask=rows))
+            return max_pool_2x2(y) if pool == "max" else y
+
+        for m in (None, mask):
+            ours, ref = make(), make()
+            np.testing.assert_allclose(ours(x, m), plain(ref, x, m), rtol=1e-10, atol=1e-12)
+            for stat in ("mean", "var"):
+                got, want = getattr(ours.norm, stat)[...], getattr(ref.norm, stat)[...]
+                np.testing.assert_allclose(got, want, rtol=1e-12)
+            graphdef, state = nnx.split(make())
+            ct = jax.random.normal(jax.random.key(4), ours(x, m).shape, jnp.float64)
+
+            def loss(call, s, x):
+                return jnp.vdot(jnp.tanh(call(nnx.merge(graphdef, s, copy=True), x, m)), ct)
+
+            g = jax.grad(lambda s, x: loss(lambda b, x, m: b(x, m), s, x), (0, 1))(state, x)
+            want = jax.grad(lambda s, x: loss(plain, s, x), (0, 1))(state, x)
+            for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(want), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+        # The patches path runs only where it applies: a pixel-major (second) block and
+        # running averages take the output's statistics.
+        second = ConvBlock(64, 4, rngs=nnx.Rngs(0))
+        assert not conv_lib.moments_from_patches(second.kernel[...], second.conv_impl)
+        if not transductive:
+            ours, ref = make(), make()
+            ours.norm.use_running_average = ref.norm.use_running_average = True
+            want = jax.nn.relu(ref.norm(_ref(x, ref.kernel[...], 1, "SAME") + ref.bias[...]))
+            np.testing.assert_allclose(ours(x), max_pool_2x2(want), rtol=1e-10, atol=1e-12)

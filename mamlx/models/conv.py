@@ -232,6 +232,21 @@ def im2col(x: Array, ksize: tuple[int, int], *, stride: int = 1, padding: Paddin
 TAPS_MAJOR_MAX_COLUMNS = 32
 
 
+def _taps_major_patches(x: Array, ksize, stride: int, pads) -> tuple[Array, tuple[int, ...]]:
+    """The patch matrix ``(kh * kw * Cin, N * Ho * Wo)``, rows ordered ``(a, b, c)``, and
+    ``(N, Ho, Wo)``."""
+    # (Cin, N, H, W): each tap's slice flattens to Cin rows of the patch matrix.
+    taps = _tap_slices(jnp.moveaxis(x, -1, 0), (2, 3), ksize, stride, pads)
+    _, n, ho, wo = taps[0].shape
+    return jnp.stack(taps).reshape(-1, n * ho * wo), (n, ho, wo)
+
+
+def _taps_major_product(cols: Array, kernel: Array, precision) -> Array:
+    """``cols.T @ W``: the ``(N * Ho * Wo, Cout)`` output of taps-major patches."""
+    dims = (((0,), (0,)), ((), ()))
+    return lax.dot_general(cols, kernel.reshape(cols.shape[0], -1), dims, precision=precision)
+
+
 def _conv_taps_major(x: Array, kernel: Array, stride: int, pads, precision) -> Array:
     """Convolution through taps-major patches ``(kh * kw * Cin, N * Ho * Wo)``.
 
@@ -242,14 +257,82 @@ def _conv_taps_major(x: Array, kernel: Array, stride: int, pads, precision) -> A
     product. Derivatives with respect to ``x`` go through the strided slices by
     plain autodiff (the first layer's input is data, it rarely needs them).
     """
+    cols, shape = _taps_major_patches(x, kernel.shape[:2], stride, pads)
+    return _taps_major_product(cols, kernel, precision).reshape(*shape, kernel.shape[-1])
+
+
+def moments_from_patches(
+    kernel: Array, impl: str | None = None, backend: str | None = None
+) -> bool:
+    """Whether a batch norm after this convolution takes its statistics from the patches
+    (:func:`conv2d_moments`): taps-major patches (``'patches'`` with ``kh * kw * Cin <= 32``,
+    the first layer on images) on a CPU (``backend``; ``None``: the default backend), where
+    it was measured (``benchmarks/results/throughput_levers_cpu.md``); accelerators keep the
+    statistics of the output."""
+    kh, kw, cin, _ = kernel.shape
+    backend = backend or jax.default_backend()
+    taps_major = (
+        kh * kw * cin <= TAPS_MAJOR_MAX_COLUMNS and (impl or default_impl(backend)) == "patches"
+    )
+    return backend == "cpu" and taps_major
+
+
+def conv2d_moments(
+    x: Array,
+    kernel: Array,
+    image_weights: Array | None = None,
+    *,
+    stride: int = 1,
+    padding: Padding = "SAME",
+    precision: lax.PrecisionLike = None,
+) -> tuple[Array, Array, Array]:
+    """A taps-major ``'patches'`` convolution and the per-channel mean and variance of its
+    output over images and positions: the batch statistics of a batch norm after it.
+
+    With ``cols`` the ``(K, M)`` patch matrix (``K = kh * kw * Cin``, ``M = N * Ho * Wo``)
+    and ``W`` the ``(K, Cout)`` kernel, the output rows are ``cols.T @ W``, so their mean is
+    ``c̄ W`` and their variance ``diag(Wᵀ Σ W)``, with ``c̄`` and ``Σ`` the mean and the
+    ``K x K`` covariance of the patch rows: ``O(K² M)`` work on the small patch matrix instead
+    of two passes over the ``(M, Cout)`` output (the first Conv-4 layer on a 300-image
+    Omniglot query set: 9 x 58800 against 58800 x 64), and a centred variance (no
+    ``E[y²] − E[y]²`` cancellation).
+
+    Args:
+        x: Images, shape ``(N, H, W, Cin)``.
+        kernel: Filters ``(kh, kw, Cin, Cout)`` with ``kh * kw * Cin <= 32``
+            (:func:`moments_from_patches`).
+        image_weights: optional ``(N,)`` weights of the images in the moments, summing to 1
+            (or all 0: mean and variance 0); ``None``: all images alike.
+        stride, padding, precision: as :func:`conv2d`.
+
+    Returns:
+        ``(y, mean, var)``: ``conv2d(x, kernel, impl='patches')`` ``(N, Ho, Wo, Cout)``, and
+        the ``(Cout,)`` mean and variance of ``y`` over its first three axes, computed in at
+        least float32.
+    """
     kh, kw, cin, cout = kernel.shape
-    # (Cin, N, H, W): each tap's slice flattens to Cin rows of the patch matrix.
-    taps = _tap_slices(jnp.moveaxis(x, -1, 0), (2, 3), (kh, kw), stride, pads)
-    _, n, ho, wo = taps[0].shape
-    cols = jnp.stack(taps).reshape(kh * kw * cin, n * ho * wo)  # rows ordered (a, b, c)
-    dims = (((0,), (0,)), ((), ()))
-    y = lax.dot_general(cols, kernel.reshape(kh * kw * cin, cout), dims, precision=precision)
-    return y.reshape(n, ho, wo, cout)
+    if kh * kw * cin > TAPS_MAJOR_MAX_COLUMNS or x.shape[-1] != cin:
+        raise ValueError(
+            f"conv2d_moments needs a kernel with kh * kw * Cin <= {TAPS_MAJOR_MAX_COLUMNS} "
+            f"and input channels Cin; got kernel {kernel.shape} on input {x.shape}"
+        )
+    dt = jnp.result_type(x, kernel)
+    x, kernel = jnp.asarray(x, dt), jnp.asarray(kernel, dt)
+    pads = _pads(x.shape[1:3], (kh, kw), stride, padding)
+    cols, (n, ho, wo) = _taps_major_patches(x, (kh, kw), int(stride), pads)
+    y = _taps_major_product(cols, kernel, precision).reshape(n, ho, wo, cout)
+    st = jnp.promote_types(dt, jnp.float32)  # statistics never in 16 bits
+    c, w = cols.astype(st), kernel.reshape(-1, cout).astype(st)
+    if image_weights is None:
+        rows = jnp.full((c.shape[1],), 1.0 / c.shape[1], st)
+    else:
+        rows = jnp.repeat(jnp.asarray(image_weights, st) / (ho * wo), ho * wo)
+    cbar = c @ rows
+    centred = c - cbar[:, None]
+    cov = (centred * rows) @ centred.T
+    mean = cbar @ w
+    var = jnp.maximum(jnp.sum(w * (cov @ w), axis=0), 0.0)
+    return y, mean, var
 
 
 def conv2d(
