@@ -12,7 +12,8 @@ Levers:
 * ``bias-shift``: no conv bias added before batch norm (with batch statistics it cancels
   in the output, so only the running mean would need it);
 * ``bn-reduce``: batch-norm statistics by ``mean`` reductions instead of matrix-vector
-  products;
+  products (since session 23 in the blocks after the first, whose statistics come from its
+  patches: not comparable with the session-20 figures, which covered every block);
 * ``task-groups``: ``vmap`` over groups of 2, 4 and 8 tasks inside the per-task loop;
 * ``patch-barrier``: the patches' input (batch norm + ReLU of the layer before) written
   once (``lax.optimization_barrier``) instead of recomputed inside each tap slice;

@@ -467,35 +467,71 @@ def test_conv2d_moments_are_the_outputs_weighted_mean_and_variance(case):
         np.testing.assert_array_equal(mean, 0.0)
         np.testing.assert_array_equal(var, 0.0)
 
+
+def test_conv2d_moments_derivatives_16_bit_inputs_and_where_they_are_used():
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (1, 7, 6, 3), jnp.float64)
+        w = jax.random.normal(jax.random.key(1), (3, 3, 3, 2), jnp.float64)
+
         def f(x, w):  # every output, to second order, in both modes (plain slices and products)
-            y, m, v = conv_lib.conv2d_moments(x, w, stride=stride, padding=padding)
+            y, m, v = conv_lib.conv2d_moments(x, w, stride=2)
             return jnp.sum(jnp.sin(y)) + jnp.sum(m * jnp.cos(m)) + jnp.sum(jnp.sqrt(v + 1.0))
 
-        args = (x[:1] * 0.1, w)
-        check_grads(f, args, order=2, modes=["fwd", "rev"], atol=1e-6, rtol=1e-6, eps=1e-6)
+        check_grads(f, (x, w), order=2, modes=["fwd", "rev"], atol=1e-6, rtol=1e-6, eps=1e-6)
+    # 16-bit inputs: statistics in float32 (a large mean beside a small spread would cancel)
+    x = (30.0 + jax.random.normal(jax.random.key(2), (16, 8, 8, 1))).astype(jnp.bfloat16)
+    w = jnp.full((3, 3, 1, 4), 1.0 / 9, jnp.bfloat16)
+    y, mean, var = conv_lib.conv2d_moments(x, w, padding="VALID")
+    assert y.dtype == jnp.bfloat16 and mean.dtype == var.dtype == jnp.float32
+    y32 = conv2d(x.astype(jnp.float32), w.astype(jnp.float32), padding="VALID", impl="xla")
+    np.testing.assert_allclose(mean, y32.mean((0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(var, y32.var((0, 1, 2)), rtol=1e-3)
     with pytest.raises(ValueError, match="kh \\* kw \\* Cin <= 32"):
         conv_lib.conv2d_moments(jnp.ones((1, 5, 5, 4)), jnp.ones((3, 3, 4, 2)))
-    assert conv_lib.moments_from_patches(w, "patches", "cpu")
-    assert conv_lib.moments_from_patches(w, None, "cpu")
-    assert not conv_lib.moments_from_patches(w, "xla", "cpu")
-    assert not conv_lib.moments_from_patches(w, "patches", "gpu")  # measured on CPUs only
-    assert not conv_lib.moments_from_patches(jnp.ones((3, 3, 4, 2)), "patches", "cpu")
+    gray, rgb = jnp.ones((3, 3, 1, 64)), jnp.ones((3, 3, 3, 32))
+    assert conv_lib.moments_from_patches(gray, "patches", "cpu")
+    assert conv_lib.moments_from_patches(gray, None, "cpu")
+    assert not conv_lib.moments_from_patches(gray, "xla", "cpu")
+    assert not conv_lib.moments_from_patches(gray, "patches", "gpu")  # measured on CPUs only
+    assert not conv_lib.moments_from_patches(rgb, "patches", "cpu")  # RGB: not measured
+
+
+def test_batch_norm_uses_given_moments_and_updates_the_running_averages_from_them():
+    x = jax.random.normal(jax.random.key(0), (4, 3, 3, 2))
+    given = (jnp.array([0.5, -1.0]), jnp.array([4.0, 0.25]))
+    bn = nnx.BatchNorm(2, momentum=0.5, rngs=nnx.Rngs(0))
+    y = batch_norm(bn, x, False, moments=given)
+    np.testing.assert_allclose(y, (x - given[0]) / jnp.sqrt(given[1] + bn.epsilon), rtol=1e-6)
+    np.testing.assert_allclose(bn.mean[...], 0.5 * given[0], rtol=1e-6)
+    np.testing.assert_allclose(bn.var[...], 0.5 + 0.5 * given[1], rtol=1e-6)
+    running = nnx.BatchNorm(2, rngs=nnx.Rngs(0))  # running averages: the moments are ignored
+    np.testing.assert_allclose(
+        batch_norm(running, x, True, moments=given), x / jnp.sqrt(1 + running.epsilon), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("pool, transductive", [("stride", True), ("max", False)])
-def test_first_block_with_moments_from_patches_is_conv_then_flax_batch_norm(pool, transductive):
+def test_first_block_with_moments_from_patches_is_conv_then_flax_batch_norm(
+    pool, transductive, monkeypatch
+):
     """The first block (taps-major patches: statistics from the patches) against its parts
     computed the plain way: the XLA convolution, then Flax's own BatchNorm, ReLU, pool; output,
     running averages and gradients (to the kernel, bias, scale and images) in float64, with and
     without a mask. Later blocks and eval mode keep the statistics of the output."""
+    from mamlx.models import conv4
     from mamlx.models.conv4 import ConvBlock
 
+    calls = []  # the block takes the patches path (here, on a CPU)
+    real = conv4.conv2d_moments
+    monkeypatch.setattr(
+        conv4, "conv2d_moments", lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+    )
     with jax.enable_x64(True):
-        x = jax.random.uniform(jax.random.key(3), (5, 10, 10, 3), jnp.float64) + 0.5
+        x = jax.random.uniform(jax.random.key(3), (5, 10, 10, 1), jnp.float64) + 0.5
         mask = jnp.array([True, False, True, True, False])
 
         def make():
-            b = ConvBlock(3, 6, pool=pool, transductive=transductive, rngs=nnx.Rngs(0))
+            b = ConvBlock(1, 6, pool=pool, transductive=transductive, rngs=nnx.Rngs(0))
             b.kernel.set_value(jnp.asarray(b.kernel[...], jnp.float64))
             b.bias.set_value(jnp.linspace(-0.5, 0.5, 6, dtype=jnp.float64))
             b.norm.scale.set_value(jnp.linspace(0.5, 2.0, 6, dtype=jnp.float64))
@@ -526,6 +562,7 @@ def test_first_block_with_moments_from_patches_is_conv_then_flax_batch_norm(pool
             want = jax.grad(lambda s, x: loss(plain, s, x), (0, 1))(state, x)
             for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(want), strict=True):
                 np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+        assert len(calls) == 6  # per mask: two forward passes and one differentiated
         # The patches path runs only where it applies: a pixel-major (second) block and
         # running averages take the output's statistics.
         second = ConvBlock(64, 4, rngs=nnx.Rngs(0))
@@ -535,3 +572,4 @@ def test_first_block_with_moments_from_patches_is_conv_then_flax_batch_norm(pool
             ours.norm.use_running_average = ref.norm.use_running_average = True
             want = jax.nn.relu(ref.norm(_ref(x, ref.kernel[...], 1, "SAME") + ref.bias[...]))
             np.testing.assert_allclose(ours(x), max_pool_2x2(want), rtol=1e-10, atol=1e-12)
+            assert len(calls) == 6  # running averages: no call

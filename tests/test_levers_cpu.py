@@ -46,6 +46,8 @@ def test_lever_trains_the_same_step_in_another_program(lever, name):
     after = (levers_cpu.conv4.batch_norm, levers_cpu.conv4.conv2d, levers_cpu.base.map_tasks_mean)
     assert after == before and levers_cpu.reptile_mod.map_tasks_mean is before[2]
     assert levers_cpu.conv4.ConvBlock.finish is not levers_cpu._finish_without_bias
+    assert levers_cpu.conv4.ConvBlock.__call__ is not levers_cpu._block_with_output_statistics
+    assert levers_cpu.inner.run is levers_cpu._REAL_RUN
 
 
 def test_shared_first_step_is_maml_s_meta_gradient():

@@ -105,16 +105,18 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def run_script(script: str, marker: str, cpu_devices: int | None = None, *args: str) -> str:
+def run_script(
+    script: str, marker: str, cpu_devices: int | None = None, argv: tuple[str, ...] = ()
+) -> str:
     """Run ``script`` in a fresh CPU-only process (JAX's device count is fixed per process):
-    with ``cpu_devices`` emulated devices, or none forced, and ``args`` as ``sys.argv[1:]``;
+    with ``cpu_devices`` emulated devices, or none forced, and ``argv`` as ``sys.argv[1:]``;
     it must print ``marker``. Returns its standard output."""
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
     if cpu_devices:
         flags.append(f"--xla_force_host_platform_device_count={cpu_devices}")
     env = dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, "-c", script, *args],
+        [sys.executable, "-c", script, *argv],
         capture_output=True,
         text=True,
         env=env,
@@ -220,5 +222,5 @@ FRESH_RESUME = textwrap.dedent(
 
 
 def test_cli_cpu_devices_split_the_cpu_and_train_as_one_device(tmp_path):
-    run_script(CPU_DEVICES, "CPU DEVICES OK", None, str(tmp_path))  # it splits the CPU itself
-    run_script(FRESH_RESUME, "FRESH RESUME OK", None, str(tmp_path))
+    run_script(CPU_DEVICES, "CPU DEVICES OK", argv=(str(tmp_path),))  # it splits the CPU itself
+    run_script(FRESH_RESUME, "FRESH RESUME OK", argv=(str(tmp_path),))

@@ -261,20 +261,25 @@ def _conv_taps_major(x: Array, kernel: Array, stride: int, pads, precision) -> A
     return _taps_major_product(cols, kernel, precision).reshape(*shape, kernel.shape[-1])
 
 
+# Patch columns up to which a batch norm after a taps-major convolution takes its statistics from
+# the patches: the K x K covariance costs K² per output row against two passes over Cout channels.
+# Measured for K = 9 (3x3 on one channel: Omniglot, 64 filters) on CPU; RGB images (K = 27, K² =
+# 729 per row) were not measured and keep the output's statistics.
+MOMENTS_MAX_COLUMNS = 9
+
+
 def moments_from_patches(
     kernel: Array, impl: str | None = None, backend: str | None = None
 ) -> bool:
     """Whether a batch norm after this convolution takes its statistics from the patches
-    (:func:`conv2d_moments`): taps-major patches (``'patches'`` with ``kh * kw * Cin <= 32``,
-    the first layer on images) on a CPU (``backend``; ``None``: the default backend), where
-    it was measured (``benchmarks/results/throughput_levers_cpu.md``); accelerators keep the
-    statistics of the output."""
+    (:func:`conv2d_moments`): taps-major ``'patches'`` with ``kh * kw * Cin <= 9`` (3x3 on
+    one channel: the first layer on gray images) on a CPU (``backend``; ``None``: the default
+    backend), where it was measured (``benchmarks/results/throughput_levers_cpu.md``);
+    accelerators and wider patches keep the statistics of the output."""
     kh, kw, cin, _ = kernel.shape
     backend = backend or jax.default_backend()
-    taps_major = (
-        kh * kw * cin <= TAPS_MAJOR_MAX_COLUMNS and (impl or default_impl(backend)) == "patches"
-    )
-    return backend == "cpu" and taps_major
+    narrow = kh * kw * cin <= MOMENTS_MAX_COLUMNS
+    return backend == "cpu" and narrow and (impl or default_impl(backend)) == "patches"
 
 
 def conv2d_moments(
@@ -308,7 +313,8 @@ def conv2d_moments(
     Returns:
         ``(y, mean, var)``: ``conv2d(x, kernel, impl='patches')`` ``(N, Ho, Wo, Cout)``, and
         the ``(Cout,)`` mean and variance of ``y`` over its first three axes, computed in at
-        least float32.
+        least float32 (from the patches: for 16-bit inputs, the moments of the exact product,
+        not of ``y`` rounded to 16 bits).
     """
     kh, kw, cin, cout = kernel.shape
     if kh * kw * cin > TAPS_MAJOR_MAX_COLUMNS or x.shape[-1] != cin:

@@ -157,16 +157,17 @@ class ConvBlock(nnx.Module):
         """Apply the block to ``(N, H, W, C)`` images.
 
         ``mask`` (``(N,)`` booleans) restricts the batch statistics to some images.
-        On a CPU, a convolution on few input channels (the first block on images,
+        On a CPU, a 3x3 convolution on one input channel (the first block on gray images,
         taps-major ``'patches'``) hands batch norm its output's statistics computed from the
-        patches (:func:`~mamlx.models.conv.conv2d_moments`, the same values): on 2 CPU cores
-        the block's forward pass on 300 images runs 2x faster, its gradient 1.1-1.5x
-        (``benchmarks/results/conv_moments_cpu.txt``).
+        patches (:func:`~mamlx.models.conv.conv2d_moments`; the same values up to rounding): on
+        2 CPU cores the block's forward pass on 300 images runs 2x faster, its gradient
+        1.05-1.4x (``benchmarks/results/conv_moments_cpu.txt``).
         """
         kernel = self.kernel[...]
         batch_stats = self.transductive or not self.norm.use_running_average
         if not (batch_stats and moments_from_patches(kernel, self.conv_impl)):
             return self.finish(self.convolve(x), mask)
+        # boolean mask -> image weights: the row weights batch_norm gives the mask's images
         weights = None if mask is None else mask / jnp.maximum(jnp.sum(mask), 1)
         y, mean, var = conv2d_moments(x, kernel, weights, stride=self.stride, padding="SAME")
         return self.finish(y, mask, (mean, var))
