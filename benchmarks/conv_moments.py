@@ -8,9 +8,13 @@ cotangent) on N Omniglot-sized images, and the gradient of 32 tasks at once with
 parameters shared (``vmap``, as the first inner step of all tasks). The step-level effect is in
 ``benchmarks/results/throughput_levers_cpu.md`` (``levers_cpu.py --lever patch-statistics``).
 
+``--image``, ``--filters`` and ``--pool`` time other first blocks (the patches path forced
+where the library leaves it off: RGB, ``conv_moments_cpu_rgb.txt``).
+
 Usage::
 
     python benchmarks/conv_moments.py --rounds 7
+    python benchmarks/conv_moments.py --image 84,84,3 --filters 32 --pool max --sizes 5,25,75
 """
 
 from __future__ import annotations
@@ -32,21 +36,34 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 from throughput import cpu_name  # noqa: E402
 
+from mamlx.models.conv import conv2d_moments  # noqa: E402
 from mamlx.models.conv4 import ConvBlock  # noqa: E402
+
+
+def _from_patches(b: ConvBlock, x):
+    """What ``ConvBlock.__call__`` does where it takes the statistics from the patches (here
+    for any taps-major block, also those it leaves on the output's statistics: RGB)."""
+    y, mean, var = conv2d_moments(x, b.kernel[...], stride=b.stride)
+    return b.finish(y, None, (mean, var))
+
 
 PATHS = {
     "from-output": lambda b, x: b.finish(b.convolve(x)),
-    "from-patches": lambda b, x: b(x),
+    "from-patches": _from_patches,
 }
 
 
-def programs(sizes, tasks: int):
+def programs(sizes, tasks: int, image=(28, 28, 1), filters: int = 64, pool: str = "stride"):
     """``{(N, kind, path): (jitted function, args)}``."""
-    graphdef, state = nnx.split(ConvBlock(1, 64, rngs=nnx.Rngs(0)))
+    block = ConvBlock(image[-1], filters, pool=pool, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(block)
     out = {}
     for n in sizes:
-        x = jax.random.uniform(jax.random.key(1), (n, 28, 28, 1))
-        ct = jax.random.normal(jax.random.key(2), (n, 14, 14, 64))
+        x = jax.random.uniform(jax.random.key(1), (n, *image))
+        shape = jax.eval_shape(
+            lambda s, x: PATHS["from-output"](nnx.merge(graphdef, s), x), state, x
+        ).shape
+        ct = jax.random.normal(jax.random.key(2), shape)
         for name, path in PATHS.items():
 
             def fwd(s, x, path=path):
@@ -69,8 +86,13 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", default="5,20,75,300", help="images per batch")
     ap.add_argument("--tasks", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--image", default="28,28,1", help="H,W,C (mini-ImageNet: 84,84,3)")
+    ap.add_argument("--filters", type=int, default=64)
+    ap.add_argument("--pool", default="stride", choices=("stride", "max"))
     args = ap.parse_args(argv)
-    fns = programs([int(n) for n in args.sizes.split(",")], args.tasks)
+    image = tuple(int(v) for v in args.image.split(","))
+    sizes = [int(n) for n in args.sizes.split(",")]
+    fns = programs(sizes, args.tasks, image, args.filters, args.pool)
     for fn, a in fns.values():
         jax.block_until_ready(fn(*a))
     times = {k: [] for k in fns}

@@ -263,8 +263,9 @@ def _conv_taps_major(x: Array, kernel: Array, stride: int, pads, precision) -> A
 
 # Patch columns up to which a batch norm after a taps-major convolution takes its statistics from
 # the patches: the K x K covariance costs K² per output row against two passes over Cout channels.
-# Measured for K = 9 (3x3 on one channel: Omniglot, 64 filters) on CPU; RGB images (K = 27, K² =
-# 729 per row) were not measured and keep the output's statistics.
+# On 2 CPU cores (benchmarks/conv_moments.py, benchmarks/results/conv_moments_cpu*.txt) the first
+# block with K = 9 (3x3 on one channel, 64 filters) ran 1.0-2.0x faster with stride 2 and 1.04-1.75x
+# with a max-pool; with RGB images (K = 27, 32 filters, 84x84, max-pool) 0.64-0.88x: slower.
 MOMENTS_MAX_COLUMNS = 9
 
 
