@@ -36,20 +36,12 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 from throughput import cpu_name  # noqa: E402
 
-from mamlx.models.conv import conv2d_moments  # noqa: E402
 from mamlx.models.conv4 import ConvBlock  # noqa: E402
 
-
-def _from_patches(b: ConvBlock, x):
-    """What ``ConvBlock.__call__`` does where it takes the statistics from the patches (here
-    for any taps-major block, also those it leaves on the output's statistics: RGB)."""
-    y, mean, var = conv2d_moments(x, b.kernel[...], stride=b.stride)
-    return b.finish(y, None, (mean, var))
-
-
+# Both paths forced (the library picks one by moments_from_patches: RGB keeps the output's).
 PATHS = {
     "from-output": lambda b, x: b.finish(b.convolve(x)),
-    "from-patches": _from_patches,
+    "from-patches": lambda b, x: b.call_with_patch_statistics(x),
 }
 
 

@@ -111,7 +111,7 @@ def _use_run_precision(run_dir: Path, given: str | None = None) -> str:
     products) runs at the default, with a note on stderr. Returns the level set."""
     import jax
 
-    level = given or _saved_precision(Path(run_dir))
+    level = given or _saved_precision(run_dir)
     if not given and level == "bfloat16" and jax.default_backend() == "cpu":
         print(
             f"note: {run_dir} trained with bfloat16 products, a CPU runs it at float32",
