@@ -153,14 +153,16 @@ def _drop_compiled_programs():
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    """With ``$MAMLX_TEST_CPU_LOG`` set, append each test's CPU seconds (this process and
-    the subprocesses it waited for) to that file: a cost that the machine's other load
-    does not inflate as it does wall time, to find what makes the suite slow."""
+    """With ``$MAMLX_TEST_CPU_LOG`` set, append a line per test to that file: its CPU seconds
+    (this process and the subprocesses it waited for: a cost that the machine's other load
+    does not inflate as it does wall time, to find what makes the suite slow), its start and
+    end on the wall clock (to see a worker's idle time) and the xdist worker that ran it."""
     path = os.environ.get("MAMLX_TEST_CPU_LOG")
     if not path:
         yield
         return
     import resource
+    import time
 
     def cpu() -> float:
         own, kids = (
@@ -168,7 +170,18 @@ def pytest_runtest_protocol(item, nextitem):
         )
         return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
-    start = cpu()
+    start, wall = cpu(), time.time()
     yield
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     with open(path, "a") as f:
-        f.write(f"{cpu() - start:.2f}\t{item.nodeid}\n")
+        f.write(f"{cpu() - start:.2f}\t{wall:.2f}\t{time.time():.2f}\t{worker}\t{item.nodeid}\n")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Start the longest tests first (those marked ``slow``, in their collected order).
+
+    With ``-n`` the first half of the collection goes to one worker and the second to the
+    other, and an idle worker takes the tail of the other's queue: a long test near the end
+    would keep one worker busy while the other waits. Longest first leaves short tests to
+    balance the end of the run."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mamlx import checkpoint
 from mamlx.cli import main
@@ -89,6 +90,7 @@ def _assert_same_state(a_dir: Path, b_dir: Path) -> None:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one(tmp_path):
     run = tmp_path / "two"
     procs = _launch(tmp_path / "logs", "sinusoid", "--steps", "20", *RUN, "--out", str(run))
@@ -122,6 +124,7 @@ def _stop_time(proc: subprocess.Popen, timeout: float) -> float:
     return time.monotonic() - start
 
 
+@pytest.mark.slow
 def test_a_killed_process_stops_the_other_and_the_run_resumes(tmp_path):
     run, logs = tmp_path / "run", tmp_path / "logs"
     procs = _launch(logs, "sinusoid", "--steps", "100000", *RUN, "--out", str(run))

@@ -114,6 +114,7 @@ def data_flag(omniglot_dir):
     return ["--data-dir", str(omniglot_dir)]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_is_bit_identical(tmp_path, data_flag, monkeypatch, capsys):
     assert main(args(tmp_path / "full", *data_flag, backbone="conv4")) == 0
     # run.json records what config.json's defaults became on this machine
@@ -183,6 +184,7 @@ def test_bad_fewshot_input_is_refused_and_nothing_is_written(tmp_path, data_flag
     assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == saved
 
 
+@pytest.mark.slow
 def test_eval_rotate_counts_rotated_test_classes(tmp_path, data_flag, monkeypatch, capsys):
     # MAML's reference code and Prototypical Networks also rotate the test characters.
     from mamlx.experiments import build
@@ -310,6 +312,7 @@ def test_config_validation_names_the_field():
         MiniImageNetConfig(resize="nearest")  # Ravi & Larochelle resized the RGB JPEGs with Lanczos
 
 
+@pytest.mark.slow
 def test_short_real_omniglot_run_beats_its_untrained_self(omniglot_dir):
     """First-order MAML, 100 meta-steps, small Conv-4 on the real Omniglot split: far above
     the same network untrained, fine-tuned by the same 3 steps on the same test tasks."""

@@ -50,6 +50,7 @@ def test_lever_trains_the_same_step_in_another_program(lever, name):
     assert levers_cpu.inner.run is levers_cpu._REAL_RUN
 
 
+@pytest.mark.slow
 def test_shared_first_step_is_maml_s_meta_gradient():
     """Against second-order MAML's own per-task loop, in float64 so that round-off cannot hide
     a wrong term: three inner steps (the vectorized first and two looped), the query losses'

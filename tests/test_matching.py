@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from metric_helpers import logits_fn, tiny_conv, tiny_data, tiny_mlp64
 
 from mamlx import matching
@@ -74,6 +75,7 @@ def test_full_context_embeddings_shapes_and_order_dependence():
     assert not np.allclose(f(params, sx[perm], sy[perm], qx), out, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_conformance_finite_differences_float64():
     with jax.enable_x64(True):
         data = tiny_data(dtype=jnp.float64)

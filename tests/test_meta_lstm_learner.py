@@ -167,6 +167,7 @@ def test_conformance_and_finite_differences_float64():
         check_meta_learner(learner, sinusoid(5), check_fd=True, fd_eps=1e-5)
 
 
+@pytest.mark.slow
 def test_conv4_conformance_map():
     apply_fn, init_fn = model(
         lambda rngs: Conv4(3, in_shape=(8, 8, 1), filters=4, blocks=2, rngs=rngs)
@@ -256,6 +257,7 @@ def test_fomaml_comparison_presets_share_the_protocol():
         assert differ <= {"algo", "preset", *own}, differ - {"algo", "preset", *own}
 
 
+@pytest.mark.slow
 def test_tiny_fake_miniimagenet_run(tmp_path, monkeypatch):
     """The mini-ImageNet preset builds and meta-trains on fake RGB images (32x32 for speed)
     whose classes differ in their mean colour: the trained learner beats its untrained self,

@@ -2,9 +2,12 @@
 
 import re
 
+import pytest
+
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_readme_python_blocks_run():
     text = (REPO / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import REPO
 
 SCRIPT = textwrap.dedent(
@@ -128,6 +130,7 @@ def run_script(
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_sharded_meta_gradient_equals_single_device():
     run_script(SCRIPT, "SHARDING OK", cpu_devices=4)
 
@@ -221,6 +224,7 @@ FRESH_RESUME = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_cli_cpu_devices_split_the_cpu_and_train_as_one_device(tmp_path):
     run_script(CPU_DEVICES, "CPU DEVICES OK", argv=(str(tmp_path),))  # it splits the CPU itself
     run_script(FRESH_RESUME, "FRESH RESUME OK", argv=(str(tmp_path),))
