@@ -13,7 +13,8 @@ NEEDS_DATA = ("02_", "03_")
 # except where running the compiled code dominates: notebook 03 trains seven learners and
 # ran its short mode in 42-44 s with XLA's LLVM optimizations at level 1 against 65-67 s at
 # level 0 (standalone, 2 cores; notebooks 01, 02 and 04 were no faster at level 1, 04 slower).
-KERNEL_OPTIMIZATION_LEVEL = {"03_": 1}
+RUN_BOUND = ("03_",)
+LEVEL_0, LEVEL_1 = "--xla_backend_optimization_level=0", "--xla_backend_optimization_level=1"
 
 
 @pytest.mark.slow
@@ -29,13 +30,8 @@ def test_notebook_runs_in_short_mode(path, tmp_path, monkeypatch):
     for name, value in MALLOC_ENV.items():  # the kernel's malloc as the mamlx command tunes it
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("MAMLX_CACHE", os.environ.get("MAMLX_CACHE", str(tmp_path / "cache")))
-    level = next((v for k, v in KERNEL_OPTIMIZATION_LEVEL.items() if path.name.startswith(k)), None)
-    flags = os.environ.get("XLA_FLAGS", "")
-    if level is not None and "--xla_backend_optimization_level=0" in flags:
-        level_flag = f"--xla_backend_optimization_level={level}"
-        monkeypatch.setenv(
-            "XLA_FLAGS", flags.replace("--xla_backend_optimization_level=0", level_flag)
-        )
+    if path.name.startswith(RUN_BOUND):
+        monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "").replace(LEVEL_0, LEVEL_1))
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}

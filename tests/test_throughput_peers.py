@@ -21,7 +21,6 @@ needs_torch = pytest.mark.skipif(
 TINY = replace(throughput.CHECK, name="tiny", image=(9, 9, 1), classes=6)
 
 
-@pytest.mark.slow
 @needs_torch
 @pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile"])
 def test_learn2learn_style_loop_has_mamlxs_meta_gradient(algo):
