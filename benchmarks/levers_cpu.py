@@ -35,6 +35,12 @@ Levers:
   ``var = diag(Wᵀ Σ W)``) instead of two passes over its ``(N·Ho·Wo, 64)`` output. It won
   (Reptile 20-way) and Conv-4 does it itself (:func:`mamlx.models.conv.conv2d_moments`), so
   the default here is the lever and the variant ``from-output`` is the block before it.
+* ``chunked-patches``: the 64-channel convolutions of more than ``c`` images taken ``c``
+  images at a time, each chunk under ``jax.checkpoint`` (its patch matrix cut again in the
+  backward pass), so that each chunk's patch matrix (``c · Ho · Wo x 576`` floats) is
+  written, multiplied and read back while it is still in the cache, instead of one
+  ``N · Ho · Wo x 576`` matrix (34 MB for layer 2 of the 20-way query set, more than the
+  32 MB L3 of the 2-core EPYC) kept from the forward pass to the backward one.
 
 Usage::
 
@@ -104,6 +110,20 @@ def _conv_shifted_products(x, kernel, *, stride=1, padding="SAME", impl=None):
     pads = conv._pads(x.shape[1:3], (kh, kw), stride, padding)
     taps = conv._tap_slices(x, (1, 2), (kh, kw), stride, pads)
     return sum(jnp.dot(t, kernel[i // kw, i % kw]) for i, t in enumerate(taps))
+
+
+def _conv_in_chunks(images: int):
+    def conv_in_chunks(x, kernel, *, stride=1, padding="SAME", impl=None):
+        kh, kw, cin, _ = kernel.shape
+        n = x.shape[0]
+        if kh * kw * cin <= conv.TAPS_MAJOR_MAX_COLUMNS or n <= images:
+            return _REAL_CONV(x, kernel, stride=stride, padding=padding, impl=impl)
+        one = jax.checkpoint(
+            lambda xc, k: _REAL_CONV(xc, k, stride=stride, padding=padding, impl=impl)
+        )
+        return jnp.concatenate([one(x[i : i + images], kernel) for i in range(0, n, images)])
+
+    return conv_in_chunks
 
 
 def _grouped_map_tasks_mean(group: int):
@@ -227,6 +247,10 @@ LEVERS = {  # lever -> {variant name: context manager factory}
         "vectorized": lambda: mock.patch.object(tp, "_jax_learner", _learner_with_shared_first_step)
     },
     "inner-unroll": {"unrolled": lambda: mock.patch.object(inner, "run", _run_unrolled)},
+    "chunked-patches": {
+        f"chunks-of-{c}": (lambda c=c: mock.patch.object(conv4, "conv2d", _conv_in_chunks(c)))
+        for c in (25, 75)
+    },
     "patch-statistics": {
         "from-output": lambda: mock.patch.object(
             conv4.ConvBlock, "__call__", _block_with_output_statistics
