@@ -417,7 +417,9 @@ def preset_config(name: str, **overrides) -> Any:
 
 
 #: Training wall time measured for a preset (benchmarks/results/fewshot.md, metric.md),
-#: on 2 CPU cores (AMD EPYC) and on one GPU; a preset missing here was not timed.
+#: on 2 CPU cores (AMD EPYC) and on one GPU; a preset missing here was not timed. Entries
+#: with steps and an accuracy are runs of the ledger (benchmarks/results/reproduction.json;
+#: ``tests/test_ledger.py`` holds them to it).
 MEASURED_TIME: dict[str, dict[str, str]] = {
     "maml-5w1s": {"gpu": "5.5 min for 56,000 steps (H100)"},
     "maml-20w1s": {"gpu": "2.8 min for 2,000 of 60,000 steps (H200)"},

@@ -1,12 +1,13 @@
 """The results ledger (benchmarks/ledger.py) and the reproduction runner (reproduce.py)."""
 
 import json
+import re
 import sys
 
 import pytest
 
 from mamlx import published
-from mamlx.presets import PRESETS
+from mamlx.presets import MEASURED_TIME, PRESETS
 
 from conftest import REPO, data_dir
 
@@ -34,6 +35,41 @@ def test_every_preset_citing_a_published_number_has_a_ledger_entry():
         assert (e["published"]["mean"], e["published"]["interval"]) == (p.mean, p.interval)
         assert e["verdict"] in ("within", "below", "not run")
         assert e["verdict"] != "not run" or e["reason"]
+
+
+def test_presets_measured_times_are_the_ledgers_runs():
+    """``mamlx list``'s "measured" column (``MEASURED_TIME``) repeats figures of ledger runs:
+    each entry that names steps and an accuracy is a run of that preset in the ledger, with
+    those steps and that accuracy (as drawn or at the paper's protocol) and a wall time near
+    its minutes (the budget; start-up, compilation and validation add up to about 10 %)."""
+    pattern = re.compile(r"([\d.]+) min for ([\d,]+) of [\d,]+ steps[^:]*: ([\d.]+) ± ([\d.]+)$")
+    runs = [r for e in json.loads(ledger.LEDGER.read_text())["entries"] for r in e["runs"]]
+    checked = 0
+    for name, by_device in MEASURED_TIME.items():
+        assert name in PRESETS, name
+        for device, text in by_device.items():
+            m = pattern.fullmatch(text)
+            if m is None:  # a time only (or a GPU run): nothing of the ledger's to compare
+                continue
+            minutes, steps, acc, ci = float(m[1]), int(m[2].replace(",", "")), m[3], m[4]
+            figures = lambda r: {
+                (f"{a:.2f}", f"{i:.2f}") for a, i in filter(None, (r["as_drawn"], r["rotated"]))
+            }
+            same = [
+                r
+                for r in runs
+                if r["preset"] == name
+                and r["device"].lower() == device
+                and r["steps"] == steps
+                and (acc, ci) in figures(r)
+            ]
+            assert same, f"{name}: {text!r} is no ledger run of the preset"
+            assert any(abs(r["wall_s"] / 60 - minutes) <= 0.15 * minutes for r in same), (
+                name,
+                text,
+            )
+            checked += 1
+    assert checked >= 15
 
 
 @pytest.mark.parametrize(
