@@ -435,6 +435,7 @@ MEASURED_TIME: dict[str, dict[str, str]] = {
     "relation-5w5s": {"cpu": "25 min for 5,400 of 1,000,000 steps (shared cores): 99.18 ± 0.09"},
     "relation-20w1s": {"cpu": "20 min for 2,600 of 1,000,000 steps: 95.55 ± 0.19"},
     "relation-20w5s": {"cpu": "20 min for 1,600 of 1,000,000 steps: 97.56 ± 0.11"},
+    "reptile-5w1s": {"cpu": "27 min for 25,000 of 200,000 steps: 91.27 ± 0.57"},
     "reptile-5w5s": {"cpu": "15 min for 14,200 of 100,000 steps: 98.24 ± 0.19"},
     "siamese-5w1s": {"cpu": "38 min for 9,400 of 20,000 steps: 97.65 ± 0.22"},
     "siamese-5w5s": {"cpu": "38 min for 9,400 of 20,000 steps: 99.02 ± 0.11"},
