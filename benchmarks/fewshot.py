@@ -41,6 +41,14 @@ PUBLISHED_PRESETS = [p.preset for p in published.PUBLISHED if p.preset and p.met
 STORE = RESULTS / "fewshot.json"
 
 
+def ledger_presets(path: Path = ledger.LEDGER) -> set[str]:
+    """Presets with at least one run in the reproduction ledger."""
+    if not Path(path).is_file():
+        return set()
+    entries = ledger.load(path)["entries"]
+    return {run["preset"] for entry in entries for run in entry["runs"] if run.get("preset")}
+
+
 def load_runs() -> list[dict]:
     return json.loads(STORE.read_text()) if STORE.is_file() else []
 
@@ -75,7 +83,17 @@ def table(runs: list[dict]) -> str:
         )
     ran = {published.BASED_ON.get(r["preset"], r["preset"]) for r in runs}
     missing = [p for p in PUBLISHED_PRESETS if p not in ran]
-    lines += ["", "Not run yet (published number only): " + ", ".join(missing), ""]
+    in_ledger = ledger_presets()
+    elsewhere = [p for p in missing if p in in_ledger]
+    nowhere = [p for p in missing if p not in in_ledger]
+    lines += [""]
+    if elsewhere:
+        lines += [
+            "Run by `benchmarks/reproduce.py`, not by this script (see `reproduction.md`): "
+            + ", ".join(elsewhere),
+            "",
+        ]
+    lines += ["Not run yet (published number only): " + (", ".join(nowhere) or "none"), ""]
     notes = [
         f"- {r['preset']} {r.get('flags', '')}".rstrip() + f": {r['note']}"
         for r in runs

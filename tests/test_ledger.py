@@ -133,6 +133,17 @@ def test_markdown_and_readme_are_generated_from_the_json():
     assert ledger.stale() == []
 
 
+def test_fewshot_table_is_generated_and_names_the_ledgers_runs():
+    import fewshot
+
+    md = (ledger.RESULTS / "fewshot.md").read_text()
+    assert md == fewshot.table(fewshot.load_runs())  # `fewshot.py --table-only` is current
+    not_run = md.split("Not run yet (published number only): ")[1].split("\n")[0].split(", ")
+    in_ledger = fewshot.ledger_presets()
+    assert "reptile-5w1s" in in_ledger
+    assert not set(not_run) & in_ledger  # a preset with a ledger run is never "not run"
+
+
 def test_an_update_that_fails_to_serialize_leaves_the_old_file(tmp_path):
     path = tmp_path / "reproduction.json"
     ledger.save(ledger.new_ledger(), path)
