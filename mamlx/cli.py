@@ -338,10 +338,11 @@ def _add_run_flags(parser: argparse.ArgumentParser, default: Any = None) -> None
         "--matmul-precision",
         choices=MATMUL_PRECISIONS,
         default=default,
-        help="precision of float32 matrix products and convolutions: bfloat16 (bfloat16 "
-        "inputs, float32 sums) and tensorfloat32 are faster on GPUs, float32 is exact (default: "
-        "JAX's, TF32 on recent NVIDIA GPUs; a CPU computes tensorfloat32 as float32 and refuses "
-        "bfloat16)",
+        help="precision of float32 matrix products (and so of the patches convolution): "
+        "bfloat16 (bfloat16 inputs, float32 sums) and tensorfloat32 are faster on GPUs, float32 "
+        "is exact (default: JAX's, TF32 on recent NVIDIA GPUs; bfloat16 does not reach XLA's own "
+        "convolution, --conv-impl xla, which stays at TF32; a CPU computes tensorfloat32 as "
+        "float32 and refuses bfloat16)",
     )
 
 
