@@ -1,9 +1,10 @@
 """`mamlx train --distributed` with two processes on this machine (CPU collectives over TCP).
 
-Each test starts the processes as a multi-host launch would (``JAX_COORDINATOR_ADDRESS``,
-``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``), one CPU device each, on a free localhost
-port; the states they train are compared with a one-process run of the same global
-meta-batch.
+Each test starts the processes as a multi-host launch would, one CPU device each, on a free
+localhost port: told where they sit by the README's flags (``--coordinator-address``,
+``--num-processes``, ``--process-id``) or by the environment (``JAX_COORDINATOR_ADDRESS``,
+``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``); the states they train are compared with a
+one-process run of the same global meta-batch.
 """
 
 import os
@@ -27,28 +28,39 @@ HEARTBEAT = 10  # seconds: a process silent this long counts as dead
 RUN = ["--meta-batch", "4", "--chunk", "10", "--checkpoint-every", "20", "--no-progress"]
 
 
+_PLACE_VARS = {"JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _launch(logs: Path, *argv: str, processes: int = 2) -> list[subprocess.Popen]:
-    """``mamlx train ARGV --distributed`` in ``processes`` processes; output in ``logs``."""
+def _launch(logs: Path, *argv: str, processes: int = 2, via: str = "env") -> list[subprocess.Popen]:
+    """``mamlx train ARGV --distributed`` in ``processes`` processes, placed by the
+    environment (``via="env"``) or by the command-line flags (``via="flags"``); output in
+    ``logs``."""
     logs.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     procs = []
     for i in range(processes):
         flags = os.environ.get("XLA_FLAGS", "").split()
-        env = dict(
-            os.environ,
+        place = {
+            "coordinator_address": f"127.0.0.1:{port}",
+            "num_processes": str(processes),
+            "process_id": str(i),
+        }
+        env = {k: v for k, v in os.environ.items() if k.upper() not in _PLACE_VARS}
+        env.update(
             XLA_FLAGS=" ".join(f for f in flags if "force_host_platform_device_count" not in f),
             JAX_PLATFORMS="cpu",
-            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-            JAX_NUM_PROCESSES=str(processes),
-            JAX_PROCESS_ID=str(i),
         )
         cmd = [sys.executable, "-m", "mamlx.cli", "train", *argv, "--distributed"]
+        if via == "env":
+            env.update({"JAX_" + k.upper(): v for k, v in place.items()})
+        else:
+            cmd += [a for k, v in place.items() for a in ("--" + k.replace("_", "-"), v)]
         cmd += ["--heartbeat-timeout", str(HEARTBEAT)]
         with open(logs / f"{i}.out", "w") as out, open(logs / f"{i}.err", "w") as err:
             procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=err))
@@ -93,7 +105,10 @@ def _assert_same_state(a_dir: Path, b_dir: Path) -> None:
 @pytest.mark.slow
 def test_two_processes_train_as_one(tmp_path):
     run = tmp_path / "two"
-    procs = _launch(tmp_path / "logs", "sinusoid", "--steps", "20", *RUN, "--out", str(run))
+    # placed by the flags the README gives (the killed-process test places by the environment)
+    procs = _launch(
+        tmp_path / "logs", "sinusoid", "--steps", "20", *RUN, "--out", str(run), via="flags"
+    )
     outs = _wait(procs, tmp_path / "logs")
     for i, (p, out) in enumerate(zip(procs, outs, strict=True)):
         assert p.returncode == 0, f"process {i}:\n{out}"
