@@ -9,15 +9,19 @@
 #   2. meanwhile, on 2 pinned CPU cores of the same box: CPU throughput vs PyTorch, same settings
 #   3. with TRAIN_LIMIT > 0, after 1: the PRESET training run on the GPU for that long, then a 600-task
 #      evaluation (session 1: maml-5w1s; session 5: 170 s of maml-20w1s, benchmarks/results/fewshot.md)
-#   4. with TARGET_LIMIT > 0 (default 150 s), after 1 (#24): Omniglot 5-way 1-shot second-order MAML
-#      (preset maml-5w1s, validation every 2000 steps) for TARGET_LIMIT seconds of training with float32
+#   4. with TARGET_LIMIT > 0 (default 0; session 27 ran it with 170 s), after 1 (#24): Omniglot 5-way
+#      1-shot second-order MAML (preset maml-5w1s, validation every 2000 steps) for TARGET_LIMIT seconds of training with float32
 #      matrix products, then as many steps with bfloat16 ones (--matmul-precision), each evaluated on
 #      the same EVAL_TASKS test tasks (mamlx eval's fixed seed): the training seconds until validation
 #      first reaches 98.7 % (benchmarks/time_to_target.py; target: within 3 minutes), accuracy after
 #      that much training, and what bfloat16 products cost in accuracy at the same step.
+# Session 27 (H200, jax 0.11.2): step 4 ran (benchmarks/results/h200_time_to_target.md: 98.7 % after 158 s
+# of training, 132 s of it the first chunk's compilation); step 1's first JAX row (20-way MAML) took 122 s
+# to compile, so step 1 measured one row and no peer. At that compile time the six settings beside
+# PyTorch need the whole call: TARGET_LIMIT=0 GPU_LIMIT=540 (one SETTINGS value per call if need be).
 # Every step is cut to what is left of SESSION_LIMIT (default 570 s, under the device's 600 s per call);
 # a step that no longer fits is skipped with a line saying so, so the call always returns its results.
-# Default sizing: GPU_LIMIT=150, then each arm of 4 takes about TARGET_LIMIT + 90 s (start-up, compile,
+# Sizing with step 4: GPU_LIMIT=150, then each arm of 4 takes about TARGET_LIMIT + 90 s (start-up, compile,
 # validation, evaluation); the bfloat16 arm gets what is left, at most as many steps as the float32 one.
 # Usage (repository root, data copied to .gpu_data/omniglot): bash benchmarks/gpu_session.sh OUTDIR
 set -u
@@ -28,8 +32,8 @@ pack() { tar -cf "$OUT/results.tar.part" -C "$R" . && mv "$OUT/results.tar.part"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 MAMLX_CACHE=/tmp/mamlx_cache
 TRAIN_LIMIT=${TRAIN_LIMIT:-0}
 CPU_LIMIT=${CPU_LIMIT:-380}
-GPU_LIMIT=${GPU_LIMIT:-150}
-TARGET_LIMIT=${TARGET_LIMIT:-150}
+GPU_LIMIT=${GPU_LIMIT:-540}  # 150 when step 4 runs too
+TARGET_LIMIT=${TARGET_LIMIT:-0}  # 150-170 for #24's time to 98.7 % (measured in session 27)
 SESSION_LIMIT=${SESSION_LIMIT:-570}
 DEADLINE=$(( $(date +%s) + SESSION_LIMIT ))
 left() { echo $(( DEADLINE - $(date +%s) )); }
@@ -101,6 +105,9 @@ if [ "$TARGET_LIMIT" -gt 0 ]; then
     grep -h '"val' "$run/metrics.jsonl" | tail -n 3
     pack
   done
+  [ -s /tmp/maml5w1s_float32/eval.json ] && [ -s /tmp/maml5w1s_bfloat16/eval.json ] \
+    && python3 benchmarks/time_to_target.py /tmp/maml5w1s_float32 --compare /tmp/maml5w1s_bfloat16 \
+    | tee "$R/maml5w1s_compare.txt"
 fi
 wait $CPU_PID; log "$(left) s left of SESSION_LIMIT"; grep -v "^ *round" "$OUT/cpu_log.txt" | tail -n 60
 pack
