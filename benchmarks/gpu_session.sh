@@ -19,6 +19,8 @@
 # of training, 132 s of it the first chunk's compilation); step 1's first JAX row (20-way MAML) took 122 s
 # to compile, so step 1 measured one row and no peer. At that compile time the six settings beside
 # PyTorch need the whole call: TARGET_LIMIT=0 GPU_LIMIT=540 (one SETTINGS value per call if need be).
+# Untried on the compile time (XLA_FLAGS passes through to every step): --xla_gpu_autotune_level=0, or
+# --xla_gpu_experimental_enable_fusion_autotuner=false; compare the compile/warm-up column with and without.
 # Every step is cut to what is left of SESSION_LIMIT (default 570 s, under the device's 600 s per call);
 # a step that no longer fits is skipped with a line saying so, so the call always returns its results.
 # Sizing with step 4: GPU_LIMIT=150, then each arm of 4 takes about TARGET_LIMIT + 90 s (start-up, compile,
