@@ -13,7 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from mamlx._checks import check_count
-from mamlx.algorithms.base import MetaLearner, call_with_key, learner_key, takes_key
+from mamlx.algorithms.base import (
+    MetaLearner,
+    call_with_key,
+    check_task_map,
+    learner_key,
+    resolve_task_map,
+    takes_key,
+)
 from mamlx.episodes import Episode
 from mamlx.losses import task_metrics
 from mamlx.runtime import release_host_memory
@@ -137,6 +144,7 @@ def make_evaluator(
     steps: Sequence[int | None] = (None,),
     batch_size: int | None = None,
     loss_fn=None,
+    task_map: str = "auto",
 ):
     """A reusable, compiled evaluator (compiles once; call it at every validation).
 
@@ -161,6 +169,15 @@ def make_evaluator(
       batch_size: at most this many tasks sampled and evaluated per compiled call
         (``None``: :func:`default_batch_size`, bounded by memory on CPU).
       loss_fn: optional loss override (default: the learner's ``predict_loss``).
+      task_map: how the tasks of a compiled call are adapted: ``"vmap"`` (vectorized),
+        ``"map"`` (one after another, ``lax.map``) or ``"auto"`` (``"map"`` on CPU, as
+        training does, :func:`mamlx.algorithms.resolve_task_map`). The same tasks and the
+        same metrics up to float32 round-off either way, which long adaptations amplify
+        (after Reptile's 97 Adam steps a task's loss differs by up to 1e-3, as much as
+        between vectorized batches of 4 tasks and of 1); on 2 CPU cores ``"map"`` evaluated
+        Omniglot 5-way 1-shot MAML 1.8x and 20-way 1-shot Reptile 2.3x faster than
+        ``"vmap"`` (``benchmarks/eval_task_map.py``: per-task convolution kernels
+        vectorize poorly there).
 
     Returns:
       ``run(meta_params, data, *, key, num_tasks, per_task=False, progress=False) ->
@@ -172,6 +189,7 @@ def make_evaluator(
     if batch_size is not None:
         batch_size = check_count("batch_size", batch_size, low=1)
     per_task_keys = hasattr(sampler, "sample")
+    vectorize = resolve_task_map(check_task_map(task_map)) == "vmap"
     fns: dict = {}
     largest = [batch_size]  # set at the first call if None; shrinks when out of memory
 
@@ -180,7 +198,13 @@ def make_evaluator(
         when on CPU it would take more than its share of the memory available."""
         if (s, b) in fns:
             return fns[s, b]
-        metric = jax.vmap(task_metrics_after(learner, s, loss_fn), (None, 0, 0))
+        one = task_metrics_after(learner, s, loss_fn)
+        if vectorize:
+            metric = jax.vmap(one, (None, 0, 0))
+        else:
+
+            def metric(p, episodes, keys):
+                return jax.lax.map(lambda x: one(p, *x), (episodes, keys))
 
         def sample(k, d, first):
             keys = jax.vmap(lambda i: jax.random.fold_in(k, i))(first + jnp.arange(b))
@@ -284,6 +308,7 @@ def evaluate(
     loss_fn=None,
     per_task: bool = False,
     progress: bool = False,
+    task_map: str = "auto",
 ) -> dict[int | None, dict[str, Any]]:
     """Query metrics (mean, 95% CI) over ``num_tasks`` held-out tasks per number of steps.
 
@@ -301,12 +326,15 @@ def evaluate(
       loss_fn: optional loss override (default: the learner's ``predict_loss``).
       per_task: return each task's value instead of the mean and interval.
       progress: show a progress bar (tasks done, running means).
+      task_map: tasks adapted vectorized or one after another, see :func:`make_evaluator`.
 
     Returns:
       ``{steps: {metric: (mean, ci95)}}`` (``per_task``: ``{steps: {metric: array}}``);
       see :func:`make_evaluator`.
     """
-    run = make_evaluator(learner, sampler, steps=steps, batch_size=batch_size, loss_fn=loss_fn)
+    run = make_evaluator(
+        learner, sampler, steps=steps, batch_size=batch_size, loss_fn=loss_fn, task_map=task_map
+    )
     return run(
         meta_params, data, key=key, num_tasks=num_tasks, per_task=per_task, progress=progress
     )
