@@ -173,11 +173,11 @@ def make_evaluator(
         ``"map"`` (one after another, ``lax.map``) or ``"auto"`` (``"map"`` on CPU, as
         training does, :func:`mamlx.algorithms.resolve_task_map`). The same tasks and the
         same metrics up to float32 round-off either way, which long adaptations amplify
-        (after Reptile's 97 Adam steps a task's loss differs by up to 1e-3, as much as
-        between vectorized batches of 4 tasks and of 1); on 2 CPU cores ``"map"`` evaluated
-        Omniglot 5-way 1-shot MAML 1.8x and 20-way 1-shot Reptile 2.3x faster than
-        ``"vmap"`` (``benchmarks/eval_task_map.py``: per-task convolution kernels
-        vectorize poorly there).
+        (after Reptile's 97 Adam steps from an untrained network, up to 1.3e-2 in one of
+        16 tasks' losses; vectorized batches of 4 tasks and of 1 differ by 1e-3 there too);
+        on 2 CPU cores ``"map"`` evaluated Omniglot 5-way 1-shot MAML 1.6-1.8x and 20-way
+        1-shot Reptile 1.9-2.3x faster than ``"vmap"`` in two runs of
+        ``benchmarks/eval_task_map.py`` (per-task convolution kernels vectorize poorly there).
 
     Returns:
       ``run(meta_params, data, *, key, num_tasks, per_task=False, progress=False) ->
