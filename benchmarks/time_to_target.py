@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
+
+from mamlx.evaluation import mean_ci
 
 
 def _seconds_per_step(records: list[dict]) -> float | None:
@@ -77,9 +78,9 @@ def paired_difference(a: dict, b: dict) -> dict:
     if not x or not y or len(x) != len(y):
         raise ValueError("eval.json has no per_task_accuracy of the same length in both runs")
     d = [100 * (p - q) for p, q in zip(x, y, strict=True)]
-    half = 1.96 * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+    mean, half = mean_ci(d)
     return {
-        "mean": statistics.fmean(d),
+        "mean": mean,
         "interval": half,
         "tasks": len(d),
         "differing": sum(v != 0 for v in d),
