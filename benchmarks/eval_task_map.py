@@ -1,9 +1,9 @@
 """Evaluation speed: tasks adapted vectorized (``vmap``) or one after another (``lax.map``).
 
-For each preset, the compiled per-task evaluation of ``mamlx.make_evaluator`` (adapt with the
-preset's test-time steps, predict, query metrics) on the same held-out validation tasks, once with
-``jax.vmap`` over the tasks and once with ``lax.map``, interleaved (vmap, map, vmap, map), each call
-timed after an untimed first one that compiles. Sampling is done once, outside the timing. Reports
+For each preset, ``mamlx.make_evaluator(..., task_map=...)`` on the same held-out validation tasks
+(sampled in the call, one compiled call of all of them; adapt with the preset's test-time steps,
+query metrics), once with ``task_map="vmap"`` and once with ``"map"`` (``lax.map``), interleaved
+(vmap, map, vmap, map), each call timed after an untimed first one that compiles. Reports
 tasks/s, the map/vmap ratio and the largest difference of the per-task metrics. Parameters are the
 untrained initialization (speed does not depend on them). Writes
 ``benchmarks/results/eval_task_map.{md,json}``.
@@ -22,13 +22,11 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mamlx import experiments  # noqa: E402
-from mamlx.algorithms.base import learner_key  # noqa: E402
-from mamlx.evaluation import task_metrics_after  # noqa: E402
+from mamlx.evaluation import make_evaluator  # noqa: E402
 from mamlx.presets import preset_config  # noqa: E402
 
 from common import git_rev, machine, write_results  # noqa: E402
@@ -38,24 +36,31 @@ def measure(preset: str, tasks: int, data_dir: str, rounds: int = 2) -> dict:
     config = preset_config(preset, data_dir=data_dir)
     exp = experiments.build(config)
     params = exp.learner.init(jax.random.PRNGKey(0))
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(1), i))(jnp.arange(tasks))
-    episodes = jax.vmap(exp.eval_sampler.sample, (0, None))(keys, exp.splits["val"])
-    learner_keys = jax.vmap(learner_key)(keys)
-    one = task_metrics_after(exp.learner, config.eval_steps)
-    fns = {
-        "vmap": jax.jit(jax.vmap(one, (None, 0, 0))),
-        "map": jax.jit(lambda p, e, k: jax.lax.map(lambda x: one(p, *x), (e, k))),
+    steps = config.eval_steps
+    # mamlx.make_evaluator itself, one compiled call of all the tasks (sampling included)
+    runs = {
+        tm: make_evaluator(
+            exp.learner, exp.eval_sampler, steps=[steps], batch_size=tasks, task_map=tm
+        )
+        for tm in ("vmap", "map")
     }
-    times: dict = {k: [] for k in fns}
+
+    def call(run):
+        res = run(
+            params, exp.splits["val"], key=jax.random.PRNGKey(1), num_tasks=tasks, per_task=True
+        )
+        return res[steps]
+
+    times: dict = {k: [] for k in runs}
     compile_s, out = {}, {}
     for r in range(rounds):
-        for name, fn in fns.items():
+        for name, run in runs.items():
             if r == 0:
                 t = time.perf_counter()
-                out[name] = jax.block_until_ready(fn(params, episodes, learner_keys))
+                out[name] = call(run)
                 compile_s[name] = time.perf_counter() - t
             t = time.perf_counter()
-            jax.block_until_ready(fn(params, episodes, learner_keys))
+            call(run)
             times[name].append(time.perf_counter() - t)
     rate = {k: tasks / statistics.median(v) for k, v in times.items()}
     diff = {
@@ -99,9 +104,10 @@ def main(argv=None) -> int:
         "",
         f"Machine: {machine()}",
         "",
-        "Per-task evaluation as `mamlx.make_evaluator` compiles it (adapt with the preset's test-time "
-        "steps, query metrics), the same validation tasks both ways, untrained parameters; median of "
-        "2 interleaved timed calls after a first one that compiles. `make_evaluator(task_map='auto')` "
+        "`mamlx.make_evaluator(..., task_map='vmap' | 'map')` (sampling, adaptation with the preset's "
+        "test-time steps, query metrics, one compiled call of all the tasks), the same validation "
+        "tasks both ways, untrained parameters; median of 2 interleaved timed calls after a first "
+        "one that compiles. `make_evaluator(task_map='auto')` "
         "(the default, as in training) uses `lax.map` on CPU. The differences are float32 round-off, "
         "which long adaptations amplify (Reptile's 97 Adam steps from an untrained network; there "
         "vectorized batches of 4 tasks and of 1 differ by 1e-3 in a task's loss too).",

@@ -175,9 +175,9 @@ def make_evaluator(
         same metrics up to float32 round-off either way, which long adaptations amplify
         (after Reptile's 97 Adam steps from an untrained network, up to 1.3e-2 in one of
         16 tasks' losses; vectorized batches of 4 tasks and of 1 differ by 1e-3 there too);
-        on 2 CPU cores ``"map"`` evaluated Omniglot 5-way 1-shot MAML 1.6-1.8x and 20-way
-        1-shot Reptile 1.9-2.3x faster than ``"vmap"`` in two runs of
-        ``benchmarks/eval_task_map.py`` (per-task convolution kernels vectorize poorly there).
+        on 2 CPU cores ``"map"`` evaluated Omniglot 5-way 1-shot MAML 1.3-1.8x, 20-way 1-shot
+        Reptile 1.9-3.3x and the metric learners 1.8-2.1x faster than ``"vmap"`` in three runs
+        of ``benchmarks/eval_task_map.py``.
 
     Returns:
       ``run(meta_params, data, *, key, num_tasks, per_task=False, progress=False) ->
