@@ -10,8 +10,8 @@
 #   3. with TRAIN_LIMIT > 0, after 1: the PRESET training run on the GPU for that long, then a 600-task
 #      evaluation (session 1: maml-5w1s; session 5: 170 s of maml-20w1s, benchmarks/results/fewshot.md)
 #   4. with TARGET_LIMIT > 0 (default 0; session 27 ran it with 170 s), after 1 (#24): Omniglot 5-way
-#      1-shot second-order MAML (preset maml-5w1s, validation every 2000 steps) for TARGET_LIMIT seconds of training with float32
-#      matrix products, then as many steps with bfloat16 ones (--matmul-precision), each evaluated on
+#      1-shot second-order MAML (preset maml-5w1s, validation every 2000 steps) for TARGET_LIMIT
+#      seconds of training with float32 matrix products, then as many steps with bfloat16 ones (--matmul-precision), each evaluated on
 #      the same EVAL_TASKS test tasks (mamlx eval's fixed seed): the training seconds until validation
 #      first reaches 98.7 % (benchmarks/time_to_target.py; target: within 3 minutes), accuracy after
 #      that much training, and what bfloat16 products cost in accuracy at the same step.
