@@ -781,7 +781,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     ):  # no val classes: no validation
         from mamlx.evaluation import make_evaluator
 
-        val_eval = make_evaluator(exp.learner, exp.eval_sampler, steps=[config.eval_steps])
+        val_eval = make_evaluator(  # the tasks mapped as in training
+            exp.learner, exp.eval_sampler, steps=[config.eval_steps], task_map=config.task_map
+        )
         val_key = jax.random.PRNGKey(config.seed + 7919)
 
         def validate(params):
@@ -885,6 +887,7 @@ def eval_fewshot(run_dir: Path, args: argparse.Namespace) -> dict:
         steps=[steps],
         per_task=True,
         progress=args.progress,
+        task_map=config.task_map,  # as in training
     )[steps]
     res = {k: mean_ci(v) for k, v in per_task.items()}
     bn = "transductive" if getattr(config, "transductive", True) else "non-transductive"
@@ -1098,6 +1101,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 key=jax.random.fold_in(key, k),
                 num_tasks=num_tasks,
                 steps=range(sine.max_steps + 1),
+                task_map=config.task_map,  # as in training
             )
             results[k] = {s: res[s]["loss"] for s in res}
             row = "".join(

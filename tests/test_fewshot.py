@@ -385,6 +385,31 @@ def test_evaluation_maps_tasks_as_training_does_and_agrees_with_vmap(omniglot_di
         make_evaluator(exp.learner, exp.eval_sampler, task_map="loop")
 
 
+def test_cli_validation_and_eval_map_tasks_as_the_run_trained(tmp_path, data_flag, monkeypatch):
+    """``mamlx train``'s validation and ``mamlx eval`` pass the run's ``task_map`` to the
+    evaluator (sine-wave runs vectorize by default, few-shot runs use "auto")."""
+    import mamlx.evaluation as ev
+
+    seen, real = [], ev.make_evaluator
+
+    def spy(*a, task_map="auto", **kw):
+        seen.append(task_map)
+        return real(*a, task_map=task_map, **kw)
+
+    monkeypatch.setattr(ev, "make_evaluator", spy)
+    run = tmp_path / "fs"
+    assert main(args(run, *data_flag, "--task-map", "vmap", steps=3)) == 0
+    assert seen and set(seen) == {"vmap"}  # validation at step 3
+    seen.clear()
+    assert main(["eval", str(run), "--tasks", "2", "--no-progress"]) == 0
+    assert seen == ["vmap"]
+    sine = tmp_path / "sine"
+    assert main(["train", "sinusoid", "--steps", "2", "--no-progress", "--out", str(sine)]) == 0
+    seen.clear()
+    assert main(["eval", str(sine), "--tasks", "4", "--shots", "5"]) == 0
+    assert seen == ["vmap"]  # SinusoidConfig's default, not the evaluator's "auto"
+
+
 def test_task_map_auto_loops_on_one_cpu_device_and_stays_explicit_otherwise():
     assert FewShotConfig().task_map == "auto"
     on_cpu = jax.default_backend() == "cpu"  # one device or several (--cpu-devices)
